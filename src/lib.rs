@@ -1,0 +1,18 @@
+//! MCP gateway filter for Envoy.
+//!
+//! Everything that decides lives in plain Rust modules with no proxy-wasm dependency
+//! (`config`, `jsonrpc`, `jwt`, `rbac`, `audit`, `gateway`), so it is unit-tested
+//! natively and reused by the `mcpgw` CLI. The `filter` module is the thin proxy-wasm
+//! adapter and only exists when compiling for wasm.
+
+pub mod audit;
+pub mod config;
+pub mod gateway;
+pub mod headers;
+pub mod jsonrpc;
+pub mod jwt;
+pub mod rbac;
+pub mod reject;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,194 @@
+//! The one place where a refusal becomes an HTTP status and a JSON-RPC error body.
+//!
+//! Client-facing messages say what was wrong with the request, never which policy rule
+//! refused it (operators read that in the audit record).
+
+use crate::jsonrpc::ParseError;
+use crate::jwt::AuthError;
+use crate::rbac::Denial;
+use serde_json::{json, Value};
+use std::fmt;
+
+/// JSON-RPC error codes used by the gateway. -32700..-32600 are JSON-RPC's own; the
+/// -3200x range is implementation-defined server errors.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const UNAUTHORIZED: i64 = -32001;
+    pub const FORBIDDEN: i64 = -32003;
+    pub const NOT_FOUND: i64 = -32004;
+}
+
+/// Everything the gateway refuses a request for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Auth(AuthError),
+    Parse(ParseError),
+    Forbidden(Denial),
+    /// The path names no configured MCP server.
+    UnknownServer,
+    /// An HTTP method MCP's Streamable HTTP transport does not use.
+    HttpMethod(String),
+    /// A POST whose Content-Type is not JSON.
+    ContentType,
+    BodyTooLarge { limit: usize },
+}
+
+impl fmt::Display for Refusal {
+    /// The detailed reason, for the audit record.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Auth(e) => write!(f, "unauthenticated: {e}"),
+            Refusal::Parse(e) => write!(f, "bad request: {e}"),
+            Refusal::Forbidden(d) => write!(f, "forbidden: {d}"),
+            Refusal::UnknownServer => write!(f, "no MCP server at this path"),
+            Refusal::HttpMethod(m) => write!(f, "HTTP method {m} not allowed"),
+            Refusal::ContentType => write!(f, "Content-Type must be application/json"),
+            Refusal::BodyTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
+        }
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        Refusal::Auth(e)
+    }
+}
+
+impl From<ParseError> for Refusal {
+    fn from(e: ParseError) -> Self {
+        Refusal::Parse(e)
+    }
+}
+
+impl From<Denial> for Refusal {
+    fn from(d: Denial) -> Self {
+        Refusal::Forbidden(d)
+    }
+}
+
+/// A complete local reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Turns a refusal into the reply the client sees. `id` is the JSON-RPC id of the
+/// refused message when it is known.
+pub fn reply(refusal: &Refusal, id: Option<Value>) -> Reply {
+    let (status, code, message): (u32, i64, String) = match refusal {
+        Refusal::Auth(e) => (401, code::UNAUTHORIZED, format!("Unauthorized: {e}")),
+        Refusal::Parse(e @ (ParseError::NotJson(_) | ParseError::Empty)) => {
+            (400, code::PARSE_ERROR, format!("Parse error: {e}"))
+        }
+        Refusal::Parse(e @ ParseError::InvalidParams(_)) => (400, code::INVALID_PARAMS, format!("Invalid params: {e}")),
+        Refusal::Parse(e) => (400, code::INVALID_REQUEST, format!("Invalid Request: {e}")),
+        Refusal::Forbidden(_) => (403, code::FORBIDDEN, "Forbidden: not permitted by gateway policy".to_owned()),
+        Refusal::UnknownServer => (404, code::NOT_FOUND, "Not Found: no MCP server at this path".to_owned()),
+        Refusal::HttpMethod(m) => (
+            405,
+            code::INVALID_REQUEST,
+            format!("Method Not Allowed: {m}; MCP uses POST, GET and DELETE"),
+        ),
+        Refusal::ContentType => (
+            415,
+            code::INVALID_REQUEST,
+            "Unsupported Media Type: POST bodies must be application/json".to_owned(),
+        ),
+        Refusal::BodyTooLarge { limit } => (
+            413,
+            code::INVALID_REQUEST,
+            format!("Payload Too Large: request body exceeds {limit} bytes"),
+        ),
+    };
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id.unwrap_or(Value::Null),
+        "error": {"code": code, "message": message},
+    });
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Refusal::Auth(e) = refusal {
+        headers.push(("www-authenticate", www_authenticate(e)));
+    }
+    if let Refusal::HttpMethod(_) = refusal {
+        headers.push(("allow", "POST, GET, DELETE".to_owned()));
+    }
+    Reply {
+        status,
+        headers,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
+}
+
+/// RFC 6750 section 3: no error code when no credentials were sent at all.
+fn www_authenticate(e: &AuthError) -> String {
+    match e {
+        AuthError::MissingToken => "Bearer realm=\"mcp-gateway\"".to_owned(),
+        AuthError::MultipleAuthorizationHeaders | AuthError::NotBearer => {
+            format!("Bearer realm=\"mcp-gateway\", error=\"invalid_request\", error_description=\"{e}\"")
+        }
+        _ => format!("Bearer realm=\"mcp-gateway\", error=\"invalid_token\", error_description=\"{e}\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: &Reply) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn statuses_and_codes() {
+        let table: Vec<(Refusal, u32, i64)> = vec![
+            (Refusal::Auth(AuthError::MissingToken), 401, code::UNAUTHORIZED),
+            (Refusal::Parse(ParseError::NotJson("x".into())), 400, -32700),
+            (Refusal::Parse(ParseError::Empty), 400, -32700),
+            (Refusal::Parse(ParseError::Batch), 400, -32600),
+            (Refusal::Parse(ParseError::Invalid("x")), 400, -32600),
+            (Refusal::Parse(ParseError::TooDeep { limit: 3 }), 400, -32600),
+            (Refusal::Parse(ParseError::InvalidParams("x")), 400, -32602),
+            (Refusal::Forbidden(Denial::NoKnownRole), 403, code::FORBIDDEN),
+            (Refusal::UnknownServer, 404, code::NOT_FOUND),
+            (Refusal::HttpMethod("PUT".into()), 405, -32600),
+            (Refusal::ContentType, 415, -32600),
+            (Refusal::BodyTooLarge { limit: 10 }, 413, -32600),
+        ];
+        for (refusal, status, code) in table {
+            let r = reply(&refusal, None);
+            assert_eq!(r.status, status, "{refusal:?}");
+            assert_eq!(body(&r)["error"]["code"], code, "{refusal:?}");
+            assert_eq!(body(&r)["jsonrpc"], "2.0");
+            assert_eq!(r.header("content-type"), Some("application/json"));
+        }
+    }
+
+    #[test]
+    fn forbidden_carries_the_id_and_hides_the_rule() {
+        let r = reply(
+            &Refusal::Forbidden(Denial::TargetNotAllowed { method: "tools/call".into(), name: "create_issue".into() }),
+            Some(json!(42)),
+        );
+        assert_eq!(body(&r)["id"], 42);
+        assert!(!String::from_utf8_lossy(&r.body).contains("create_issue"));
+    }
+
+    #[test]
+    fn unauthorized_asks_for_a_bearer_token() {
+        let r = reply(&Refusal::Auth(AuthError::MissingToken), None);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"mcp-gateway\""));
+        let r = reply(&Refusal::Auth(AuthError::Expired), None);
+        assert!(r.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
+        assert_eq!(body(&r)["id"], Value::Null);
+    }
+}
