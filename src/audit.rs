@@ -82,7 +82,11 @@ impl Redactor {
                 while !s.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                Value::String(format!("{}...[{} bytes]", s.get(..cut).unwrap_or_default(), s.len()))
+                Value::String(format!(
+                    "{}...[{} bytes]",
+                    s.get(..cut).unwrap_or_default(),
+                    s.len()
+                ))
             }
             other => other.clone(),
         }
@@ -93,14 +97,19 @@ impl Redactor {
 /// header).
 fn looks_like_credential(s: &str) -> bool {
     let t = s.trim();
-    if t.len() > 7 && t.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer ")) {
+    if t.len() > 7
+        && t.get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+    {
         return true;
     }
     let parts: Vec<&str> = t.split('.').collect();
     parts.len() == 3
         && t.starts_with("eyJ")
         && parts.iter().take(2).all(|p| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -193,7 +202,10 @@ mod tests {
             "jwt": ["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig"],
             "plain": "hello.world.x",
         }));
-        assert_eq!(out, json!({"note": REDACTED, "jwt": [REDACTED], "plain": "hello.world.x"}));
+        assert_eq!(
+            out,
+            json!({"note": REDACTED, "jwt": [REDACTED], "plain": "hello.world.x"})
+        );
     }
 
     #[test]
@@ -207,7 +219,12 @@ mod tests {
 
     #[test]
     fn record_is_one_prefixed_json_line() {
-        let r = AuditRecord { request_id: "r1".into(), decision: Some(Outcome::Deny), status: 403, ..Default::default() };
+        let r = AuditRecord {
+            request_id: "r1".into(),
+            decision: Some(Outcome::Deny),
+            status: 403,
+            ..Default::default()
+        };
         let line = r.to_line();
         assert!(line.starts_with(LOG_PREFIX));
         let v: Value = serde_json::from_str(&line[LOG_PREFIX.len()..]).unwrap();

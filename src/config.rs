@@ -22,14 +22,21 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid plugin configuration at `{}`: {}", self.field, self.message)
+        write!(
+            f,
+            "invalid plugin configuration at `{}`: {}",
+            self.field, self.message
+        )
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// The plugin configuration as written by the operator.
@@ -173,12 +180,18 @@ pub struct RawAudit {
 
 impl Default for RawAudit {
     fn default() -> Self {
-        RawAudit { redact_fields: default_redact_fields(), max_string_bytes: default_max_string_bytes() }
+        RawAudit {
+            redact_fields: default_redact_fields(),
+            max_string_bytes: default_max_string_bytes(),
+        }
     }
 }
 
 fn default_redact_fields() -> Vec<String> {
-    DEFAULT_REDACT_FIELDS.iter().map(|s| s.to_string()).collect()
+    DEFAULT_REDACT_FIELDS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_max_string_bytes() -> usize {
     256
@@ -205,11 +218,17 @@ pub struct Config {
 impl Config {
     /// Parses and compiles plugin configuration JSON. `env` looks up environment
     /// variables named by `*_env` fields.
-    pub fn from_json(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_json(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            err(if path == "." { "$".into() } else { path }, e.into_inner().to_string())
+            err(
+                if path == "." { "$".into() } else { path },
+                e.into_inner().to_string(),
+            )
         })?;
         raw.compile(env)
     }
@@ -230,7 +249,10 @@ impl RawConfig {
             return Err(err("max_body_bytes", "must be greater than 0"));
         }
         if !(1..=128).contains(&self.max_json_depth) {
-            return Err(err("max_json_depth", format!("must be between 1 and 128, got {}", self.max_json_depth)));
+            return Err(err(
+                "max_json_depth",
+                format!("must be between 1 and 128, got {}", self.max_json_depth),
+            ));
         }
         let servers = compile_servers(self.servers)?;
         let names: HashSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
@@ -284,7 +306,10 @@ fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Veri
         return Err(err("jwt.issuer", "must not be empty"));
     }
     if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
-        return Err(err("jwt.audiences", "needs at least one non-empty audience"));
+        return Err(err(
+            "jwt.audiences",
+            "needs at least one non-empty audience",
+        ));
     }
     if raw.keys.is_empty() {
         return Err(err("jwt.keys", "at least one key is required"));
@@ -292,7 +317,10 @@ fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Veri
     let claim_path = |field: &str, path: &str| -> Result<Vec<String>, ConfigError> {
         let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
         if segs.iter().any(String::is_empty) {
-            return Err(err(format!("jwt.{field}"), format!("{path:?} is not a dotted claim path")));
+            return Err(err(
+                format!("jwt.{field}"),
+                format!("{path:?} is not a dotted claim path"),
+            ));
         }
         Ok(segs)
     };
@@ -313,7 +341,11 @@ fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Veri
     })
 }
 
-fn compile_key(i: usize, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Result<Key, ConfigError> {
+fn compile_key(
+    i: usize,
+    k: RawKey,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Key, ConfigError> {
     let at = |f: &str| format!("jwt.keys[{i}].{f}");
     let alg = Alg::parse(&k.alg).ok_or_else(|| {
         err(
@@ -322,11 +354,24 @@ fn compile_key(i: usize, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Res
         )
     })?;
     let from_env = |field: &str, var: &str| {
-        env(var).ok_or_else(|| err(at(field), format!("environment variable {var:?} is not set in the VM")))
+        env(var).ok_or_else(|| {
+            err(
+                at(field),
+                format!("environment variable {var:?} is not set in the VM"),
+            )
+        })
     };
-    let sources = [k.secret.is_some(), k.secret_env.is_some(), k.jwk.is_some(), k.jwk_env.is_some()];
+    let sources = [
+        k.secret.is_some(),
+        k.secret_env.is_some(),
+        k.jwk.is_some(),
+        k.jwk_env.is_some(),
+    ];
     if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(err(at("secret"), "give exactly one of secret, secret_env, jwk, jwk_env"));
+        return Err(err(
+            at("secret"),
+            "give exactly one of secret, secret_env, jwk, jwk_env",
+        ));
     }
     // Errors below never echo key material.
     if let Some(secret) = &k.secret {
@@ -334,7 +379,8 @@ fn compile_key(i: usize, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Res
     }
     if let Some(var) = &k.secret_env {
         let secret = from_env("secret_env", var)?;
-        return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret_env"), m));
+        return Key::from_secret(k.kid, alg, secret.as_bytes())
+            .map_err(|m| err(at("secret_env"), m));
     }
     let (field, jwk) = match (k.jwk, &k.jwk_env) {
         (Some(jwk), _) => ("jwk", jwk),
@@ -360,14 +406,22 @@ fn compile_rbac(raw: RawRbac, servers: &HashSet<&str>) -> Result<Policy, ConfigE
             list.iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    Pattern::new(p).map_err(|e| err(format!("{}[{i}]", at(field)), format!("bad glob {p:?}: {e}")))
+                    Pattern::new(p).map_err(|e| {
+                        err(
+                            format!("{}[{i}]", at(field)),
+                            format!("bad glob {p:?}: {e}"),
+                        )
+                    })
                 })
                 .collect()
         };
         for (i, s) in r.servers.iter().enumerate() {
             let is_glob = s.contains(['*', '?', '[']);
             if !is_glob && !servers.contains(s.as_str()) {
-                return Err(err(format!("{}[{i}]", at("servers")), format!("unknown server {s:?}")));
+                return Err(err(
+                    format!("{}[{i}]", at("servers")),
+                    format!("unknown server {s:?}"),
+                ));
             }
         }
         let role = Role {

@@ -38,11 +38,17 @@ impl RootContext for Root {
         let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(raw)) => raw,
             Ok(None) => {
-                log(LogLevel::Critical, "mcp-gateway: plugin configuration is empty");
+                log(
+                    LogLevel::Critical,
+                    "mcp-gateway: plugin configuration is empty",
+                );
                 return false;
             }
             Err(status) => {
-                log(LogLevel::Critical, &format!("mcp-gateway: cannot read plugin configuration: {status:?}"));
+                log(
+                    LogLevel::Critical,
+                    &format!("mcp-gateway: cannot read plugin configuration: {status:?}"),
+                );
                 return false;
             }
         };
@@ -68,7 +74,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { config: self.config.clone(), exchange: None, replied: false }))
+        Some(Box::new(Filter {
+            config: self.config.clone(),
+            exchange: None,
+            replied: false,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -89,7 +99,11 @@ impl Context for Filter {}
 impl Filter {
     fn send(&mut self, reply: Reply) -> Action {
         self.replied = true;
-        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
         if hostcalls::send_http_response(reply.status, headers, Some(&reply.body)).is_err() {
             let _ = hostcalls::reset_http_request();
         }
@@ -98,11 +112,16 @@ impl Filter {
 
     /// Last resort when the host misbehaves: refuse without a JSON-RPC body.
     fn fail_closed(&mut self, what: &str) -> Action {
-        log(LogLevel::Error, &format!("mcp-gateway: {what}; refusing request"));
+        log(
+            LogLevel::Error,
+            &format!("mcp-gateway: {what}; refusing request"),
+        );
         self.send(Reply {
             status: 500,
             headers: vec![("content-type", "application/json".to_owned())],
-            body: br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#.to_vec(),
+            body:
+                br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#
+                    .to_vec(),
         })
     }
 
@@ -111,10 +130,9 @@ impl Filter {
             .remove
             .iter()
             .all(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok());
-        let set = edits
-            .set
-            .iter()
-            .all(|(name, value)| hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok());
+        let set = edits.set.iter().all(|(name, value)| {
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
+        });
         removed && set
     }
 }
@@ -125,12 +143,26 @@ impl HttpContext for Filter {
             return self.fail_closed("no configuration");
         };
         // Bytes, not strings: the SDK's string variant panics on non-UTF-8 values.
-        let headers: Vec<(String, String)> = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(h) => h.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect(),
-            Err(_) => return self.fail_closed("cannot read request headers"),
+        let headers: Vec<(String, String)> =
+            match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+                Ok(h) => h
+                    .into_iter()
+                    .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+                    .collect(),
+                Err(_) => return self.fail_closed("cannot read request headers"),
+            };
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
         };
-        let pseudo = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or_default();
-        let head = Head { method: pseudo(":method"), path: pseudo(":path"), headers: &headers };
+        let head = Head {
+            method: pseudo(":method"),
+            path: pseudo(":path"),
+            headers: &headers,
+        };
         let started = now();
         let mut exchange = Exchange::new(started);
         let (step, edits) = exchange.on_request_headers(&config, &head, end_of_stream, started);
@@ -170,7 +202,9 @@ impl HttpContext for Filter {
     }
 
     fn on_log(&mut self) {
-        let Some(exchange) = self.exchange.take() else { return };
+        let Some(exchange) = self.exchange.take() else {
+            return;
+        };
         let status = hostcalls::get_property(vec!["response", "code"])
             .ok()
             .flatten()

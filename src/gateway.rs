@@ -32,7 +32,10 @@ impl Head<'_> {
     }
 
     fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 }
 
@@ -71,7 +74,10 @@ impl Exchange {
             started,
             principal: None,
             server: None,
-            record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
+            record: AuditRecord {
+                timestamp: timestamp(started),
+                ..Default::default()
+            },
         }
     }
 
@@ -90,11 +96,20 @@ impl Exchange {
         self.record.session_id = head.header("mcp-session-id").map(str::to_owned);
         match self.admit(config, head, end_of_stream, now) {
             Ok(step) => (step, self.edits(head)),
-            Err(refusal) => (Step::Reply(self.refuse(&refusal, None)), HeaderEdits::default()),
+            Err(refusal) => (
+                Step::Reply(self.refuse(&refusal, None)),
+                HeaderEdits::default(),
+            ),
         }
     }
 
-    fn admit(&mut self, config: &Config, head: &Head<'_>, end_of_stream: bool, now: SystemTime) -> Result<Step, Refusal> {
+    fn admit(
+        &mut self,
+        config: &Config,
+        head: &Head<'_>,
+        end_of_stream: bool,
+        now: SystemTime,
+    ) -> Result<Step, Refusal> {
         // Defence in depth: Envoy normalizes paths before routing (normalize_path), so a
         // path that still holds dot segments or encoded separators is refused rather
         // than risking the router and the filter seeing different servers.
@@ -112,7 +127,9 @@ impl Exchange {
         let principal = authenticate(config, head, now)?;
         self.record.user_id = Some(principal.user_id.clone());
         self.record.roles = principal.roles.clone();
-        let role = config.policy.allows_server(&principal.roles, &server.name)?;
+        let role = config
+            .policy
+            .allows_server(&principal.roles, &server.name)?;
         self.principal = Some(principal);
         if !is_post {
             self.allow(role);
@@ -126,7 +143,9 @@ impl Exchange {
             .and_then(|l| l.trim().parse::<u64>().ok())
             .is_some_and(|l| l > config.max_body_bytes as u64);
         if too_long {
-            return Err(Refusal::BodyTooLarge { limit: config.max_body_bytes });
+            return Err(Refusal::BodyTooLarge {
+                limit: config.max_body_bytes,
+            });
         }
         if end_of_stream {
             return Err(Refusal::Parse(jsonrpc::ParseError::Empty));
@@ -137,8 +156,14 @@ impl Exchange {
     /// Called as body data arrives, with the total buffered so far. Returns a reply
     /// when the body is over the limit.
     pub fn on_body_progress(&mut self, config: &Config, buffered: usize) -> Option<Reply> {
-        (buffered > config.max_body_bytes)
-            .then(|| self.refuse(&Refusal::BodyTooLarge { limit: config.max_body_bytes }, None))
+        (buffered > config.max_body_bytes).then(|| {
+            self.refuse(
+                &Refusal::BodyTooLarge {
+                    limit: config.max_body_bytes,
+                },
+                None,
+            )
+        })
     }
 
     /// Decides on the complete body of a POST.
@@ -156,12 +181,18 @@ impl Exchange {
         self.record.method = (!message.method.is_empty()).then(|| message.method.clone());
         self.record.target = message.target.as_ref().map(|t| t.name().to_owned());
         self.record.jsonrpc_id = message.id.clone();
-        self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
+        self.record.params = message
+            .arguments
+            .as_ref()
+            .map(|a| config.redactor.redact(a));
         let (Some(principal), Some(server)) = (&self.principal, &self.server) else {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
         };
-        match config.policy.allows_message(&principal.roles, server, &message) {
+        match config
+            .policy
+            .allows_message(&principal.roles, server, &message)
+        {
             Ok(role) => {
                 self.allow(role);
                 Step::Continue
@@ -172,7 +203,12 @@ impl Exchange {
 
     /// The audit record, once the response is complete. `status` is the HTTP status
     /// sent to the client (0 when the stream was reset before a response).
-    pub fn finish(mut self, status: u32, now: SystemTime, client_ip: Option<String>) -> AuditRecord {
+    pub fn finish(
+        mut self,
+        status: u32,
+        now: SystemTime,
+        client_ip: Option<String>,
+    ) -> AuditRecord {
         self.record.status = status;
         self.record.response_time_ms = now
             .duration_since(self.started)
@@ -184,7 +220,8 @@ impl Exchange {
             self.record.decision = Some(Outcome::Deny);
             self.record.reason = Some("request incomplete".into());
         }
-        self.record.success = self.record.decision == Some(Outcome::Allow) && (200..400).contains(&status);
+        self.record.success =
+            self.record.decision == Some(Outcome::Allow) && (200..400).contains(&status);
         self.record
     }
 
@@ -213,7 +250,11 @@ impl Exchange {
         let mut set = Vec::new();
         if let Some(p) = &self.principal {
             set.push((headers::USER_ID, headers::header_safe(&p.user_id)));
-            let roles: Vec<String> = p.roles.iter().map(|r| headers::header_safe(r).replace(',', "%2C")).collect();
+            let roles: Vec<String> = p
+                .roles
+                .iter()
+                .map(|r| headers::header_safe(r).replace(',', "%2C"))
+                .collect();
             set.push((headers::ROLES, roles.join(",")));
         }
         if let Some(server) = &self.server {
@@ -257,7 +298,9 @@ fn is_plain_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.contains('\\')
         && !path.split('/').any(|seg| seg == "." || seg == "..")
-        && !["%2e", "%2f", "%5c", "%25"].iter().any(|enc| lower.contains(enc))
+        && !["%2e", "%2f", "%5c", "%25"]
+            .iter()
+            .any(|enc| lower.contains(enc))
 }
 
 #[cfg(test)]
@@ -294,8 +337,17 @@ mod tests {
         custom.insert("aud".into(), json!("a"));
         custom.insert("sub".into(), json!(sub));
         custom.insert("roles".into(), json!(roles));
-        let claims = Claims::new(custom).set_duration(&TimeOptions::new(chrono::Duration::zero(), || SystemTime::now().into()), chrono::Duration::minutes(5));
-        Hs256.token(&Header::empty().with_key_id("k"), &claims, &Hs256Key::new(SECRET)).unwrap()
+        let claims = Claims::new(custom).set_duration(
+            &TimeOptions::new(chrono::Duration::zero(), || SystemTime::now().into()),
+            chrono::Duration::minutes(5),
+        );
+        Hs256
+            .token(
+                &Header::empty().with_key_id("k"),
+                &claims,
+                &Hs256Key::new(SECRET),
+            )
+            .unwrap()
     }
 
     /// A small request builder: `request().post("/mcp/github").by("alice", &["developer"])`.
@@ -306,7 +358,11 @@ mod tests {
     }
 
     fn request() -> Req {
-        Req { method: "POST", path: "/mcp/github".into(), headers: vec![("content-type".into(), "application/json".into())] }
+        Req {
+            method: "POST",
+            path: "/mcp/github".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+        }
     }
 
     impl Req {
@@ -327,7 +383,11 @@ mod tests {
             self.header("authorization", &format!("Bearer {t}"))
         }
         fn head(&self) -> Head<'_> {
-            Head { method: self.method, path: &self.path, headers: &self.headers }
+            Head {
+                method: self.method,
+                path: &self.path,
+                headers: &self.headers,
+            }
         }
         fn headers_step(&self, ex: &mut Exchange) -> (Step, HeaderEdits) {
             ex.on_request_headers(&config(), &self.head(), self.method != "POST", now())
@@ -354,7 +414,10 @@ mod tests {
 
     #[test]
     fn allows_a_developer_tool_call_and_sets_identity_headers() {
-        let req = request().by("alice", &["developer"]).header("X-MCP-User-Id", "mallory").header("x-request-id", "r-1");
+        let req = request()
+            .by("alice", &["developer"])
+            .header("X-MCP-User-Id", "mallory")
+            .header("x-request-id", "r-1");
         let mut ex = Exchange::new(now());
         let (step, edits) = req.headers_step(&mut ex);
         assert_eq!(step, Step::WaitForBody);
@@ -363,7 +426,10 @@ mod tests {
         assert!(edits.set.contains(&(headers::USER_ID, "alice".into())));
         assert!(edits.set.contains(&(headers::ROLES, "developer".into())));
         assert!(edits.set.contains(&(headers::REQUEST_ID, "r-1".into())));
-        assert_eq!(ex.on_request_body(&config(), &call("create_issue")), Step::Continue);
+        assert_eq!(
+            ex.on_request_body(&config(), &call("create_issue")),
+            Step::Continue
+        );
         let rec = ex.finish(200, now(), Some("127.0.0.1".into()));
         assert_eq!(rec.decision, Some(Outcome::Allow));
         assert!(rec.success);
@@ -398,17 +464,37 @@ mod tests {
             (ok().path("/mcp/github/../filesystem"), 404),
             (ok().path("/mcp/github/%2e%2e/filesystem"), 404),
             (ok().method("PUT"), 405),
-            (request().by("bob", &["readonly"]).path("/mcp/filesystem"), 403),
+            (
+                request().by("bob", &["readonly"]).path("/mcp/filesystem"),
+                403,
+            ),
             (request().by("eve", &["intern"]), 403),
-            (Req { headers: vec![], ..ok() }.by("alice", &["developer"]), 415),
+            (
+                Req {
+                    headers: vec![],
+                    ..ok()
+                }
+                .by("alice", &["developer"]),
+                415,
+            ),
             (ok().header("content-length", "4096"), 413),
         ];
         for (req, expected) in cases {
             let mut ex = Exchange::new(now());
             let (step, edits) = req.headers_step(&mut ex);
-            assert_eq!(status(&step), Some(expected), "{} {} {:?}", req.method, req.path, req.headers);
+            assert_eq!(
+                status(&step),
+                Some(expected),
+                "{} {} {:?}",
+                req.method,
+                req.path,
+                req.headers
+            );
             assert_eq!(edits, HeaderEdits::default());
-            assert_eq!(ex.finish(expected, now(), None).decision, Some(Outcome::Deny));
+            assert_eq!(
+                ex.finish(expected, now(), None).decision,
+                Some(Outcome::Deny)
+            );
         }
     }
 
@@ -416,7 +502,9 @@ mod tests {
     fn lower_case_bearer_is_accepted() {
         let t = token("alice", &["developer"]);
         let mut ex = Exchange::new(now());
-        let (step, _) = request().header("authorization", &format!("bearer {t}")).headers_step(&mut ex);
+        let (step, _) = request()
+            .header("authorization", &format!("bearer {t}"))
+            .headers_step(&mut ex);
         assert_eq!(step, Step::WaitForBody);
     }
 
@@ -424,7 +512,10 @@ mod tests {
     fn get_and_delete_are_authenticated_without_a_body() {
         for m in ["GET", "DELETE"] {
             let mut ex = Exchange::new(now());
-            let (step, _) = request().method(m).by("alice", &["developer"]).headers_step(&mut ex);
+            let (step, _) = request()
+                .method(m)
+                .by("alice", &["developer"])
+                .headers_step(&mut ex);
             assert_eq!(step, Step::Continue);
             let mut ex = Exchange::new(now());
             let (step, _) = request().method(m).headers_step(&mut ex);
@@ -445,27 +536,46 @@ mod tests {
             let mut ex = Exchange::new(now());
             request().by("alice", &["developer"]).headers_step(&mut ex);
             let step = ex.on_request_body(&config(), body);
-            assert_eq!(status(&step), Some(st), "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                status(&step),
+                Some(st),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
             assert_eq!(body_of(&step)["error"]["code"], code);
         }
         let mut ex = Exchange::new(now());
         request().by("alice", &["developer"]).headers_step(&mut ex);
-        assert_eq!(status(&Step::Reply(ex.on_body_progress(&config(), 2048).unwrap())), Some(413));
+        assert_eq!(
+            status(&Step::Reply(ex.on_body_progress(&config(), 2048).unwrap())),
+            Some(413)
+        );
     }
 
     #[test]
     fn post_without_body_is_a_parse_error() {
         let mut ex = Exchange::new(now());
-        let (step, _) = ex.on_request_headers(&config(), &request().by("a", &["developer"]).head(), true, now());
+        let (step, _) = ex.on_request_headers(
+            &config(),
+            &request().by("a", &["developer"]).head(),
+            true,
+            now(),
+        );
         assert_eq!(body_of(&step)["error"]["code"], -32700);
     }
 
     #[test]
     fn identity_header_values_are_sanitized() {
         let mut ex = Exchange::new(now());
-        let (_, edits) = request().by("al\r\nice", &["dev,eloper", "developer"]).headers_step(&mut ex);
-        assert!(edits.set.contains(&(headers::USER_ID, "al%0D%0Aice".into())));
-        assert!(edits.set.contains(&(headers::ROLES, "dev%2Celoper,developer".into())));
+        let (_, edits) = request()
+            .by("al\r\nice", &["dev,eloper", "developer"])
+            .headers_step(&mut ex);
+        assert!(edits
+            .set
+            .contains(&(headers::USER_ID, "al%0D%0Aice".into())));
+        assert!(edits
+            .set
+            .contains(&(headers::ROLES, "dev%2Celoper,developer".into())));
     }
 
     #[test]

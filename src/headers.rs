@@ -41,7 +41,8 @@ pub fn header_safe(value: &str) -> String {
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.trim().split('-');
     let (_version, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')).then_some(id)
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then_some(id)
 }
 
 #[cfg(test)]
@@ -53,7 +54,13 @@ mod tests {
         for name in ["x-mcp-user-id", "X-MCP-Roles", "x-Mcp-anything", "x-mcp-"] {
             assert!(is_spoofable(name), "{name}");
         }
-        for name in ["x-mc", "mcp-session-id", "x-request-id", "authorization", "é"] {
+        for name in [
+            "x-mc",
+            "mcp-session-id",
+            "x-request-id",
+            "authorization",
+            "é",
+        ] {
             assert!(!is_spoofable(name), "{name}");
         }
     }
@@ -61,7 +68,10 @@ mod tests {
     #[test]
     fn header_values_cannot_break_lines() {
         assert_eq!(header_safe("alice"), "alice");
-        assert_eq!(header_safe("a\r\nx-mcp-roles: admin"), "a%0D%0Ax-mcp-roles: admin");
+        assert_eq!(
+            header_safe("a\r\nx-mcp-roles: admin"),
+            "a%0D%0Ax-mcp-roles: admin"
+        );
         assert_eq!(header_safe("ü%"), "%C3%BC%25");
     }
 
@@ -71,7 +81,10 @@ mod tests {
             trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
         assert_eq!(trace_id("garbage"), None);
     }
 }

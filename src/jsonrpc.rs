@@ -170,7 +170,10 @@ type TargetAndArgs = (Option<Target>, Option<Value>);
 
 /// Extracts what a method acts on. Methods that name a tool, resource or prompt must
 /// name it; otherwise policy could not be evaluated and the call is refused.
-fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<TargetAndArgs, ParseError> {
+fn target_of(
+    method: &str,
+    params: Option<&Map<String, Value>>,
+) -> Result<TargetAndArgs, ParseError> {
     let field = |name: &'static str, why: &'static str| -> Result<String, ParseError> {
         params
             .and_then(|p| p.get(name))
@@ -181,15 +184,24 @@ fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<Target
     let arguments = || params.and_then(|p| p.get("arguments")).cloned();
     Ok(match method {
         "tools/call" => (
-            Some(Target::Tool(field("name", "tools/call needs a string \"name\"")?)),
+            Some(Target::Tool(field(
+                "name",
+                "tools/call needs a string \"name\"",
+            )?)),
             arguments(),
         ),
         "prompts/get" => (
-            Some(Target::Prompt(field("name", "prompts/get needs a string \"name\"")?)),
+            Some(Target::Prompt(field(
+                "name",
+                "prompts/get needs a string \"name\"",
+            )?)),
             arguments(),
         ),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => (
-            Some(Target::Resource(field("uri", "this method needs a string \"uri\"")?)),
+            Some(Target::Resource(field(
+                "uri",
+                "this method needs a string \"uri\"",
+            )?)),
             None,
         ),
         _ => (None, None),
@@ -251,9 +263,14 @@ mod tests {
 
     #[test]
     fn parses_resource_read_and_prompt_get() {
-        let m = parse_str(r#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#).unwrap();
+        let m = parse_str(
+            r#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#,
+        )
+        .unwrap();
         assert_eq!(m.target, Some(Target::Resource("file:///x".into())));
-        let m = parse_str(r#"{"jsonrpc":"2.0","id":"b","method":"prompts/get","params":{"name":"p"}}"#).unwrap();
+        let m =
+            parse_str(r#"{"jsonrpc":"2.0","id":"b","method":"prompts/get","params":{"name":"p"}}"#)
+                .unwrap();
         assert_eq!(m.target, Some(Target::Prompt("p".into())));
     }
 
@@ -290,7 +307,11 @@ mod tests {
         ];
         for (body, expected) in cases {
             let err = parse(body, 32).expect_err(&String::from_utf8_lossy(body));
-            assert!(expected(&err), "{:?} gave {err:?}", String::from_utf8_lossy(body));
+            assert!(
+                expected(&err),
+                "{:?} gave {err:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -301,7 +322,10 @@ mod tests {
             "[".repeat(100),
             "]".repeat(100)
         );
-        assert_eq!(parse(deep.as_bytes(), 32), Err(ParseError::TooDeep { limit: 32 }));
+        assert_eq!(
+            parse(deep.as_bytes(), 32),
+            Err(ParseError::TooDeep { limit: 32 })
+        );
         // Brackets inside strings do not count.
         let quoted = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{{\"a\":\"{}\\\"\"}}}}",
@@ -312,7 +336,10 @@ mod tests {
 
     #[test]
     fn salvages_the_id_of_an_invalid_message() {
-        assert_eq!(salvage_id(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call"}"#, 32), Some(json!(9)));
+        assert_eq!(
+            salvage_id(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call"}"#, 32),
+            Some(json!(9))
+        );
         assert_eq!(salvage_id(b"{not json", 32), None);
     }
 }

@@ -6,7 +6,9 @@
 //! HMAC secret).
 
 use chrono::{DateTime, Utc};
-use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::alg::{
+    Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey,
+};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
 use serde_json::{Map, Value};
@@ -38,12 +40,16 @@ impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AuthError::MissingToken => write!(f, "missing bearer token"),
-            AuthError::MultipleAuthorizationHeaders => write!(f, "more than one Authorization header"),
+            AuthError::MultipleAuthorizationHeaders => {
+                write!(f, "more than one Authorization header")
+            }
             AuthError::NotBearer => write!(f, "Authorization scheme must be Bearer"),
             AuthError::EmptyToken => write!(f, "empty bearer token"),
             AuthError::TooLarge { limit } => write!(f, "token longer than {limit} bytes"),
             AuthError::Malformed => write!(f, "malformed token"),
-            AuthError::AlgorithmNotAllowed(alg) => write!(f, "token algorithm {alg:?} is not allowed"),
+            AuthError::AlgorithmNotAllowed(alg) => {
+                write!(f, "token algorithm {alg:?} is not allowed")
+            }
             AuthError::UnknownKeyId => write!(f, "token signed with an unknown key"),
             AuthError::BadSignature => write!(f, "invalid token signature"),
             AuthError::MissingExpiry => write!(f, "token has no exp claim"),
@@ -180,7 +186,12 @@ impl Key {
             Alg::Hs256 => Material::Hs256(Hs256Key::new(secret)),
             Alg::Hs384 => Material::Hs384(Hs384Key::new(secret)),
             Alg::Hs512 => Material::Hs512(Hs512Key::new(secret)),
-            _ => return Err(format!("{} does not use a shared secret; use \"jwk\"", alg.name())),
+            _ => {
+                return Err(format!(
+                    "{} does not use a shared secret; use \"jwk\"",
+                    alg.name()
+                ))
+            }
         };
         Ok(Key { kid, alg, material })
     }
@@ -191,11 +202,15 @@ impl Key {
             serde_json::from_value(jwk.clone()).map_err(|e| format!("not a valid JWK: {e}"))?;
         if let Some(jwk_alg) = jwk.get("alg").and_then(Value::as_str) {
             if jwk_alg != alg.name() {
-                return Err(format!("JWK says alg {jwk_alg:?} but the key is configured for {}", alg.name()));
+                return Err(format!(
+                    "JWK says alg {jwk_alg:?} but the key is configured for {}",
+                    alg.name()
+                ));
             }
         }
         let kid = kid.or_else(|| jwk.get("kid").and_then(Value::as_str).map(str::to_owned));
-        let wrong = |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
+        let wrong =
+            |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
         let material = match alg {
             Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => {
                 let key = Hs256Key::try_from(&parsed).map_err(wrong)?;
@@ -221,7 +236,10 @@ impl Key {
     }
 
     /// Checks the signature (and that the header names this key's algorithm).
-    fn verify(&self, token: &UntrustedToken<'_>) -> Result<Claims<Map<String, Value>>, ValidationError> {
+    fn verify(
+        &self,
+        token: &UntrustedToken<'_>,
+    ) -> Result<Claims<Map<String, Value>>, ValidationError> {
         type C = Map<String, Value>;
         let token = match &self.material {
             Material::Hs256(k) => Hs256.validator::<C>(k).validate(token)?,
@@ -256,7 +274,9 @@ impl Verifier {
             return Err(AuthError::EmptyToken);
         }
         if token.len() > self.max_token_bytes {
-            return Err(AuthError::TooLarge { limit: self.max_token_bytes });
+            return Err(AuthError::TooLarge {
+                limit: self.max_token_bytes,
+            });
         }
         let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
         let alg = Alg::parse(untrusted.algorithm())
@@ -294,22 +314,35 @@ impl Verifier {
             .ok_or(AuthError::MissingSubject)?
             .to_owned();
         let roles = match lookup(&claims.custom, &self.roles_claim) {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
             _ => Vec::new(),
         };
         Ok(Principal { user_id, roles })
     }
 
-    fn check_claims(&self, claims: &Claims<Map<String, Value>>, now: SystemTime) -> Result<(), AuthError> {
+    fn check_claims(
+        &self,
+        claims: &Claims<Map<String, Value>>,
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
         let now: DateTime<Utc> = now.into();
-        let options = TimeOptions::new(chrono::Duration::seconds(i64::from(self.leeway_secs)), move || now);
+        let options = TimeOptions::new(
+            chrono::Duration::seconds(i64::from(self.leeway_secs)),
+            move || now,
+        );
         claims.validate_expiration(&options).map_err(|e| match e {
             ValidationError::NoClaim(_) => AuthError::MissingExpiry,
             _ => AuthError::Expired,
         })?;
         if claims.not_before.is_some() {
-            claims.validate_maturity(&options).map_err(|_| AuthError::NotYetValid)?;
+            claims
+                .validate_maturity(&options)
+                .map_err(|_| AuthError::NotYetValid)?;
         }
         if claims.custom.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(AuthError::WrongIssuer);
@@ -332,12 +365,16 @@ impl Verifier {
 /// Follows a dotted claim path such as `realm_access.roles`.
 fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(claims.get(first)?, |v, seg| v.get(seg))
+    rest.iter()
+        .try_fold(claims.get(first)?, |v, seg| v.get(seg))
 }
 
 /// An attacker-chosen header value, made safe and short for a log line.
 fn printable(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii_graphic()).take(32).collect()
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(32)
+        .collect()
 }
 
 /// Splits an `Authorization` header value into its bearer token. The scheme is
@@ -403,8 +440,12 @@ mod tests {
             header = header.with_key_id(kid);
         }
         let mut c: Claims<Map<String, Value>> = Claims::new(Map::new());
-        c.expiration = payload["exp"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
-        c.not_before = payload["nbf"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.expiration = payload["exp"]
+            .as_i64()
+            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.not_before = payload["nbf"]
+            .as_i64()
+            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
         let mut custom = payload.as_object().unwrap().clone();
         custom.remove("exp");
         custom.remove("nbf");
@@ -414,7 +455,9 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_token_and_maps_claims() {
-        let p = verifier().verify(&sign(Some("k1"), SECRET, claims(json!({}))), now()).unwrap();
+        let p = verifier()
+            .verify(&sign(Some("k1"), SECRET, claims(json!({}))), now())
+            .unwrap();
         assert_eq!(p.user_id, "alice");
         assert_eq!(p.roles, vec!["developer".to_string()]);
     }
@@ -424,21 +467,52 @@ mod tests {
         let mut v = verifier();
         v.roles_claim = vec!["scope".into()];
         let t = sign(None, SECRET, claims(json!({"scope": "readonly developer"})));
-        assert_eq!(v.verify(&t, now()).unwrap().roles, vec!["readonly", "developer"]);
+        assert_eq!(
+            v.verify(&t, now()).unwrap().roles,
+            vec!["readonly", "developer"]
+        );
     }
 
     #[test]
     fn rejects_each_bad_token_with_its_reason() {
         let v = verifier();
         let cases = vec![
-            (sign(Some("k1"), b"another-secret-another-secret-xx", claims(json!({}))), AuthError::BadSignature),
-            (sign(Some("nope"), SECRET, claims(json!({}))), AuthError::UnknownKeyId),
-            (sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))), AuthError::Expired),
-            (sign(None, SECRET, claims(json!({"exp": null}))), AuthError::MissingExpiry),
-            (sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))), AuthError::NotYetValid),
-            (sign(None, SECRET, claims(json!({"iss": "evil"}))), AuthError::WrongIssuer),
-            (sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))), AuthError::WrongAudience),
-            (sign(None, SECRET, claims(json!({"sub": ""}))), AuthError::MissingSubject),
+            (
+                sign(
+                    Some("k1"),
+                    b"another-secret-another-secret-xx",
+                    claims(json!({})),
+                ),
+                AuthError::BadSignature,
+            ),
+            (
+                sign(Some("nope"), SECRET, claims(json!({}))),
+                AuthError::UnknownKeyId,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))),
+                AuthError::Expired,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"exp": null}))),
+                AuthError::MissingExpiry,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))),
+                AuthError::NotYetValid,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"iss": "evil"}))),
+                AuthError::WrongIssuer,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))),
+                AuthError::WrongAudience,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"sub": ""}))),
+                AuthError::MissingSubject,
+            ),
             ("not.a.jwt".into(), AuthError::Malformed),
             ("a".repeat(5000), AuthError::TooLarge { limit: 4096 }),
             (String::new(), AuthError::EmptyToken),
@@ -464,10 +538,16 @@ mod tests {
         let payload = valid.split('.').nth(1).unwrap();
         // {"alg":"none"}
         let none = format!("eyJhbGciOiJub25lIn0.{payload}.");
-        assert_eq!(v.verify(&none, now()), Err(AuthError::AlgorithmNotAllowed("none".into())));
+        assert_eq!(
+            v.verify(&none, now()),
+            Err(AuthError::AlgorithmNotAllowed("none".into()))
+        );
         // {"alg":"RS256"} against a verifier holding only an HS256 key.
         let rs = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.AAAA");
-        assert_eq!(v.verify(&rs, now()), Err(AuthError::AlgorithmNotAllowed("RS256".into())));
+        assert_eq!(
+            v.verify(&rs, now()),
+            Err(AuthError::AlgorithmNotAllowed("RS256".into()))
+        );
     }
 
     #[test]

@@ -32,9 +32,16 @@ pub struct Policy {
 pub enum Denial {
     /// None of the caller's roles is defined in the policy.
     NoKnownRole,
-    ServerNotAllowed { server: String },
-    MethodNotAllowed { method: String },
-    TargetNotAllowed { method: String, name: String },
+    ServerNotAllowed {
+        server: String,
+    },
+    MethodNotAllowed {
+        method: String,
+    },
+    TargetNotAllowed {
+        method: String,
+        name: String,
+    },
 }
 
 impl fmt::Display for Denial {
@@ -58,8 +65,13 @@ fn any_match(patterns: &[Pattern], value: &str) -> bool {
 }
 
 impl Policy {
-    fn known_roles<'a>(&'a self, roles: &'a [String]) -> impl Iterator<Item = (&'a String, &'a Role)> + 'a {
-        roles.iter().filter_map(|name| self.roles.get_key_value(name.as_str()))
+    fn known_roles<'a>(
+        &'a self,
+        roles: &'a [String],
+    ) -> impl Iterator<Item = (&'a String, &'a Role)> + 'a {
+        roles
+            .iter()
+            .filter_map(|name| self.roles.get_key_value(name.as_str()))
     }
 
     /// May these roles reach this server at all? Used for requests without a body
@@ -72,25 +84,37 @@ impl Policy {
         known
             .find(|(_, role)| any_match(&role.servers, server))
             .map(|(name, _)| name.clone())
-            .ok_or_else(|| Denial::ServerNotAllowed { server: server.to_owned() })
+            .ok_or_else(|| Denial::ServerNotAllowed {
+                server: server.to_owned(),
+            })
     }
 
     /// May these roles send this message to this server?
     pub fn allows_message(&self, roles: &[String], server: &str, message: &Message) -> Decision {
         self.allows_server(roles, server)?;
-        let on_server = || self.known_roles(roles).filter(|(_, r)| any_match(&r.servers, server));
+        let on_server = || {
+            self.known_roles(roles)
+                .filter(|(_, r)| any_match(&r.servers, server))
+        };
         if message.kind == Kind::Response {
             // Answers to the server's own requests (sampling, elicitation) carry no method.
             return self.allows_server(roles, server);
         }
-        let mut with_method = on_server().filter(|(_, r)| any_match(&r.methods, &message.method)).peekable();
+        let mut with_method = on_server()
+            .filter(|(_, r)| any_match(&r.methods, &message.method))
+            .peekable();
         if with_method.peek().is_none() {
-            return Err(Denial::MethodNotAllowed { method: message.method.clone() });
-        }
-        let Some(target) = &message.target else {
-            return with_method.next().map(|(n, _)| n.clone()).ok_or(Denial::MethodNotAllowed {
+            return Err(Denial::MethodNotAllowed {
                 method: message.method.clone(),
             });
+        }
+        let Some(target) = &message.target else {
+            return with_method
+                .next()
+                .map(|(n, _)| n.clone())
+                .ok_or(Denial::MethodNotAllowed {
+                    method: message.method.clone(),
+                });
         };
         with_method
             .find(|(_, r)| {
@@ -123,7 +147,13 @@ mod tests {
         let mut roles = BTreeMap::new();
         roles.insert(
             "admin".into(),
-            Role { servers: pats(&["*"]), methods: pats(&["*"]), tools: pats(&["*"]), resources: pats(&["*"]), prompts: pats(&["*"]) },
+            Role {
+                servers: pats(&["*"]),
+                methods: pats(&["*"]),
+                tools: pats(&["*"]),
+                resources: pats(&["*"]),
+                prompts: pats(&["*"]),
+            },
         );
         roles.insert(
             "developer".into(),
@@ -139,7 +169,13 @@ mod tests {
             "readonly".into(),
             Role {
                 servers: pats(&["github", "filesystem", "atlassian"]),
-                methods: pats(&["initialize", "notifications/*", "ping", "tools/list", "tools/call"]),
+                methods: pats(&[
+                    "initialize",
+                    "notifications/*",
+                    "ping",
+                    "tools/list",
+                    "tools/call",
+                ]),
                 tools: pats(&["get_*", "list_*"]),
                 resources: vec![],
                 prompts: vec![],
@@ -150,14 +186,21 @@ mod tests {
 
     fn call(tool: &str) -> Message {
         parse(
-            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#).as_bytes(),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#
+            )
+            .as_bytes(),
             16,
         )
         .unwrap()
     }
 
     fn method(m: &str) -> Message {
-        parse(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{m}"}}"#).as_bytes(), 16).unwrap()
+        parse(
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{m}"}}"#).as_bytes(),
+            16,
+        )
+        .unwrap()
     }
 
     fn roles(r: &[&str]) -> Vec<String> {
@@ -190,7 +233,9 @@ mod tests {
     fn denies_tool_call_when_role_lacks_server() {
         assert_eq!(
             policy().allows_message(&roles(&["developer"]), "atlassian", &call("get_issue")),
-            Err(Denial::ServerNotAllowed { server: "atlassian".into() })
+            Err(Denial::ServerNotAllowed {
+                server: "atlassian".into()
+            })
         );
     }
 
@@ -199,15 +244,23 @@ mod tests {
         let p = policy();
         assert_eq!(
             p.allows_message(&roles(&["readonly"]), "github", &method("resources/list")),
-            Err(Denial::MethodNotAllowed { method: "resources/list".into() })
+            Err(Denial::MethodNotAllowed {
+                method: "resources/list".into()
+            })
         );
-        assert!(p.allows_message(&roles(&["readonly"]), "github", &method("tools/list")).is_ok());
+        assert!(p
+            .allows_message(&roles(&["readonly"]), "github", &method("tools/list"))
+            .is_ok());
     }
 
     #[test]
     fn names_the_role_that_allowed() {
         assert_eq!(
-            policy().allows_message(&roles(&["readonly", "developer"]), "github", &call("create_issue")),
+            policy().allows_message(
+                &roles(&["readonly", "developer"]),
+                "github",
+                &call("create_issue")
+            ),
             Ok("developer".into())
         );
     }
@@ -216,6 +269,9 @@ mod tests {
     fn server_only_checks_for_bodyless_requests() {
         let p = policy();
         assert!(p.allows_server(&roles(&["developer"]), "github").is_ok());
-        assert_eq!(p.allows_server(&roles(&["nobody"]), "github"), Err(Denial::NoKnownRole));
+        assert_eq!(
+            p.allows_server(&roles(&["nobody"]), "github"),
+            Err(Denial::NoKnownRole)
+        );
     }
 }

@@ -32,7 +32,9 @@ pub enum Refusal {
     HttpMethod(String),
     /// A POST whose Content-Type is not JSON.
     ContentType,
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        limit: usize,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -78,7 +80,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -90,10 +95,20 @@ pub fn reply(refusal: &Refusal, id: Option<Value>) -> Reply {
         Refusal::Parse(e @ (ParseError::NotJson(_) | ParseError::Empty)) => {
             (400, code::PARSE_ERROR, format!("Parse error: {e}"))
         }
-        Refusal::Parse(e @ ParseError::InvalidParams(_)) => (400, code::INVALID_PARAMS, format!("Invalid params: {e}")),
+        Refusal::Parse(e @ ParseError::InvalidParams(_)) => {
+            (400, code::INVALID_PARAMS, format!("Invalid params: {e}"))
+        }
         Refusal::Parse(e) => (400, code::INVALID_REQUEST, format!("Invalid Request: {e}")),
-        Refusal::Forbidden(_) => (403, code::FORBIDDEN, "Forbidden: not permitted by gateway policy".to_owned()),
-        Refusal::UnknownServer => (404, code::NOT_FOUND, "Not Found: no MCP server at this path".to_owned()),
+        Refusal::Forbidden(_) => (
+            403,
+            code::FORBIDDEN,
+            "Forbidden: not permitted by gateway policy".to_owned(),
+        ),
+        Refusal::UnknownServer => (
+            404,
+            code::NOT_FOUND,
+            "Not Found: no MCP server at this path".to_owned(),
+        ),
         Refusal::HttpMethod(m) => (
             405,
             code::INVALID_REQUEST,
@@ -136,7 +151,9 @@ fn www_authenticate(e: &AuthError) -> String {
         AuthError::MultipleAuthorizationHeaders | AuthError::NotBearer => {
             format!("Bearer realm=\"mcp-gateway\", error=\"invalid_request\", error_description=\"{e}\"")
         }
-        _ => format!("Bearer realm=\"mcp-gateway\", error=\"invalid_token\", error_description=\"{e}\""),
+        _ => format!(
+            "Bearer realm=\"mcp-gateway\", error=\"invalid_token\", error_description=\"{e}\""
+        ),
     }
 }
 
@@ -151,14 +168,26 @@ mod tests {
     #[test]
     fn statuses_and_codes() {
         let table: Vec<(Refusal, u32, i64)> = vec![
-            (Refusal::Auth(AuthError::MissingToken), 401, code::UNAUTHORIZED),
+            (
+                Refusal::Auth(AuthError::MissingToken),
+                401,
+                code::UNAUTHORIZED,
+            ),
             (Refusal::Parse(ParseError::NotJson("x".into())), 400, -32700),
             (Refusal::Parse(ParseError::Empty), 400, -32700),
             (Refusal::Parse(ParseError::Batch), 400, -32600),
             (Refusal::Parse(ParseError::Invalid("x")), 400, -32600),
-            (Refusal::Parse(ParseError::TooDeep { limit: 3 }), 400, -32600),
+            (
+                Refusal::Parse(ParseError::TooDeep { limit: 3 }),
+                400,
+                -32600,
+            ),
             (Refusal::Parse(ParseError::InvalidParams("x")), 400, -32602),
-            (Refusal::Forbidden(Denial::NoKnownRole), 403, code::FORBIDDEN),
+            (
+                Refusal::Forbidden(Denial::NoKnownRole),
+                403,
+                code::FORBIDDEN,
+            ),
             (Refusal::UnknownServer, 404, code::NOT_FOUND),
             (Refusal::HttpMethod("PUT".into()), 405, -32600),
             (Refusal::ContentType, 415, -32600),
@@ -176,7 +205,10 @@ mod tests {
     #[test]
     fn forbidden_carries_the_id_and_hides_the_rule() {
         let r = reply(
-            &Refusal::Forbidden(Denial::TargetNotAllowed { method: "tools/call".into(), name: "create_issue".into() }),
+            &Refusal::Forbidden(Denial::TargetNotAllowed {
+                method: "tools/call".into(),
+                name: "create_issue".into(),
+            }),
             Some(json!(42)),
         );
         assert_eq!(body(&r)["id"], 42);
@@ -186,9 +218,15 @@ mod tests {
     #[test]
     fn unauthorized_asks_for_a_bearer_token() {
         let r = reply(&Refusal::Auth(AuthError::MissingToken), None);
-        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"mcp-gateway\""));
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"mcp-gateway\"")
+        );
         let r = reply(&Refusal::Auth(AuthError::Expired), None);
-        assert!(r.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
+        assert!(r
+            .header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
         assert_eq!(body(&r)["id"], Value::Null);
     }
 }

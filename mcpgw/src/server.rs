@@ -1,0 +1,157 @@
+//! Serving an MCP server over Streamable HTTP on a listener, for demos and tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
+use axum::Router;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::ServerHandler;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::demo::filesystem::{self, FilesystemServer};
+use crate::demo::github::{GithubData, GithubServer};
+use crate::request_log::{self, RequestLog};
+use crate::testing::TestServer;
+
+/// Where the MCP endpoint is mounted on every server.
+pub const MCP_PATH: &str = "/mcp";
+
+/// How long `shutdown` lets open connections finish before cutting them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Which MCP server to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerKind {
+    /// The sandboxed filesystem; the sandbox is created (with seed files) if missing.
+    Filesystem {
+        sandbox: PathBuf,
+    },
+    Github,
+    /// The integration-test server (see [`crate::testing`]).
+    Test,
+}
+
+/// A server running in the background. Dropping it stops it too; [`RunningServer::shutdown`]
+/// also waits until it has stopped.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// Every HTTP request that reached this server.
+    pub requests: RequestLog,
+    /// Gate of the test server's `stepped` tool; starts with no permits.
+    pub gate: Arc<Semaphore>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// `http://<addr>/mcp`.
+    pub fn url(&self) -> String {
+        format!("http://{}{MCP_PATH}", self.addr)
+    }
+
+    /// Ends open sessions and streams, stops accepting, and waits (at most
+    /// [`SHUTDOWN_GRACE`]) for open connections to finish; then the server is aborted.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(finished) => Ok(finished.context("server task failed")??),
+            Err(_) => {
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Serves `kind` on `listener` in a background task.
+pub async fn spawn(kind: ServerKind, listener: TcpListener) -> anyhow::Result<RunningServer> {
+    let addr = listener.local_addr()?;
+    let requests = RequestLog::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let cancel = CancellationToken::new();
+    let app = router(&kind, requests.clone(), gate.clone(), cancel.clone())?;
+
+    // Without TCP_NODELAY every SSE reply waits ~40 ms (Nagle against delayed ACK).
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let shutdown = cancel.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        requests,
+        gate,
+        cancel,
+        task: Some(task),
+    })
+}
+
+/// The HTTP application of one server: the MCP service at [`MCP_PATH`] behind the request log.
+/// Cancelling `cancel` ends its sessions (so graceful shutdown is not held up by open streams).
+pub fn router(
+    kind: &ServerKind,
+    requests: RequestLog,
+    gate: Arc<Semaphore>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Router> {
+    let app = match kind {
+        ServerKind::Filesystem { sandbox } => {
+            filesystem::ensure_sandbox(sandbox)
+                .with_context(|| format!("cannot create sandbox {}", sandbox.display()))?;
+            let server = FilesystemServer::new(sandbox)
+                .with_context(|| format!("cannot open sandbox {}", sandbox.display()))?;
+            mcp_router(move || server.clone(), cancel)
+        }
+        ServerKind::Github => {
+            let data = GithubData::default();
+            mcp_router(move || GithubServer::new(data.clone()), cancel)
+        }
+        ServerKind::Test => mcp_router(move || TestServer::new(gate.clone()), cancel),
+    };
+    Ok(app.layer(axum::middleware::from_fn_with_state(
+        requests,
+        request_log::record,
+    )))
+}
+
+fn mcp_router<S>(
+    new_session: impl Fn() -> S + Send + Sync + 'static,
+    cancel: CancellationToken,
+) -> Router
+where
+    S: ServerHandler + Send + 'static,
+{
+    // rmcp rejects a `Host` outside this list with 403 (DNS-rebinding defence). Entries without
+    // a port match any port, so `127.0.0.1:10000` (the gateway keeps the client's Host) passes.
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(["localhost", "127.0.0.1", "::1"])
+        .with_cancellation_token(cancel);
+    let service = StreamableHttpService::new(
+        move || Ok(new_session()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new().route_service(MCP_PATH, service)
+}

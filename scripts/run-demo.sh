@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the demo: two rmcp MCP servers on 127.0.0.1:10001/10002 and Envoy with the
+# mcp-gateway filter on 127.0.0.1:10000. Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MCPGW=target/release/mcpgw
+ENVOY=${ENVOY:-.envoy/bin/envoy}
+
+"$MCPGW" keygen --dir .dev
+MCPGW_DEMO_JWK="$(cat .dev/public-key.jwk)"
+export MCPGW_DEMO_JWK
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+"$MCPGW" demo --filesystem 127.0.0.1:10001 --github 127.0.0.1:10002 --sandbox .dev/sandbox &
+pids+=($!)
+"$ENVOY" -c envoy/demo.yaml --use-dynamic-base-id --log-level info 2> >(tee .dev/envoy.log >&2) &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  curl -fsS http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS http://127.0.0.1:9901/ready >/dev/null || { echo "envoy did not become ready; see .dev/envoy.log" >&2; exit 1; }
+
+cat <<'MSG'
+
+MCP gateway ready on http://127.0.0.1:10000 (audit lines: grep mcp_audit .dev/envoy.log)
+  http://127.0.0.1:10000/mcp/filesystem   read_file, list_directory, write_file
+  http://127.0.0.1:10000/mcp/github       get_repository, list_issues, create_issue
+
+Call a tool through the gateway (paste into another terminal):
+
+  TOKEN=$(target/release/mcpgw token --sub alice --roles developer)
+  curl -sS http://127.0.0.1:10000/mcp/github \
+    -H "Authorization: Bearer $TOKEN" \
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_repository","arguments":{"repository":"acme/website"}}}'
+
+Try --roles readonly with "create_issue" (403), or no token at all (401).
+Ctrl-C stops everything.
+MSG
+wait -n "${pids[@]}"

@@ -1,0 +1,296 @@
+//! A real Envoy for integration tests: runs the built `.wasm` with a given plugin
+//! configuration in front of given upstreams, on free loopback ports, and is killed
+//! when dropped.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Envoy binary: `$ENVOY`, or the one `make envoy` puts in `.envoy/`.
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".envoy/bin/envoy"));
+    assert!(
+        path.exists(),
+        "no Envoy at {}: run `make envoy` or set ENVOY",
+        path.display()
+    );
+    path
+}
+
+/// The filter, built once per test binary (a no-op when it is up to date), so `cargo
+/// test` never runs against a stale `.wasm`.
+pub fn wasm_path() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("MCPGW_WASM") {
+            return PathBuf::from(path);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root())
+            .args([
+                "build",
+                "--quiet",
+                "--target",
+                "wasm32-wasip1",
+                "--release",
+                "--lib",
+            ])
+            .status()
+            .expect("run cargo to build the wasm filter");
+        assert!(status.success(), "building the wasm filter failed");
+        root().join("target/wasm32-wasip1/release/mcp_gateway.wasm")
+    })
+}
+
+/// What to run Envoy with.
+pub struct EnvoyOptions {
+    /// Plugin configuration (JSON) for the filter.
+    pub plugin_config: Value,
+    /// (server name, path prefix, upstream address). The route strips the prefix to `/mcp`.
+    pub upstreams: Vec<(String, String, SocketAddr)>,
+    /// Environment variables given to Envoy and exposed to the wasm VM.
+    pub env: Vec<(String, String)>,
+}
+
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn yaml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The Envoy bootstrap used by tests; same shape as `envoy/demo.yaml`.
+pub fn bootstrap(opts: &EnvoyOptions) -> String {
+    let routes: String = opts
+        .upstreams
+        .iter()
+        .map(|(name, prefix, _)| {
+            format!(
+                "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s }}\n"
+            )
+        })
+        .collect();
+    let clusters: String = opts
+        .upstreams
+        .iter()
+        .map(|(name, _, addr)| {
+            format!(
+                "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
+                addr.ip(),
+                addr.port()
+            )
+        })
+        .collect();
+    let env_keys: Vec<String> = opts.env.iter().map(|(k, _)| yaml_string(k)).collect();
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: mcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    per_connection_buffer_limit_bytes: 1048576
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: mcp
+          use_remote_address: true
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: REJECT_REQUEST
+          route_config:
+            name: mcp
+            virtual_hosts:
+            - name: mcp
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: mcp_gateway
+                root_id: mcp_gateway
+                allow_on_headers_stop_iteration: true
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}
+                  environment_variables:
+                    host_env_keys: [{env_keys}]
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {config}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#,
+        wasm = yaml_string(&wasm_path().to_string_lossy()),
+        env_keys = env_keys.join(", "),
+        config = yaml_string(&opts.plugin_config.to_string()),
+    )
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until its listener accepts requests.
+    pub async fn start(opts: EnvoyOptions) -> Result<Envoy> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("envoy.yaml");
+        let admin_path = dir.path().join("admin.txt");
+        let log_path = dir.path().join("envoy.log");
+        std::fs::write(&config_path, bootstrap(&opts))?;
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(envoy_binary());
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args([
+                "--use-dynamic-base-id",
+                "--log-level",
+                "info",
+                "--concurrency",
+                "2",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawn envoy")?;
+        let mut envoy = Envoy {
+            child,
+            port: 0,
+            admin_port: 0,
+            log_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = envoy.child.try_wait()? {
+                bail!(
+                    "envoy exited with {status} before becoming ready:\n{}",
+                    envoy.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("envoy not ready after 30s:\n{}", envoy.log());
+            }
+            if envoy.admin_port == 0 {
+                if let Ok(addr) = std::fs::read_to_string(&admin_path) {
+                    envoy.admin_port = addr
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                }
+            }
+            if envoy.admin_port != 0 && envoy.port == 0 {
+                envoy.port = envoy.listener_port().await.unwrap_or(0);
+            }
+            if envoy.port != 0
+                && envoy
+                    .admin_get("/ready")
+                    .await
+                    .is_ok_and(|r| r.trim() == "LIVE")
+            {
+                return Ok(envoy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs Envoy expecting it to refuse the configuration; returns its log.
+    pub async fn expect_refusal(opts: EnvoyOptions) -> Result<String> {
+        match Envoy::start(opts).await {
+            Ok(envoy) => Err(anyhow!(
+                "envoy started although it should have refused:\n{}",
+                envoy.log()
+            )),
+            Err(e) => Ok(e.to_string()),
+        }
+    }
+
+    async fn admin_get(&self, path: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
+    }
+
+    async fn listener_port(&self) -> Result<u16> {
+        let listeners: Value =
+            serde_json::from_str(&self.admin_get("/listeners?format=json").await?)?;
+        listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| anyhow!("no listener port yet"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The audit records logged so far.
+    pub fn audit_records(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("mcp_audit ").map(|(_, json)| json))
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect()
+    }
+
+    /// Waits for an audit record matching `pred` (records are written when the
+    /// response completes, just after the client has it).
+    pub async fn wait_for_audit(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.audit_records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit record in:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// True while the Envoy process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
