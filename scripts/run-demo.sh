@@ -20,7 +20,7 @@ trap stop INT TERM EXIT
 
 "$MCPGW" demo --filesystem 127.0.0.1:10001 --github 127.0.0.1:10002 --sandbox .dev/sandbox &
 pids+=($!)
-"$ENVOY" -c envoy/demo.yaml --use-dynamic-base-id --log-level info 2> >(tee .dev/envoy.log >&2) &
+"$ENVOY" -c envoy/demo.yaml --use-dynamic-base-id --log-level info 2> .dev/envoy.log &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -35,13 +35,10 @@ MCP gateway ready on http://127.0.0.1:10000 (audit lines: grep mcp_audit .dev/en
   http://127.0.0.1:10000/mcp/filesystem   read_file, list_directory, write_file
   http://127.0.0.1:10000/mcp/github       get_repository, list_issues, create_issue
 
-Call a tool through the gateway (paste into another terminal):
+Call a tool through the gateway with a real MCP client (paste into another terminal):
 
   TOKEN=$(target/release/mcpgw token --sub alice --roles developer)
-  curl -sS http://127.0.0.1:10000/mcp/github \
-    -H "Authorization: Bearer $TOKEN" \
-    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
-    -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_repository","arguments":{"repository":"acme/website"}}}'
+  target/release/mcpgw call --token "$TOKEN" http://127.0.0.1:10000/mcp/github get_repository '{"repository":"acme/website"}'
 
 Try --roles readonly with "create_issue" (403), or no token at all (401).
 Ctrl-C stops everything.

@@ -284,7 +284,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_with_the_right_error() {
-        let cases: &[(&[u8], fn(&ParseError) -> bool)] = &[
+        type Expect = fn(&ParseError) -> bool;
+        let cases: &[(&[u8], Expect)] = &[
             (b"", |e| *e == ParseError::Empty),
             (b"  \n", |e| *e == ParseError::Empty),
             (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"meth", |e| matches!(e, ParseError::NotJson(_))),

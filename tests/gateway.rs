@@ -4,8 +4,8 @@
 mod common;
 
 use common::envoy::{envoy_binary, root, Envoy, EnvoyOptions};
-use common::mcp_client::{connect, text};
 use common::{plugin_config, post_json, send, tool_call, Gateway, JWK_ENV};
+use mcpgw::client::{connect, text};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;

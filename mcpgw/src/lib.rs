@@ -1,6 +1,7 @@
 //! Native side of the MCP gateway: development keys and tokens, and the MCP servers that the
 //! demo and the integration tests put behind Envoy.
 
+pub mod client;
 pub mod demo;
 pub mod request_log;
 pub mod server;

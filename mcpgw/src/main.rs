@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -35,6 +36,23 @@ enum Command {
     },
     /// Mint a signed bearer token (ES256) and print it on stdout.
     Token(TokenArgs),
+    /// Call one tool on an MCP server (through the gateway) and print the result.
+    ///
+    /// Performs the MCP handshake over Streamable HTTP, sending the token as
+    /// `Authorization: Bearer`, then `tools/call`. Exits 1 when the call is refused or the
+    /// tool reports an error.
+    Call {
+        /// Bearer token (for example from `mcpgw token`).
+        #[arg(long, env = "MCPGW_TOKEN")]
+        token: Option<String>,
+        /// MCP endpoint, e.g. http://127.0.0.1:10000/mcp/github
+        url: String,
+        /// Tool name.
+        tool: String,
+        /// Tool arguments as a JSON object.
+        #[arg(default_value = "{}")]
+        arguments: String,
+    },
     /// Run the demo MCP servers (filesystem and github) until Ctrl-C or SIGTERM.
     Demo {
         /// Address of the filesystem server (Streamable HTTP at /mcp).
@@ -76,10 +94,27 @@ struct TokenArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the context chain on one line, without a backtrace.
+            eprintln!("mcpgw: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Keygen { dir } => keygen(&dir),
         Command::Token(args) => mint(args),
+        Command::Call {
+            token,
+            url,
+            tool,
+            arguments,
+        } => call(token.as_deref(), &url, &tool, &arguments).await,
         Command::Demo {
             filesystem,
             github,
@@ -120,6 +155,26 @@ fn mint(args: TokenArgs) -> anyhow::Result<()> {
         extra_claims: args.claims.into_iter().collect::<Map<_, _>>(),
     };
     println!("{}", token::mint(&signing_jwk, &request)?);
+    Ok(())
+}
+
+async fn call(token: Option<&str>, url: &str, tool: &str, arguments: &str) -> anyhow::Result<()> {
+    let arguments: Value =
+        serde_json::from_str(arguments).context("tool arguments must be a JSON object")?;
+    if !arguments.is_object() {
+        bail!("tool arguments must be a JSON object, got {arguments}");
+    }
+    // rmcp nests the same transport error several times; its root cause (for example
+    // "HTTP 403 Forbidden: {...}") is what a user needs to see.
+    let root = |e: anyhow::Error| anyhow::anyhow!("{}", e.root_cause());
+    let client = mcpgw::client::connect(url, token).await.map_err(root)?;
+    let result = client.call_tool(tool, arguments).await;
+    client.close().await.ok();
+    let result = result.map_err(root)?;
+    println!("{}", mcpgw::client::text(&result));
+    if result.is_error == Some(true) {
+        bail!("tool {tool} reported an error");
+    }
     Ok(())
 }
 

@@ -1,9 +1,15 @@
 //! Shared integration-test setup: real rmcp MCP servers behind a real Envoy running the
 //! built filter, a signing key, and helpers to talk to the gateway over raw HTTP.
 #![allow(dead_code)] // each test binary uses a different subset
+// Test support: failing loudly is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod envoy;
-pub mod mcp_client;
 
 use envoy::{Envoy, EnvoyOptions};
 use mcpgw::token::{keygen, mint, TokenRequest};

@@ -1,11 +1,9 @@
-//! A real MCP client (rmcp, Streamable HTTP) for integration tests.
+//! A real MCP client (rmcp, Streamable HTTP): `mcpgw call` and the integration tests use it.
 //!
 //! `connect` performs the MCP handshake, sending the bearer token on every HTTP request. Each
 //! call gets a fresh JSON-RPC id and progress token from rmcp, so one client can run calls
 //! concurrently. rmcp's client-side response cache is turned off: a test must see what the
 //! gateway answers now, not a list remembered from before a denial.
-
-#![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
