@@ -201,6 +201,19 @@ impl HttpContext for Filter {
         }
     }
 
+    /// MCP clients never send request trailers; a body that ends in trailers never
+    /// reaches `end_of_stream` in the body callback, so refuse it instead of waiting.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.replied {
+            return Action::Pause;
+        }
+        match self.exchange.as_mut().map(Exchange::on_request_trailers) {
+            Some(Some(reply)) => self.send(reply),
+            Some(None) => Action::Continue,
+            None => self.fail_closed("trailers before headers"),
+        }
+    }
+
     fn on_log(&mut self) {
         let Some(exchange) = self.exchange.take() else {
             return;

@@ -201,6 +201,20 @@ impl Exchange {
         }
     }
 
+    /// Request trailers arrived. A POST still waiting for its body is refused: the body
+    /// callback never saw the end of the stream, so nothing was decided yet.
+    pub fn on_request_trailers(&mut self) -> Option<Reply> {
+        let waiting = self.record.decision.is_none();
+        waiting.then(|| {
+            self.refuse(
+                &Refusal::Parse(jsonrpc::ParseError::Invalid(
+                    "request trailers are not supported",
+                )),
+                None,
+            )
+        })
+    }
+
     /// The audit record, once the response is complete. `status` is the HTTP status
     /// sent to the client (0 when the stream was reset before a response).
     pub fn finish(
@@ -576,6 +590,19 @@ mod tests {
         assert!(edits
             .set
             .contains(&(headers::ROLES, "dev%2Celoper,developer".into())));
+    }
+
+    #[test]
+    fn trailers_before_a_decision_are_refused() {
+        let mut ex = Exchange::new(now());
+        request().by("alice", &["developer"]).headers_step(&mut ex);
+        assert_eq!(ex.on_request_trailers().map(|r| r.status), Some(400));
+        let mut ex = Exchange::new(now());
+        request()
+            .method("GET")
+            .by("alice", &["developer"])
+            .headers_step(&mut ex);
+        assert_eq!(ex.on_request_trailers(), None);
     }
 
     #[test]
