@@ -5,13 +5,14 @@
 //! field below is part of the user's manual (README "Configuration").
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
-use crate::jwt::{Alg, Key, Verifier};
+use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
 use crate::rbac::{Policy, Role};
 use glob::Pattern;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 /// A configuration error, naming the field (as a JSON path) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct RawConfig {
     pub servers: Vec<RawServer>,
     pub jwt: RawJwt,
     pub rbac: RawRbac,
+    /// OAuth protected resource metadata (MCP authorization discovery). Optional.
+    pub resource_metadata: Option<RawResourceMetadata>,
     #[serde(default)]
     pub audit: RawAudit,
 }
@@ -74,31 +77,47 @@ pub struct RawServer {
     /// Requests whose path is this prefix, or this prefix followed by `/` or `?`, are
     /// for this server. Must match the Envoy route that sends them to its cluster.
     pub path_prefix: String,
+    /// What credential the upstream gets. By default none: the client's token is for the
+    /// gateway, never passed through.
+    #[serde(default)]
+    pub upstream_auth: RawUpstreamAuth,
 }
 
-/// Token verification for one issuer.
+/// Credential for an upstream server. At most one of forwarding and injecting.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamAuth {
+    /// Forward the client's `Authorization` header unchanged (opt-in; only for servers
+    /// that accept the gateway's tokens themselves).
+    #[serde(default)]
+    pub forward_client_token: bool,
+    /// Header to set on requests to this server (e.g. `authorization`).
+    pub header: Option<String>,
+    /// Its value, inline. Never logged. Prefer `value_env`.
+    pub value: Option<String>,
+    /// Environment variable holding the value.
+    pub value_env: Option<String>,
+}
+
+/// Token verification.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    /// Required `iss` claim.
-    pub issuer: String,
-    /// Accepted `aud` values; the token must name at least one.
-    pub audiences: Vec<String>,
     /// Clock skew tolerated for `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u32,
     /// Longest token accepted, in bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
-    /// Dotted path of the claim holding the user id.
-    #[serde(default = "default_user_claim")]
-    pub user_claim: String,
-    /// Dotted path of the claim holding roles: an array of strings, or a
-    /// space-separated string (`realm_access.roles`, `groups`, `scope`).
-    #[serde(default = "default_roles_claim")]
-    pub roles_claim: String,
-    /// Verification keys; each is bound to one algorithm.
-    pub keys: Vec<RawKey>,
+    /// How long a request may wait for a provider's first JWKS fetch (or for a refetch
+    /// caused by an unknown `kid`) before it is refused.
+    #[serde(default = "default_key_wait_ms")]
+    pub key_wait_ms: u64,
+    /// Verified tokens remembered per worker (0 disables the cache).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+    /// Trusted issuers; a token is checked by the provider whose `issuer` it names.
+    pub providers: Vec<RawProvider>,
 }
 
 fn default_leeway() -> u32 {
@@ -107,11 +126,120 @@ fn default_leeway() -> u32 {
 fn default_max_token_bytes() -> usize {
     8192
 }
+fn default_key_wait_ms() -> u64 {
+    3000
+}
+fn default_cache_entries() -> usize {
+    4096
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Name for logs, metrics and audit.
+    pub name: String,
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values; the token must name at least one.
+    pub audiences: Vec<String>,
+    /// Algorithm allow-list. Defaults to RS256/384/512, PS256/384/512, ES256 and EdDSA,
+    /// plus the algorithms of configured HMAC keys. HS* need a configured secret.
+    pub algorithms: Option<Vec<String>>,
+    /// Which claims say who the caller is.
+    #[serde(default)]
+    pub claims: RawClaims,
+    /// Keys given in the configuration.
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    /// A JWKS document given inline (`{"keys":[...]}`), as an IdP publishes it.
+    pub jwks_inline: Option<Value>,
+    /// A JWKS fetched from the identity provider through an Envoy cluster.
+    pub jwks: Option<RawJwks>,
+}
+
+/// Claim mapping.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaims {
+    /// Dotted path of the claim holding the user id.
+    #[serde(default = "default_user_claim")]
+    pub user: String,
+    /// Dotted path of the claim holding roles: an array of strings, or a
+    /// space-separated string (`realm_access.roles`, `groups`, `scope`).
+    #[serde(default = "default_roles_claim")]
+    pub roles: String,
+    /// Maps values of the roles claim to gateway roles (e.g. scope `mcp:write` to
+    /// `developer`); when set, unmapped values grant nothing.
+    pub role_map: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl Default for RawClaims {
+    fn default() -> Self {
+        RawClaims { user: default_user_claim(), roles: default_roles_claim(), role_map: None }
+    }
+}
+
 fn default_user_claim() -> String {
     "sub".into()
 }
 fn default_roles_claim() -> String {
     "roles".into()
+}
+
+/// Where and how often to fetch a JWKS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    /// Envoy cluster of the identity provider.
+    pub cluster: String,
+    /// Path of the JWKS on that cluster (e.g. `/realms/acme/protocol/openid-connect/certs`).
+    pub path: String,
+    /// `:authority` (Host) of the fetch. Defaults to the cluster name.
+    pub authority: Option<String>,
+    /// Refresh at least this often; a shorter `Cache-Control: max-age` wins.
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Never fetch more often than this, whatever unknown `kid`s or failures ask for.
+    #[serde(default = "default_min_refetch_secs")]
+    pub min_refetch_secs: u64,
+    /// Timeout of one fetch.
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_refresh_secs() -> u64 {
+    300
+}
+fn default_min_refetch_secs() -> u64 {
+    30
+}
+fn default_fetch_timeout_ms() -> u64 {
+    2000
+}
+
+/// RFC 9728 protected resource metadata, served at
+/// `/.well-known/oauth-protected-resource` and per server at
+/// `/.well-known/oauth-protected-resource<path_prefix>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourceMetadata {
+    /// Public base URL of the gateway (`https://mcp.example.com`). A server's resource
+    /// identifier is this plus its `path_prefix`. Defaults to the request's scheme and
+    /// Host.
+    pub public_url: Option<String>,
+    /// Authorization server issuer URLs clients should get tokens from.
+    pub authorization_servers: Vec<String>,
+    /// Scopes advertised in the metadata.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// Scopes every token must carry; a token without one gets 403 `insufficient_scope`.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Human-readable name of the resource.
+    pub resource_name: Option<String>,
+    /// URL of documentation for developers.
+    pub resource_documentation: Option<String>,
 }
 
 /// A verification key. Give exactly one of `secret`, `secret_env`, `jwk`, `jwk_env`.
@@ -197,11 +325,51 @@ fn default_max_string_bytes() -> usize {
     256
 }
 
+/// A value that must never be printed: `Debug` shows `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// What credential an upstream server receives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// Nothing: the client's token is removed (the default).
+    #[default]
+    None,
+    /// The client's `Authorization` header, unchanged.
+    ForwardClientToken,
+    /// A header with a configured value.
+    Inject { header: String, value: Secret },
+}
+
 /// An MCP server, compiled.
 #[derive(Debug, Clone)]
 pub struct Server {
     pub name: String,
     pub path_prefix: String,
+    pub upstream_auth: UpstreamAuth,
+}
+
+/// Protected resource metadata, compiled.
+#[derive(Debug, Clone)]
+pub struct ResourceMetadata {
+    pub public_url: Option<String>,
+    pub authorization_servers: Vec<String>,
+    pub scopes_supported: Vec<String>,
+    pub required_scopes: Vec<String>,
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<String>,
 }
 
 /// The validated configuration the filter runs on.
@@ -211,24 +379,22 @@ pub struct Config {
     pub max_json_depth: usize,
     pub servers: Vec<Server>,
     pub verifier: Verifier,
+    /// How long a request may wait for keys.
+    pub key_wait: Duration,
+    pub cache_entries: usize,
     pub policy: Policy,
     pub redactor: Redactor,
+    pub resource_metadata: Option<ResourceMetadata>,
 }
 
 impl Config {
     /// Parses and compiles plugin configuration JSON. `env` looks up environment
     /// variables named by `*_env` fields.
-    pub fn from_json(
-        json: &[u8],
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_json(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            err(
-                if path == "." { "$".into() } else { path },
-                e.into_inner().to_string(),
-            )
+            err(if path == "." { "$".into() } else { path }, e.into_inner().to_string())
         })?;
         raw.compile(env)
     }
@@ -249,27 +415,30 @@ impl RawConfig {
             return Err(err("max_body_bytes", "must be greater than 0"));
         }
         if !(1..=128).contains(&self.max_json_depth) {
-            return Err(err(
-                "max_json_depth",
-                format!("must be between 1 and 128, got {}", self.max_json_depth),
-            ));
+            return Err(err("max_json_depth", format!("must be between 1 and 128, got {}", self.max_json_depth)));
         }
-        let servers = compile_servers(self.servers)?;
+        let servers = compile_servers(self.servers, env)?;
         let names: HashSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        let key_wait = Duration::from_millis(self.jwt.key_wait_ms);
+        let cache_entries = self.jwt.cache_entries;
         let verifier = compile_jwt(self.jwt, env)?;
         let policy = compile_rbac(self.rbac, &names)?;
+        let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
         Ok(Config {
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
             servers,
             verifier,
+            key_wait,
+            cache_entries,
             policy,
             redactor: Redactor::new(&self.audit.redact_fields, self.audit.max_string_bytes),
+            resource_metadata,
         })
     }
 }
 
-fn compile_servers(raw: Vec<RawServer>) -> Result<Vec<Server>, ConfigError> {
+fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Server>, ConfigError> {
     if raw.is_empty() {
         return Err(err("servers", "at least one server is required"));
     }
@@ -284,10 +453,17 @@ fn compile_servers(raw: Vec<RawServer>) -> Result<Vec<Server>, ConfigError> {
             if !valid_name {
                 return Err(err(at("name"), format!("{:?} must be non-empty [A-Za-z0-9_-]", s.name)));
             }
-            if !s.path_prefix.starts_with('/') || s.path_prefix.ends_with('/') || s.path_prefix.contains(['?', '#', '%', '\\']) {
+            if !s.path_prefix.starts_with('/')
+                || s.path_prefix.ends_with('/')
+                || s.path_prefix.contains(['?', '#', '%', '\\'])
+                || s.path_prefix.starts_with("/.well-known")
+            {
                 return Err(err(
                     at("path_prefix"),
-                    format!("{:?} must start with '/', not end with '/', and hold no '?', '#', '%' or '\\'", s.path_prefix),
+                    format!(
+                        "{:?} must start with '/', not end with '/', hold no '?', '#', '%' or '\\', and not be under /.well-known",
+                        s.path_prefix
+                    ),
                 ));
             }
             if !seen_names.insert(s.name.clone()) {
@@ -296,57 +472,166 @@ fn compile_servers(raw: Vec<RawServer>) -> Result<Vec<Server>, ConfigError> {
             if !seen_prefixes.insert(s.path_prefix.clone()) {
                 return Err(err(at("path_prefix"), format!("duplicate path prefix {:?}", s.path_prefix)));
             }
-            Ok(Server { name: s.name, path_prefix: s.path_prefix })
+            let upstream_auth = compile_upstream_auth(&at("upstream_auth"), s.upstream_auth, env)?;
+            Ok(Server { name: s.name, path_prefix: s.path_prefix, upstream_auth })
         })
         .collect()
 }
 
+fn compile_upstream_auth(
+    at: &str,
+    raw: RawUpstreamAuth,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<UpstreamAuth, ConfigError> {
+    let value = match (raw.value, &raw.value_env) {
+        (Some(_), Some(_)) => return Err(err(format!("{at}.value"), "give value or value_env, not both")),
+        (Some(v), None) => Some(v),
+        (None, Some(var)) => Some(env(var).ok_or_else(|| {
+            err(format!("{at}.value_env"), format!("environment variable {var:?} is not set in the VM"))
+        })?),
+        (None, None) => None,
+    };
+    match (raw.forward_client_token, raw.header, value) {
+        (false, None, None) => Ok(UpstreamAuth::None),
+        (true, None, None) => Ok(UpstreamAuth::ForwardClientToken),
+        (false, Some(header), Some(value)) => {
+            let header = header.to_ascii_lowercase();
+            let valid = !header.is_empty()
+                && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !crate::headers::is_spoofable(&header);
+            if !valid {
+                return Err(err(format!("{at}.header"), format!("{header:?} is not a header name the gateway may set")));
+            }
+            if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+                return Err(err(format!("{at}.value"), "must be printable ASCII"));
+            }
+            Ok(UpstreamAuth::Inject { header, value: Secret(value) })
+        }
+        (true, _, _) => Err(err(format!("{at}.forward_client_token"), "cannot be combined with header/value")),
+        (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
+        (false, None, Some(_)) => Err(err(format!("{at}.header"), "value needs a header name")),
+    }
+}
+
 fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Verifier, ConfigError> {
-    if raw.issuer.is_empty() {
-        return Err(err("jwt.issuer", "must not be empty"));
+    if raw.providers.is_empty() {
+        return Err(err("jwt.providers", "at least one provider is required"));
     }
-    if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
-        return Err(err(
-            "jwt.audiences",
-            "needs at least one non-empty audience",
-        ));
+    let mut issuers = HashSet::new();
+    let providers = raw
+        .providers
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if !issuers.insert(p.issuer.clone()) {
+                return Err(err(format!("jwt.providers[{i}].issuer"), format!("duplicate issuer {:?}", p.issuer)));
+            }
+            compile_provider(i, p, env)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Verifier { providers, leeway_secs: raw.leeway_secs, max_token_bytes: raw.max_token_bytes })
+}
+
+fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ConfigError> {
+    let at = |f: &str| format!("jwt.providers[{i}].{f}");
+    if p.name.is_empty() {
+        return Err(err(at("name"), "must not be empty"));
     }
-    if raw.keys.is_empty() {
-        return Err(err("jwt.keys", "at least one key is required"));
+    if p.issuer.is_empty() {
+        return Err(err(at("issuer"), "must not be empty"));
+    }
+    if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
+        return Err(err(at("audiences"), "needs at least one non-empty audience"));
+    }
+    let mut static_keys = p
+        .keys
+        .into_iter()
+        .enumerate()
+        .map(|(k, raw)| compile_key(&format!("jwt.providers[{i}].keys[{k}]"), raw, env))
+        .collect::<Result<Vec<_>, _>>()?;
+    let algorithms: Vec<Alg> = match &p.algorithms {
+        None => {
+            let mut algs = Alg::ASYMMETRIC.to_vec();
+            algs.extend(static_keys.iter().map(|k| k.alg()).filter(|a| a.is_hmac()));
+            algs
+        }
+        Some(names) => names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| {
+                let alg = Alg::parse(name)
+                    .ok_or_else(|| err(format!("{}[{n}]", at("algorithms")), format!("unsupported algorithm {name:?}")))?;
+                let has_secret = static_keys.iter().any(|k| k.alg() == alg);
+                if alg.is_hmac() && !has_secret {
+                    return Err(err(
+                        format!("{}[{n}]", at("algorithms")),
+                        format!("{name} needs a shared secret in this provider's keys"),
+                    ));
+                }
+                Ok(alg)
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if algorithms.is_empty() {
+        return Err(err(at("algorithms"), "allows no algorithm"));
+    }
+    if let Some(k) = static_keys.iter().position(|k| !algorithms.contains(&k.alg())) {
+        return Err(err(format!("{}[{k}].alg", at("keys")), "algorithm not in this provider's algorithms"));
+    }
+    if let Some(doc) = &p.jwks_inline {
+        let (set, _) = KeySet::from_jwks(doc.to_string().as_bytes(), &algorithms)
+            .map_err(|m| err(at("jwks_inline"), m))?;
+        static_keys.extend(set.keys);
+    }
+    let jwks = p
+        .jwks
+        .map(|j| {
+            if j.cluster.is_empty() {
+                return Err(err(at("jwks.cluster"), "must not be empty"));
+            }
+            if !j.path.starts_with('/') {
+                return Err(err(at("jwks.path"), format!("{:?} must start with '/'", j.path)));
+            }
+            if j.min_refetch_secs == 0 || j.refresh_secs < j.min_refetch_secs {
+                return Err(err(at("jwks.refresh_secs"), "must be at least min_refetch_secs, which must be > 0"));
+            }
+            Ok(JwksSource {
+                authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
+                cluster: j.cluster,
+                path: j.path,
+                refresh: Duration::from_secs(j.refresh_secs),
+                min_refetch: Duration::from_secs(j.min_refetch_secs),
+                timeout: Duration::from_millis(j.timeout_ms.max(1)),
+            })
+        })
+        .transpose()?;
+    if static_keys.is_empty() && jwks.is_none() {
+        return Err(err(at("keys"), "a provider needs keys, jwks_inline or jwks"));
     }
     let claim_path = |field: &str, path: &str| -> Result<Vec<String>, ConfigError> {
         let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
         if segs.iter().any(String::is_empty) {
-            return Err(err(
-                format!("jwt.{field}"),
-                format!("{path:?} is not a dotted claim path"),
-            ));
+            return Err(err(at(field), format!("{path:?} is not a dotted claim path")));
         }
         Ok(segs)
     };
-    let keys = raw
-        .keys
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| compile_key(i, k, env))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Verifier {
-        issuer: raw.issuer,
-        audiences: raw.audiences,
-        leeway_secs: raw.leeway_secs,
-        max_token_bytes: raw.max_token_bytes,
-        user_claim: claim_path("user_claim", &raw.user_claim)?,
-        roles_claim: claim_path("roles_claim", &raw.roles_claim)?,
-        keys,
+    Ok(Provider {
+        claims: ClaimMapping {
+            user: claim_path("claims.user", &p.claims.user)?,
+            roles: claim_path("claims.roles", &p.claims.roles)?,
+            role_map: p.claims.role_map,
+        },
+        name: p.name,
+        issuer: p.issuer,
+        audiences: p.audiences,
+        algorithms,
+        static_keys,
+        jwks,
     })
 }
 
-fn compile_key(
-    i: usize,
-    k: RawKey,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Key, ConfigError> {
-    let at = |f: &str| format!("jwt.keys[{i}].{f}");
+fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Result<Key, ConfigError> {
+    let at = |f: &str| format!("{at}.{f}");
     let alg = Alg::parse(&k.alg).ok_or_else(|| {
         err(
             at("alg"),
@@ -354,24 +639,11 @@ fn compile_key(
         )
     })?;
     let from_env = |field: &str, var: &str| {
-        env(var).ok_or_else(|| {
-            err(
-                at(field),
-                format!("environment variable {var:?} is not set in the VM"),
-            )
-        })
+        env(var).ok_or_else(|| err(at(field), format!("environment variable {var:?} is not set in the VM")))
     };
-    let sources = [
-        k.secret.is_some(),
-        k.secret_env.is_some(),
-        k.jwk.is_some(),
-        k.jwk_env.is_some(),
-    ];
+    let sources = [k.secret.is_some(), k.secret_env.is_some(), k.jwk.is_some(), k.jwk_env.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(err(
-            at("secret"),
-            "give exactly one of secret, secret_env, jwk, jwk_env",
-        ));
+        return Err(err(at("secret"), "give exactly one of secret, secret_env, jwk, jwk_env"));
     }
     // Errors below never echo key material.
     if let Some(secret) = &k.secret {
@@ -379,8 +651,7 @@ fn compile_key(
     }
     if let Some(var) = &k.secret_env {
         let secret = from_env("secret_env", var)?;
-        return Key::from_secret(k.kid, alg, secret.as_bytes())
-            .map_err(|m| err(at("secret_env"), m));
+        return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret_env"), m));
     }
     let (field, jwk) = match (k.jwk, &k.jwk_env) {
         (Some(jwk), _) => ("jwk", jwk),
@@ -393,6 +664,32 @@ fn compile_key(
         (None, None) => return Err(err(at("jwk"), "missing key source")),
     };
     Key::from_jwk(k.kid, alg, &jwk).map_err(|m| err(at(field), m))
+}
+
+fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadata, ConfigError> {
+    let at = |f: &str| format!("resource_metadata.{f}");
+    if let Some(url) = &raw.public_url {
+        let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/');
+        if !ok {
+            return Err(err(at("public_url"), format!("{url:?} must be an http(s) URL without a trailing '/'")));
+        }
+    }
+    if raw.authorization_servers.is_empty() {
+        return Err(err(at("authorization_servers"), "at least one authorization server is required"));
+    }
+    for (i, scope) in raw.required_scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains([' ', '"', '\\']) {
+            return Err(err(format!("{}[{i}]", at("required_scopes")), format!("{scope:?} is not a valid scope")));
+        }
+    }
+    Ok(ResourceMetadata {
+        public_url: raw.public_url,
+        authorization_servers: raw.authorization_servers,
+        scopes_supported: raw.scopes_supported,
+        required_scopes: raw.required_scopes,
+        resource_name: raw.resource_name,
+        resource_documentation: raw.resource_documentation,
+    })
 }
 
 fn compile_rbac(raw: RawRbac, servers: &HashSet<&str>) -> Result<Policy, ConfigError> {
@@ -446,7 +743,7 @@ mod tests {
     fn base() -> Value {
         json!({
             "servers": [{"name": "github", "path_prefix": "/mcp/github"}, {"name": "filesystem", "path_prefix": "/mcp/filesystem"}],
-            "jwt": {"issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]},
+            "jwt": {"providers": [{"name": "p", "issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]}]},
             "rbac": {"roles": {"developer": {"servers": ["github"], "tools": ["get_*"]}}},
         })
     }
@@ -464,14 +761,18 @@ mod tests {
         let c = compile(&base()).unwrap();
         assert_eq!(c.max_body_bytes, 256 * 1024);
         assert_eq!(c.verifier.leeway_secs, 60);
+        assert_eq!(c.key_wait, Duration::from_secs(3));
+        // HS256 joins the default allow-list because a secret is configured.
+        assert!(c.verifier.providers[0].algorithms.contains(&Alg::Hs256));
+        assert!(c.verifier.providers[0].algorithms.contains(&Alg::Rs256));
         assert_eq!(c.policy.roles["developer"].methods.len(), 1);
     }
 
     #[test]
     fn errors_name_the_offending_field() {
         let mut v = base();
-        v["jwt"]["keys"][0]["alg"] = json!("none");
-        assert_eq!(field_of(v), "jwt.keys[0].alg");
+        v["jwt"]["providers"][0]["keys"][0]["alg"] = json!("none");
+        assert_eq!(field_of(v), "jwt.providers[0].keys[0].alg");
 
         let mut v = base();
         v["rbac"]["roles"]["developer"]["tools"] = json!(["get_*", "[oops"]);
@@ -486,20 +787,20 @@ mod tests {
         assert_eq!(field_of(v), "servers[1].path_prefix");
 
         let mut v = base();
-        v["jwt"]["keys"][0]["secret"] = json!("short");
-        assert_eq!(field_of(v), "jwt.keys[0].secret");
+        v["jwt"]["providers"][0]["keys"][0]["secret"] = json!("short");
+        assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret");
 
         let mut v = base();
-        v["jwt"]["audiences"] = json!([]);
-        assert_eq!(field_of(v), "jwt.audiences");
+        v["jwt"]["providers"][0]["audiences"] = json!([]);
+        assert_eq!(field_of(v), "jwt.providers[0].audiences");
     }
 
     #[test]
     fn unknown_and_mistyped_fields_are_errors_with_paths() {
         let mut v = base();
-        v["jwt"]["isuer"] = json!("typo");
+        v["jwt"]["providers"][0]["isuer"] = json!("typo");
         let e = compile(&v).unwrap_err();
-        assert_eq!(e.field, "jwt.isuer");
+        assert_eq!(e.field, "jwt.providers[0].isuer");
         assert!(e.message.contains("isuer"), "{e}");
 
         let mut v = base();
@@ -513,7 +814,7 @@ mod tests {
     #[test]
     fn key_errors_never_echo_secrets() {
         let mut v = base();
-        v["jwt"]["keys"][0]["secret"] = json!("tooshort-secret");
+        v["jwt"]["providers"][0]["keys"][0]["secret"] = json!("tooshort-secret");
         let e = compile(&v).unwrap_err().to_string();
         assert!(!e.contains("tooshort-secret"), "{e}");
     }
@@ -521,17 +822,59 @@ mod tests {
     #[test]
     fn keys_can_come_from_the_environment() {
         let mut v = base();
-        v["jwt"]["keys"][0] = json!({"alg": "HS256", "secret_env": "GW_SECRET"});
+        v["jwt"]["providers"][0]["keys"][0] = json!({"alg": "HS256", "secret_env": "GW_SECRET"});
         let env = |name: &str| (name == "GW_SECRET").then(|| SECRET.to_owned());
         assert!(Config::from_json(v.to_string().as_bytes(), &env).is_ok());
-        assert_eq!(field_of(v), "jwt.keys[0].secret_env");
+        assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret_env");
     }
 
     #[test]
     fn a_key_needs_exactly_one_source() {
         let mut v = base();
-        v["jwt"]["keys"][0]["secret_env"] = json!("X");
-        assert_eq!(field_of(v), "jwt.keys[0].secret");
+        v["jwt"]["providers"][0]["keys"][0]["secret_env"] = json!("X");
+        assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret");
+    }
+
+    #[test]
+    fn hmac_needs_a_secret_and_keys_must_fit_the_allow_list() {
+        let mut v = base();
+        v["jwt"]["providers"][0]["algorithms"] = json!(["RS256", "HS384"]);
+        assert_eq!(field_of(v), "jwt.providers[0].algorithms[1]");
+        let mut v = base();
+        v["jwt"]["providers"][0]["algorithms"] = json!(["RS256"]);
+        assert_eq!(field_of(v), "jwt.providers[0].keys[0].alg");
+    }
+
+    #[test]
+    fn remote_jwks_and_resource_metadata_compile() {
+        let mut v = base();
+        v["jwt"]["providers"][0]["keys"] = json!([]);
+        v["jwt"]["providers"][0]["jwks"] = json!({"cluster": "idp", "path": "/certs"});
+        v["resource_metadata"] = json!({"authorization_servers": ["https://idp"], "required_scopes": ["mcp"]});
+        let c = compile(&v).unwrap();
+        let jwks = c.verifier.providers[0].jwks.as_ref().unwrap();
+        assert_eq!((jwks.authority.as_str(), jwks.refresh.as_secs()), ("idp", 300));
+        assert_eq!(c.resource_metadata.unwrap().required_scopes, vec!["mcp"]);
+
+        v["jwt"]["providers"][0]["jwks"]["path"] = json!("certs");
+        assert_eq!(field_of(v.clone()), "jwt.providers[0].jwks.path");
+        v["jwt"]["providers"][0]["jwks"] = Value::Null;
+        assert_eq!(field_of(v), "jwt.providers[0].keys");
+    }
+
+    #[test]
+    fn upstream_credentials_are_validated_and_never_printed() {
+        let mut v = base();
+        v["servers"][0]["upstream_auth"] = json!({"header": "Authorization", "value_env": "GH_PAT"});
+        let env = |name: &str| (name == "GH_PAT").then(|| "ghp_supersecret".to_owned());
+        let c = Config::from_json(v.to_string().as_bytes(), &env).unwrap();
+        assert!(matches!(&c.servers[0].upstream_auth, UpstreamAuth::Inject { header, .. } if header == "authorization"));
+        assert!(!format!("{c:?}").contains("ghp_supersecret"));
+
+        v["servers"][0]["upstream_auth"] = json!({"header": "x-mcp-user-id", "value": "x"});
+        assert_eq!(field_of(v.clone()), "servers[0].upstream_auth.header");
+        v["servers"][0]["upstream_auth"] = json!({"forward_client_token": true, "header": "a", "value": "b"});
+        assert_eq!(field_of(v), "servers[0].upstream_auth.forward_client_token");
     }
 
     #[test]

@@ -3,20 +3,34 @@
 //! Host calls go through `proxy_wasm::hostcalls` and their errors are handled, because a
 //! panic traps the VM and takes every request on the worker with it. Where a host call
 //! fails mid-request the request is refused (fail closed).
+//!
+//! Each worker VM has one [`Vm`]: the compiled configuration, the installed keys and
+//! token cache, and the requests waiting for keys. The root context fetches JWKS
+//! documents (coordinated across VMs through shared data, see [`crate::jwks`]), installs
+//! them, and resumes waiting requests on its tick.
 
 use crate::config::Config;
 use crate::gateway::{Exchange, Head, HeaderEdits, Step};
+use crate::jwks::{self, FetchState};
+use crate::jwt::{KeySet, KeyStore};
 use crate::reject::Reply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: None }) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, vm: None, fetches: HashMap::new() })
+    });
 }}
+
+/// How often the root context looks at shared keys and waiting requests.
+const TICK: Duration = Duration::from_millis(100);
 
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
@@ -26,29 +40,260 @@ fn now() -> SystemTime {
     hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// Holds the compiled configuration for all requests on this worker.
-struct Root {
-    config: Option<Rc<Config>>,
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
-impl Context for Root {}
+/// Counters in Envoy's stats (prefixed `wasmcustom.` by Envoy).
+struct Metrics {
+    jwks_fetch_success: Option<u32>,
+    jwks_fetch_failure: Option<u32>,
+    allowed: Option<u32>,
+    denied: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Metrics {
+            jwks_fetch_success: counter("mcp_gateway.jwks_fetch_success"),
+            jwks_fetch_failure: counter("mcp_gateway.jwks_fetch_failure"),
+            allowed: counter("mcp_gateway.requests_allowed"),
+            denied: counter("mcp_gateway.requests_denied"),
+        }
+    }
+
+    fn bump(metric: Option<u32>) {
+        if let Some(id) = metric {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+/// A request held until its token's provider has (new) keys.
+struct Waiter {
+    context_id: u32,
+    provider: usize,
+    /// The provider's `done_ms` when the request started waiting: a fetch that ended
+    /// since then is the answer it waited for.
+    since_done_ms: u64,
+    deadline: SystemTime,
+    refetch: bool,
+    request: Rc<RefCell<Request>>,
+}
+
+/// Per-VM state shared by the root context and the HTTP contexts.
+struct Vm {
+    config: Rc<Config>,
+    store: KeyStore,
+    /// Per provider: the shared state as last read by this VM.
+    states: Vec<FetchState>,
+    waiters: Vec<Waiter>,
+    metrics: Metrics,
+}
+
+type SharedVm = Rc<RefCell<Vm>>;
+
+/// Holds the compiled configuration and runs the key lifecycle for this worker.
+struct Root {
+    context_id: u32,
+    vm: Option<SharedVm>,
+    /// In-flight JWKS fetches: call token -> provider index.
+    fetches: HashMap<u32, usize>,
+}
+
+impl Root {
+    fn read_state(provider: &str) -> (FetchState, Option<u32>) {
+        match hostcalls::get_shared_data(&jwks::shared_key(provider)) {
+            Ok((Some(bytes), cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
+            Ok((None, cas)) => (FetchState::default(), cas),
+            Err(_) => (FetchState::default(), None),
+        }
+    }
+
+    /// Read-modify-write of a provider's shared state; `change` returns false to skip
+    /// the write. Returns the state written (or read) and whether the write happened.
+    fn update_state(provider: &str, change: impl Fn(&mut FetchState) -> bool) -> (FetchState, bool) {
+        for _ in 0..4 {
+            let (mut state, cas) = Root::read_state(provider);
+            if !change(&mut state) {
+                return (state, false);
+            }
+            let bytes = serde_json::to_vec(&state).unwrap_or_default();
+            match hostcalls::set_shared_data(&jwks::shared_key(provider), Some(&bytes), cas) {
+                Ok(()) => return (state, true),
+                Err(_) => continue, // another VM wrote first: read again
+            }
+        }
+        (Root::read_state(provider).0, false)
+    }
+
+    /// Installs keys another VM (or this one) stored, and starts fetches that are due.
+    fn sync_keys(&mut self, vm: &SharedVm) {
+        let now_ms = epoch_ms(now());
+        let config = vm.borrow().config.clone();
+        for (index, provider) in config.verifier.providers.iter().enumerate() {
+            let Some(source) = &provider.jwks else { continue };
+            let (state, _) = Root::read_state(&provider.name);
+            {
+                let mut vm = vm.borrow_mut();
+                let installed = vm.states.get(index).map_or(0, |s| s.version);
+                if state.version != installed {
+                    if let Some(doc) = &state.jwks {
+                        match KeySet::from_jwks(doc.as_bytes(), &provider.algorithms) {
+                            Ok((keys, _)) => vm.store.install(index, keys),
+                            Err(e) => log(LogLevel::Error, &format!("mcp-gateway: provider {}: stored JWKS unusable: {e}", provider.name)),
+                        }
+                    }
+                }
+                if let Some(slot) = vm.states.get_mut(index) {
+                    *slot = state.clone();
+                }
+            }
+            let unknown_kid = vm.borrow().waiters.iter().any(|w| w.provider == index && w.refetch);
+            let mine = self.fetches.values().any(|p| *p == index);
+            if mine || !state.wants_fetch(now_ms, unknown_kid) {
+                continue;
+            }
+            let (_, claimed) = Root::update_state(&provider.name, |s| {
+                let go = s.wants_fetch(now_ms, unknown_kid) && s.may_start(now_ms, source.min_refetch, source.timeout);
+                if go {
+                    s.start(now_ms);
+                }
+                go
+            });
+            if !claimed {
+                continue;
+            }
+            let headers = vec![
+                (":method", "GET"),
+                (":path", source.path.as_str()),
+                (":authority", source.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], source.timeout) {
+                Ok(token) => {
+                    self.fetches.insert(token, index);
+                }
+                Err(status) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!("mcp-gateway: provider {}: cannot fetch JWKS from cluster {:?}: {status:?}", provider.name, source.cluster),
+                    );
+                    Root::update_state(&provider.name, |s| {
+                        s.failed(now_ms, source.min_refetch);
+                        true
+                    });
+                    Metrics::bump(vm.borrow().metrics.jwks_fetch_failure);
+                }
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+
+    /// Resumes waiting requests whose keys changed, whose fetch ended, whose wait ran
+    /// out, or whose unknown `kid` cannot be refetched now.
+    fn wake_waiters(&self, vm: &SharedVm) {
+        let now = now();
+        let now_ms = epoch_ms(now);
+        let waiters = std::mem::take(&mut vm.borrow_mut().waiters);
+        let mut still = Vec::new();
+        for w in waiters {
+            let ready = {
+                let vm = vm.borrow();
+                let state = vm.states.get(w.provider).cloned().unwrap_or_default();
+                let source = vm.config.verifier.providers.get(w.provider).and_then(|p| p.jwks.clone());
+                let fetch_ended = state.done_ms > w.since_done_ms;
+                let hopeless = w.refetch
+                    && source.is_some_and(|s| !state.in_flight(now_ms, s.timeout) && !state.may_start(now_ms, s.min_refetch, s.timeout))
+                    && !fetch_ended;
+                fetch_ended || hopeless || now >= w.deadline
+            };
+            if !ready {
+                still.push(w);
+                continue;
+            }
+            if hostcalls::set_effective_context(w.context_id).is_err() {
+                continue; // the request is gone
+            }
+            let (step, edits) = {
+                let mut vmb = vm.borrow_mut();
+                let Vm { config, store, .. } = &mut *vmb;
+                let config = config.clone();
+                let mut request = w.request.borrow_mut();
+                match request.exchange.as_mut() {
+                    Some(ex) => ex.resume(&config, store, now, true),
+                    None => continue,
+                }
+            };
+            act(vm, &w.request, w.context_id, step, &edits, true);
+        }
+        vm.borrow_mut().waiters.extend(still);
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let (Some(index), Some(vm)) = (self.fetches.remove(&token_id), self.vm.clone()) else { return };
+        let config = vm.borrow().config.clone();
+        let Some(provider) = config.verifier.providers.get(index) else { return };
+        let Some(source) = &provider.jwks else { return };
+        let now_ms = epoch_ms(now());
+        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let status = header(":status").unwrap_or("none").to_owned();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let parsed = if status == "200" {
+            KeySet::from_jwks(&body, &provider.algorithms).map(|(set, skipped)| (set.keys.len(), skipped))
+        } else {
+            Err(format!("HTTP status {status}"))
+        };
+        match parsed {
+            Ok((count, skipped)) => {
+                let doc = String::from_utf8_lossy(&body).into_owned();
+                let max_age = header("cache-control").and_then(jwks::max_age);
+                Root::update_state(&provider.name, |s| {
+                    s.succeeded(now_ms, doc.clone(), max_age, source.refresh, source.min_refetch);
+                    true
+                });
+                log(
+                    LogLevel::Info,
+                    &format!("mcp-gateway: provider {}: loaded {count} keys from JWKS{}", provider.name, if skipped.is_empty() { String::new() } else { format!(" (skipped: {})", skipped.join("; ")) }),
+                );
+                Metrics::bump(vm.borrow().metrics.jwks_fetch_success);
+            }
+            Err(reason) => {
+                let (state, _) = Root::update_state(&provider.name, |s| {
+                    s.failed(now_ms, source.min_refetch);
+                    true
+                });
+                let keeping = if state.jwks.is_some() { "keeping the last good keys" } else { "no keys loaded yet" };
+                log(LogLevel::Warn, &format!("mcp-gateway: provider {}: JWKS fetch failed: {reason}; {keeping}", provider.name));
+                Metrics::bump(vm.borrow().metrics.jwks_fetch_failure);
+            }
+        }
+        self.sync_keys(&vm);
+        self.wake_waiters(&vm);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(raw)) => raw,
             Ok(None) => {
-                log(
-                    LogLevel::Critical,
-                    "mcp-gateway: plugin configuration is empty",
-                );
+                log(LogLevel::Critical, "mcp-gateway: plugin configuration is empty");
                 return false;
             }
             Err(status) => {
-                log(
-                    LogLevel::Critical,
-                    &format!("mcp-gateway: cannot read plugin configuration: {status:?}"),
-                );
+                log(LogLevel::Critical, &format!("mcp-gateway: cannot read plugin configuration: {status:?}"));
                 return false;
             }
         };
@@ -57,13 +302,26 @@ impl RootContext for Root {
                 log(
                     LogLevel::Info,
                     &format!(
-                        "mcp-gateway: configured {} servers, {} roles, {} keys",
+                        "mcp-gateway: configured {} servers, {} roles, {} providers",
                         config.servers.len(),
                         config.policy.roles.len(),
-                        config.verifier.keys.len()
+                        config.verifier.providers.len()
                     ),
                 );
-                self.config = Some(Rc::new(config));
+                let providers = config.verifier.providers.len();
+                let vm = Vm {
+                    store: KeyStore::new(providers, config.cache_entries),
+                    states: vec![FetchState::default(); providers],
+                    config: Rc::new(config),
+                    waiters: Vec::new(),
+                    metrics: Metrics::define(),
+                };
+                let remote = vm.config.verifier.providers.iter().any(|p| p.jwks.is_some());
+                self.vm = Some(Rc::new(RefCell::new(vm)));
+                if remote && hostcalls::set_tick_period(TICK).is_err() {
+                    log(LogLevel::Critical, "mcp-gateway: cannot set tick period");
+                    return false;
+                }
                 true
             }
             Err(e) => {
@@ -73,12 +331,15 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter {
-            config: self.config.clone(),
-            exchange: None,
-            replied: false,
-        }))
+    fn on_tick(&mut self) {
+        if let Some(vm) = self.vm.clone() {
+            self.sync_keys(&vm);
+            self.wake_waiters(&vm);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter { context_id, vm: self.vm.clone(), request: Rc::new(RefCell::new(Request::default())) }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -86,138 +347,198 @@ impl RootContext for Root {
     }
 }
 
+/// Where a request is in its life.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Head,
+    AwaitKeys,
+    AwaitBody,
+    Forwarded,
+    Replied,
+}
+
+/// One request's state, shared with the waiter list while it waits for keys.
+#[derive(Default)]
+struct Request {
+    exchange: Option<Exchange>,
+    phase: Phase,
+    /// The complete body, when it arrived while the request waited for keys.
+    body: Option<Vec<u8>>,
+}
+
 /// One HTTP request.
 struct Filter {
-    config: Option<Rc<Config>>,
-    exchange: Option<Exchange>,
-    /// A local reply was sent; later callbacks must not forward anything.
-    replied: bool,
+    context_id: u32,
+    vm: Option<SharedVm>,
+    request: Rc<RefCell<Request>>,
 }
 
 impl Context for Filter {}
 
-impl Filter {
-    fn send(&mut self, reply: Reply) -> Action {
-        self.replied = true;
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
-        if hostcalls::send_http_response(reply.status, headers, Some(&reply.body)).is_err() {
-            let _ = hostcalls::reset_http_request();
-        }
-        Action::Pause
+fn send(request: &Rc<RefCell<Request>>, reply: Reply) -> Action {
+    request.borrow_mut().phase = Phase::Replied;
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    if hostcalls::send_http_response(reply.status, headers, Some(&reply.body)).is_err() {
+        let _ = hostcalls::reset_http_request();
     }
+    Action::Pause
+}
 
-    /// Last resort when the host misbehaves: refuse without a JSON-RPC body.
-    fn fail_closed(&mut self, what: &str) -> Action {
-        log(
-            LogLevel::Error,
-            &format!("mcp-gateway: {what}; refusing request"),
-        );
-        self.send(Reply {
+/// Last resort when the host misbehaves: refuse without a JSON-RPC body.
+fn fail_closed(request: &Rc<RefCell<Request>>, what: &str) -> Action {
+    log(LogLevel::Error, &format!("mcp-gateway: {what}; refusing request"));
+    send(
+        request,
+        Reply {
             status: 500,
             headers: vec![("content-type", "application/json".to_owned())],
-            body:
-                br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#
-                    .to_vec(),
-        })
-    }
+            body: br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#.to_vec(),
+        },
+    )
+}
 
-    fn apply(&self, edits: &HeaderEdits) -> bool {
-        let removed = edits
-            .remove
-            .iter()
-            .all(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok());
-        let set = edits.set.iter().all(|(name, value)| {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
-        });
-        removed && set
+fn apply(edits: &HeaderEdits) -> bool {
+    let removed = edits
+        .remove
+        .iter()
+        .all(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok());
+    let set = edits
+        .set
+        .iter()
+        .all(|(name, value)| hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok());
+    removed && set
+}
+
+/// Carries out a step. `resumed` is true when called outside the request's own
+/// callbacks (from the root context), where continuing means resuming the request.
+fn act(vm: &SharedVm, request: &Rc<RefCell<Request>>, context_id: u32, step: Step, edits: &HeaderEdits, resumed: bool) -> Action {
+    match step {
+        Step::Reply(reply) => send(request, reply),
+        Step::Continue => {
+            if !apply(edits) {
+                return fail_closed(request, "cannot edit request headers");
+            }
+            request.borrow_mut().phase = Phase::Forwarded;
+            if resumed && hostcalls::resume_http_request().is_err() {
+                return fail_closed(request, "cannot resume request");
+            }
+            Action::Continue
+        }
+        Step::WaitForBody => {
+            if !apply(edits) {
+                return fail_closed(request, "cannot edit request headers");
+            }
+            let body = {
+                let mut r = request.borrow_mut();
+                r.phase = Phase::AwaitBody;
+                r.body.take()
+            };
+            match body {
+                // The body arrived while we waited for keys: decide on it now.
+                Some(body) => {
+                    let step = decide_body(vm, request, &body);
+                    act(vm, request, context_id, step, &HeaderEdits::default(), resumed)
+                }
+                None => Action::Pause,
+            }
+        }
+        Step::WaitForKeys { provider, refetch } => {
+            request.borrow_mut().phase = Phase::AwaitKeys;
+            let mut vmb = vm.borrow_mut();
+            let since_done_ms = vmb.states.get(provider).map_or(0, |s| s.done_ms);
+            let deadline = now() + vmb.config.key_wait;
+            vmb.waiters.push(Waiter { context_id, provider, since_done_ms, deadline, refetch, request: request.clone() });
+            Action::Pause
+        }
+    }
+}
+
+fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> Step {
+    let config = vm.borrow().config.clone();
+    let mut r = request.borrow_mut();
+    match r.exchange.as_mut() {
+        Some(ex) => ex.on_request_body(&config, body),
+        None => Step::Continue,
     }
 }
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
-            return self.fail_closed("no configuration");
+        let Some(vm) = self.vm.clone() else {
+            return fail_closed(&self.request, "no configuration");
         };
         // Bytes, not strings: the SDK's string variant panics on non-UTF-8 values.
-        let headers: Vec<(String, String)> =
-            match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-                Ok(h) => h
-                    .into_iter()
-                    .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
-                    .collect(),
-                Err(_) => return self.fail_closed("cannot read request headers"),
-            };
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or_default()
-        };
-        let head = Head {
-            method: pseudo(":method"),
-            path: pseudo(":path"),
-            headers: &headers,
+        let headers: Vec<(String, String)> = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+            Ok(h) => h.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect(),
+            Err(_) => return fail_closed(&self.request, "cannot read request headers"),
         };
         let started = now();
         let mut exchange = Exchange::new(started);
-        let (step, edits) = exchange.on_request_headers(&config, &head, end_of_stream, started);
-        self.exchange = Some(exchange);
-        if !self.apply(&edits) {
-            return self.fail_closed("cannot edit request headers");
-        }
-        match step {
-            Step::Continue => Action::Continue,
-            Step::WaitForBody => Action::Pause,
-            Step::Reply(reply) => self.send(reply),
-        }
+        let (step, edits) = {
+            let mut vmb = vm.borrow_mut();
+            let Vm { config, store, .. } = &mut *vmb;
+            let config = config.clone();
+            exchange.on_request_headers(&config, store, Head::new(headers), end_of_stream, started)
+        };
+        self.request.borrow_mut().exchange = Some(exchange);
+        act(&vm, &self.request, self.context_id, step, &edits, false)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.replied {
-            return Action::Pause;
+        let phase = self.request.borrow().phase;
+        match phase {
+            Phase::Replied => return Action::Pause,
+            Phase::Forwarded => return Action::Continue,
+            Phase::Head | Phase::AwaitKeys | Phase::AwaitBody => {}
         }
-        let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
-            return self.fail_closed("body before headers");
+        let Some(vm) = self.vm.clone() else {
+            return fail_closed(&self.request, "no configuration");
         };
+        let config = vm.borrow().config.clone();
+        let too_large = self.request.borrow_mut().exchange.as_mut().and_then(|ex| ex.on_body_progress(&config, body_size));
+        if let Some(reply) = too_large {
+            return send(&self.request, reply);
+        }
         if !end_of_stream {
-            return match exchange.on_body_progress(&config, body_size) {
-                Some(reply) => self.send(reply),
-                None => Action::Pause,
-            };
+            return Action::Pause;
         }
         let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
             Ok(body) => body.unwrap_or_default(),
-            Err(_) => return self.fail_closed("cannot read request body"),
+            Err(_) => return fail_closed(&self.request, "cannot read request body"),
         };
-        match exchange.on_request_body(&config, &body) {
-            Step::Continue => Action::Continue,
-            Step::WaitForBody => Action::Pause,
-            Step::Reply(reply) => self.send(reply),
+        if phase != Phase::AwaitBody {
+            // Still waiting for keys: keep the body until the head is decided.
+            self.request.borrow_mut().body = Some(body);
+            return Action::Pause;
         }
+        let step = decide_body(&vm, &self.request, &body);
+        act(&vm, &self.request, self.context_id, step, &HeaderEdits::default(), false)
     }
 
     /// MCP clients never send request trailers; a body that ends in trailers never
     /// reaches `end_of_stream` in the body callback, so refuse it instead of waiting.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.replied {
-            return Action::Pause;
-        }
-        match self.exchange.as_mut().map(Exchange::on_request_trailers) {
-            Some(Some(reply)) => self.send(reply),
-            Some(None) => Action::Continue,
-            None => self.fail_closed("trailers before headers"),
+        let phase = self.request.borrow().phase;
+        match phase {
+            Phase::Replied => Action::Pause,
+            Phase::Forwarded => Action::Continue,
+            _ => {
+                let reply = self.request.borrow_mut().exchange.as_mut().and_then(Exchange::on_request_trailers);
+                match reply {
+                    Some(reply) => send(&self.request, reply),
+                    None => Action::Continue,
+                }
+            }
         }
     }
 
     fn on_log(&mut self) {
-        let Some(exchange) = self.exchange.take() else {
-            return;
-        };
+        if let Some(vm) = &self.vm {
+            // A request that ends while waiting must not be resumed later.
+            vm.borrow_mut().waiters.retain(|w| w.context_id != self.context_id);
+        }
+        let Some(exchange) = self.request.borrow_mut().exchange.take() else { return };
         let status = hostcalls::get_property(vec!["response", "code"])
             .ok()
             .flatten()
@@ -230,6 +551,11 @@ impl HttpContext for Filter {
             .flatten()
             .map(|b| strip_port(&String::from_utf8_lossy(&b)).to_owned());
         let record = exchange.finish(status, now(), client_ip);
+        if let Some(vm) = &self.vm {
+            let metrics = &vm.borrow().metrics;
+            let allowed = record.decision == Some(crate::audit::Outcome::Allow);
+            Metrics::bump(if allowed { metrics.allowed } else { metrics.denied });
+        }
         log(LogLevel::Info, &record.to_line());
     }
 }

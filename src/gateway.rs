@@ -3,26 +3,30 @@
 //! An [`Exchange`] follows one HTTP request through the filter's callbacks: it admits or
 //! refuses the request at headers time (route, HTTP method, content type, token, server
 //! access), then decides on the JSON-RPC body, and finally produces the audit record.
-//! The proxy-wasm adapter only moves data between Envoy and this type.
+//! When a token needs keys that are not loaded yet, it asks the adapter to wait and is
+//! resumed later. The proxy-wasm adapter only moves data between Envoy and this type.
 
 use crate::audit::{timestamp, AuditRecord, Outcome};
-use crate::config::Config;
+use crate::config::{Config, Server, UpstreamAuth};
+use crate::discovery;
 use crate::headers;
 use crate::jsonrpc;
-use crate::jwt::{bearer_token, AuthError, Principal};
+use crate::jwt::{bearer_token, AuthError, KeyStore, Principal, Verdict};
 use crate::reject::{reply, Refusal, Reply};
 use serde_json::Value;
 use std::time::SystemTime;
 
-/// The request line and headers, as the filter sees them.
-#[derive(Debug, Clone, Copy)]
-pub struct Head<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub headers: &'a [(String, String)],
+/// The request headers (pseudo-headers included), as Envoy gives them.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    pub headers: Vec<(String, String)>,
 }
 
-impl Head<'_> {
+impl Head {
+    pub fn new(headers: Vec<(String, String)>) -> Head {
+        Head { headers }
+    }
+
     /// First value of a header (names compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -32,10 +36,15 @@ impl Head<'_> {
     }
 
     fn header_count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+    }
+
+    pub fn method(&self) -> &str {
+        self.header(":method").unwrap_or_default()
+    }
+
+    pub fn path(&self) -> &str {
+        self.header(":path").unwrap_or_default()
     }
 }
 
@@ -44,8 +53,8 @@ impl Head<'_> {
 pub struct HeaderEdits {
     /// Header names to remove (every value).
     pub remove: Vec<String>,
-    /// Headers to set, replacing any value.
-    pub set: Vec<(&'static str, String)>,
+    /// Headers to set, replacing any value (applied after the removals).
+    pub set: Vec<(String, String)>,
 }
 
 /// What the adapter should do next.
@@ -55,6 +64,9 @@ pub enum Step {
     Continue,
     /// Apply the edits and hold the request until the whole body is buffered.
     WaitForBody,
+    /// Hold the request until the provider's keys change (or the wait times out), then
+    /// call [`Exchange::resume`]. `refetch` asks for a JWKS fetch (an unknown `kid`).
+    WaitForKeys { provider: usize, refetch: bool },
     /// Send this reply instead of forwarding the request.
     Reply(Reply),
 }
@@ -63,8 +75,11 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Exchange {
     started: SystemTime,
+    head: Head,
+    end_of_stream: bool,
     principal: Option<Principal>,
-    server: Option<String>,
+    server: Option<Server>,
+    metadata_url: Option<String>,
     record: AuditRecord,
 }
 
@@ -72,12 +87,12 @@ impl Exchange {
     pub fn new(started: SystemTime) -> Exchange {
         Exchange {
             started,
+            head: Head::default(),
+            end_of_stream: false,
             principal: None,
             server: None,
-            record: AuditRecord {
-                timestamp: timestamp(started),
-                ..Default::default()
-            },
+            metadata_url: None,
+            record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
 
@@ -86,84 +101,135 @@ impl Exchange {
     pub fn on_request_headers(
         &mut self,
         config: &Config,
-        head: &Head<'_>,
+        store: &mut KeyStore,
+        head: Head,
         end_of_stream: bool,
         now: SystemTime,
     ) -> (Step, HeaderEdits) {
-        self.record.http_method = head.method.to_owned();
+        self.record.http_method = head.method().to_owned();
         self.record.request_id = head.header("x-request-id").unwrap_or_default().to_owned();
         self.record.user_agent = head.header("user-agent").map(str::to_owned);
         self.record.session_id = head.header("mcp-session-id").map(str::to_owned);
-        match self.admit(config, head, end_of_stream, now) {
-            Ok(step) => (step, self.edits(head)),
-            Err(refusal) => (
-                Step::Reply(self.refuse(&refusal, None)),
-                HeaderEdits::default(),
-            ),
+        self.head = head;
+        self.end_of_stream = end_of_stream;
+        self.decide_head(config, store, now, false)
+    }
+
+    /// Tries authentication again after the keys changed or the wait ran out
+    /// (`final_attempt`: no more waiting, refuse if keys are still missing).
+    pub fn resume(&mut self, config: &Config, store: &mut KeyStore, now: SystemTime, final_attempt: bool) -> (Step, HeaderEdits) {
+        self.decide_head(config, store, now, final_attempt)
+    }
+
+    fn decide_head(&mut self, config: &Config, store: &mut KeyStore, now: SystemTime, final_attempt: bool) -> (Step, HeaderEdits) {
+        match self.admit(config, store, now, final_attempt) {
+            Ok(step @ (Step::Continue | Step::WaitForBody)) => {
+                let edits = self.edits();
+                (step, edits)
+            }
+            Ok(step) => (step, HeaderEdits::default()),
+            Err(refusal) => (Step::Reply(self.refuse(&refusal, None)), HeaderEdits::default()),
         }
     }
 
-    fn admit(
-        &mut self,
-        config: &Config,
-        head: &Head<'_>,
-        end_of_stream: bool,
-        now: SystemTime,
-    ) -> Result<Step, Refusal> {
+    fn admit(&mut self, config: &Config, store: &mut KeyStore, now: SystemTime, final_attempt: bool) -> Result<Step, Refusal> {
+        let path = self.head.path().to_owned();
+        if let Some(reply) = self.well_known(config, &path) {
+            return Ok(Step::Reply(reply));
+        }
         // Defence in depth: Envoy normalizes paths before routing (normalize_path), so a
         // path that still holds dot segments or encoded separators is refused rather
         // than risking the router and the filter seeing different servers.
-        if !is_plain_path(head.path) {
-            return Err(Refusal::UnknownServer);
+        let server = is_plain_path(&path).then(|| config.server_for(&path)).flatten();
+        if let Some(md) = &config.resource_metadata {
+            let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
+            self.metadata_url = Some(discovery::metadata_url(&base, server));
         }
-        let server = config.server_for(head.path).ok_or(Refusal::UnknownServer)?;
-        self.server = Some(server.name.clone());
+        let server = server.ok_or(Refusal::UnknownServer)?.clone();
         self.record.server = Some(server.name.clone());
-        let is_post = match head.method {
+        let is_post = match self.head.method() {
             "POST" => true,
             "GET" | "DELETE" => false,
             other => return Err(Refusal::HttpMethod(other.chars().take(16).collect())),
         };
-        let principal = authenticate(config, head, now)?;
+        self.server = Some(server);
+        let principal = match authenticate(config, store, &self.head, now) {
+            Ok(p) => p,
+            Err(Verdict::Invalid(e)) => return Err(e.into()),
+            Err(Verdict::NoKeysYet { provider }) if final_attempt => {
+                let name = config.verifier.providers.get(provider).map(|p| p.name.clone()).unwrap_or_default();
+                return Err(Refusal::KeysUnavailable { provider: name });
+            }
+            Err(Verdict::UnknownKid { .. }) if final_attempt => return Err(AuthError::UnknownKeyId.into()),
+            Err(Verdict::NoKeysYet { provider }) => return Ok(Step::WaitForKeys { provider, refetch: false }),
+            Err(Verdict::UnknownKid { provider }) => return Ok(Step::WaitForKeys { provider, refetch: true }),
+        };
         self.record.user_id = Some(principal.user_id.clone());
         self.record.roles = principal.roles.clone();
-        let role = config
-            .policy
-            .allows_server(&principal.roles, &server.name)?;
+        if let Some(md) = &config.resource_metadata {
+            let missing = md.required_scopes.iter().any(|s| !principal.scopes.contains(s));
+            if missing {
+                return Err(Refusal::InsufficientScope { required: md.required_scopes.clone() });
+            }
+        }
+        let server_name = self.server.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let role = config.policy.allows_server(&principal.roles, &server_name)?;
         self.principal = Some(principal);
         if !is_post {
             self.allow(role);
             return Ok(Step::Continue);
         }
-        if !is_json(head.header("content-type")) {
+        if !is_json(self.head.header("content-type")) {
             return Err(Refusal::ContentType);
         }
-        let too_long = head
+        let too_long = self
+            .head
             .header("content-length")
             .and_then(|l| l.trim().parse::<u64>().ok())
             .is_some_and(|l| l > config.max_body_bytes as u64);
         if too_long {
-            return Err(Refusal::BodyTooLarge {
-                limit: config.max_body_bytes,
-            });
+            return Err(Refusal::BodyTooLarge { limit: config.max_body_bytes });
         }
-        if end_of_stream {
+        if self.end_of_stream {
             return Err(Refusal::Parse(jsonrpc::ParseError::Empty));
         }
         Ok(Step::WaitForBody)
     }
 
+    /// Serves RFC 9728 metadata for `GET /.well-known/oauth-protected-resource[...]`.
+    fn well_known(&mut self, config: &Config, path: &str) -> Option<Reply> {
+        if !path.starts_with(discovery::WELL_KNOWN) {
+            return None;
+        }
+        let found = config.resource_metadata.as_ref().and_then(|md| {
+            discovery::lookup(&config.servers, path).map(|server| {
+                let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
+                discovery::document(md, &base, server)
+            })
+        });
+        let reply = match (self.head.method(), found) {
+            ("GET", Some(doc)) => Reply {
+                status: 200,
+                headers: vec![
+                    ("content-type", "application/json".to_owned()),
+                    ("access-control-allow-origin", "*".to_owned()),
+                    ("cache-control", "max-age=300".to_owned()),
+                ],
+                body: serde_json::to_vec(&doc).unwrap_or_default(),
+            },
+            (_, None) => return Some(self.refuse(&Refusal::UnknownServer, None)),
+            (other, Some(_)) => return Some(self.refuse(&Refusal::HttpMethod(other.chars().take(16).collect()), None)),
+        };
+        self.record.decision = Some(Outcome::Allow);
+        self.record.reason = Some("protected resource metadata".into());
+        Some(reply)
+    }
+
     /// Called as body data arrives, with the total buffered so far. Returns a reply
     /// when the body is over the limit.
     pub fn on_body_progress(&mut self, config: &Config, buffered: usize) -> Option<Reply> {
-        (buffered > config.max_body_bytes).then(|| {
-            self.refuse(
-                &Refusal::BodyTooLarge {
-                    limit: config.max_body_bytes,
-                },
-                None,
-            )
-        })
+        (buffered > config.max_body_bytes)
+            .then(|| self.refuse(&Refusal::BodyTooLarge { limit: config.max_body_bytes }, None))
     }
 
     /// Decides on the complete body of a POST.
@@ -181,18 +247,12 @@ impl Exchange {
         self.record.method = (!message.method.is_empty()).then(|| message.method.clone());
         self.record.target = message.target.as_ref().map(|t| t.name().to_owned());
         self.record.jsonrpc_id = message.id.clone();
-        self.record.params = message
-            .arguments
-            .as_ref()
-            .map(|a| config.redactor.redact(a));
+        self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
         let (Some(principal), Some(server)) = (&self.principal, &self.server) else {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
         };
-        match config
-            .policy
-            .allows_message(&principal.roles, server, &message)
-        {
+        match config.policy.allows_message(&principal.roles, &server.name, &message) {
             Ok(role) => {
                 self.allow(role);
                 Step::Continue
@@ -207,9 +267,7 @@ impl Exchange {
         let waiting = self.record.decision.is_none();
         waiting.then(|| {
             self.refuse(
-                &Refusal::Parse(jsonrpc::ParseError::Invalid(
-                    "request trailers are not supported",
-                )),
+                &Refusal::Parse(jsonrpc::ParseError::Invalid("request trailers are not supported")),
                 None,
             )
         })
@@ -217,12 +275,7 @@ impl Exchange {
 
     /// The audit record, once the response is complete. `status` is the HTTP status
     /// sent to the client (0 when the stream was reset before a response).
-    pub fn finish(
-        mut self,
-        status: u32,
-        now: SystemTime,
-        client_ip: Option<String>,
-    ) -> AuditRecord {
+    pub fn finish(mut self, status: u32, now: SystemTime, client_ip: Option<String>) -> AuditRecord {
         self.record.status = status;
         self.record.response_time_ms = now
             .duration_since(self.started)
@@ -234,8 +287,7 @@ impl Exchange {
             self.record.decision = Some(Outcome::Deny);
             self.record.reason = Some("request incomplete".into());
         }
-        self.record.success =
-            self.record.decision == Some(Outcome::Allow) && (200..400).contains(&status);
+        self.record.success = self.record.decision == Some(Outcome::Allow) && (200..400).contains(&status);
         self.record
     }
 
@@ -247,35 +299,38 @@ impl Exchange {
     fn refuse(&mut self, refusal: &Refusal, id: Option<Value>) -> Reply {
         self.record.decision = Some(Outcome::Deny);
         self.record.reason = Some(refusal.to_string());
-        reply(refusal, id)
+        reply(refusal, id, self.metadata_url.as_deref())
     }
 
     /// Strip every client header that could pose as identity, drop the client's token
-    /// (it is for the gateway, not the upstream), and set our own identity headers.
-    fn edits(&self, head: &Head<'_>) -> HeaderEdits {
+    /// unless this server opted in to it, and set our own identity headers.
+    fn edits(&self) -> HeaderEdits {
+        let head = &self.head;
         let mut remove: Vec<String> = head
             .headers
             .iter()
             .filter(|(n, _)| headers::is_spoofable(n))
             .map(|(n, _)| n.clone())
             .collect();
-        remove.push("authorization".into());
+        let upstream_auth = self.server.as_ref().map(|s| &s.upstream_auth);
+        if upstream_auth != Some(&UpstreamAuth::ForwardClientToken) {
+            remove.push("authorization".into());
+        }
         remove.dedup();
         let mut set = Vec::new();
+        if let Some(UpstreamAuth::Inject { header, value }) = upstream_auth {
+            set.push((header.clone(), value.expose().to_owned()));
+        }
         if let Some(p) = &self.principal {
-            set.push((headers::USER_ID, headers::header_safe(&p.user_id)));
-            let roles: Vec<String> = p
-                .roles
-                .iter()
-                .map(|r| headers::header_safe(r).replace(',', "%2C"))
-                .collect();
-            set.push((headers::ROLES, roles.join(",")));
+            set.push((headers::USER_ID.into(), headers::header_safe(&p.user_id)));
+            let roles: Vec<String> = p.roles.iter().map(|r| headers::header_safe(r).replace(',', "%2C")).collect();
+            set.push((headers::ROLES.into(), roles.join(",")));
         }
         if let Some(server) = &self.server {
-            set.push((headers::SERVER, server.clone()));
+            set.push((headers::SERVER.into(), server.name.clone()));
         }
         if let Some(session) = &self.record.session_id {
-            set.push((headers::SESSION_ID, headers::header_safe(session)));
+            set.push((headers::SESSION_ID.into(), headers::header_safe(session)));
         }
         let request_id = headers::header_safe(&self.record.request_id);
         let trace_id = head
@@ -283,19 +338,19 @@ impl Exchange {
             .and_then(headers::trace_id)
             .map(str::to_owned)
             .unwrap_or_else(|| request_id.clone());
-        set.push((headers::REQUEST_ID, request_id));
-        set.push((headers::TRACE_ID, trace_id));
+        set.push((headers::REQUEST_ID.into(), request_id));
+        set.push((headers::TRACE_ID.into(), trace_id));
         HeaderEdits { remove, set }
     }
 }
 
-fn authenticate(config: &Config, head: &Head<'_>, now: SystemTime) -> Result<Principal, Refusal> {
+fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemTime) -> Result<Principal, Verdict> {
     let token = match head.header_count("authorization") {
         0 => return Err(AuthError::MissingToken.into()),
         1 => bearer_token(head.header("authorization").unwrap_or_default())?,
         _ => return Err(AuthError::MultipleAuthorizationHeaders.into()),
     };
-    Ok(config.verifier.verify(token, now)?)
+    config.verifier.verify(token, now, store)
 }
 
 /// `application/json`, with optional parameters such as `charset`.
@@ -312,15 +367,14 @@ fn is_plain_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.contains('\\')
         && !path.split('/').any(|seg| seg == "." || seg == "..")
-        && !["%2e", "%2f", "%5c", "%25"]
-            .iter()
-            .any(|enc| lower.contains(enc))
+        && !["%2e", "%2f", "%5c", "%25"].iter().any(|enc| lower.contains(enc))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::reject::code;
+    use crate::jwt::KeyStore;
     use jwt_compact::alg::{Hs256, Hs256Key};
     use jwt_compact::{AlgorithmExt, Claims, Header, TimeOptions};
     use serde_json::{json, Map};
@@ -332,7 +386,7 @@ mod tests {
         let v = json!({
             "max_body_bytes": 1024,
             "servers": [{"name": "github", "path_prefix": "/mcp/github"}, {"name": "filesystem", "path_prefix": "/mcp/filesystem"}],
-            "jwt": {"issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]},
+            "jwt": {"providers": [{"name": "p", "issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]}]},
             "rbac": {"roles": {
                 "developer": {"servers": ["github", "filesystem"], "tools": ["get_*", "list_*", "create_*"]},
                 "readonly": {"servers": ["github"], "tools": ["get_*", "list_*"]},
@@ -396,15 +450,13 @@ mod tests {
             let t = token(sub, roles);
             self.header("authorization", &format!("Bearer {t}"))
         }
-        fn head(&self) -> Head<'_> {
-            Head {
-                method: self.method,
-                path: &self.path,
-                headers: &self.headers,
-            }
+        fn head(&self) -> Head {
+            let mut headers = vec![(":method".to_string(), self.method.to_string()), (":path".to_string(), self.path.clone())];
+            headers.extend(self.headers.iter().cloned());
+            Head::new(headers)
         }
         fn headers_step(&self, ex: &mut Exchange) -> (Step, HeaderEdits) {
-            ex.on_request_headers(&config(), &self.head(), self.method != "POST", now())
+            ex.on_request_headers(&config(), &mut KeyStore::new(1, 8), self.head(), self.method != "POST", now())
         }
     }
 
@@ -437,9 +489,9 @@ mod tests {
         assert_eq!(step, Step::WaitForBody);
         assert!(edits.remove.contains(&"X-MCP-User-Id".to_string()));
         assert!(edits.remove.contains(&"authorization".to_string()));
-        assert!(edits.set.contains(&(headers::USER_ID, "alice".into())));
-        assert!(edits.set.contains(&(headers::ROLES, "developer".into())));
-        assert!(edits.set.contains(&(headers::REQUEST_ID, "r-1".into())));
+        assert!(edits.set.contains(&(headers::USER_ID.to_string(), "alice".to_string())));
+        assert!(edits.set.contains(&(headers::ROLES.to_string(), "developer".to_string())));
+        assert!(edits.set.contains(&(headers::REQUEST_ID.to_string(), "r-1".to_string())));
         assert_eq!(
             ex.on_request_body(&config(), &call("create_issue")),
             Step::Continue
@@ -571,7 +623,8 @@ mod tests {
         let mut ex = Exchange::new(now());
         let (step, _) = ex.on_request_headers(
             &config(),
-            &request().by("a", &["developer"]).head(),
+            &mut KeyStore::new(1, 8),
+            request().by("a", &["developer"]).head(),
             true,
             now(),
         );
@@ -586,10 +639,10 @@ mod tests {
             .headers_step(&mut ex);
         assert!(edits
             .set
-            .contains(&(headers::USER_ID, "al%0D%0Aice".into())));
+            .contains(&(headers::USER_ID.to_string(), "al%0D%0Aice".to_string())));
         assert!(edits
             .set
-            .contains(&(headers::ROLES, "dev%2Celoper,developer".into())));
+            .contains(&(headers::ROLES.to_string(), "dev%2Celoper,developer".to_string())));
     }
 
     #[test]

@@ -1,19 +1,20 @@
 //! Bearer-token authentication: JWT signature, algorithm allow-list and claim checks.
 //!
-//! Every key is bound to exactly one algorithm at configure time, and a token is only
-//! ever checked with keys bound to the algorithm its header names. That closes `alg:
-//! none` (no key has it) and algorithm confusion (an RSA public key is never used as an
-//! HMAC secret).
+//! Every key is bound to exactly one algorithm when it is loaded, and a token is only
+//! ever checked with keys bound to the algorithm its header names, among the algorithms
+//! its provider allows. That closes `alg: none` (no key has it) and algorithm confusion
+//! (an RSA public key is never used as an HMAC secret).
 
+use crate::fast_rsa::{FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
-use jwt_compact::alg::{
-    Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey,
-};
-use jwt_compact::jwk::JsonWebKey;
+use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::jwk::{JsonWebKey, KeyType};
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Why a token was refused. The `Display` text goes to the audit log and, being about
 /// the caller's own token, to the caller; it never contains the token itself.
@@ -40,16 +41,12 @@ impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AuthError::MissingToken => write!(f, "missing bearer token"),
-            AuthError::MultipleAuthorizationHeaders => {
-                write!(f, "more than one Authorization header")
-            }
+            AuthError::MultipleAuthorizationHeaders => write!(f, "more than one Authorization header"),
             AuthError::NotBearer => write!(f, "Authorization scheme must be Bearer"),
             AuthError::EmptyToken => write!(f, "empty bearer token"),
             AuthError::TooLarge { limit } => write!(f, "token longer than {limit} bytes"),
             AuthError::Malformed => write!(f, "malformed token"),
-            AuthError::AlgorithmNotAllowed(alg) => {
-                write!(f, "token algorithm {alg:?} is not allowed")
-            }
+            AuthError::AlgorithmNotAllowed(alg) => write!(f, "token algorithm {alg:?} is not allowed"),
             AuthError::UnknownKeyId => write!(f, "token signed with an unknown key"),
             AuthError::BadSignature => write!(f, "invalid token signature"),
             AuthError::MissingExpiry => write!(f, "token has no exp claim"),
@@ -67,10 +64,14 @@ impl fmt::Display for AuthError {
 pub struct Principal {
     pub user_id: String,
     pub roles: Vec<String>,
+    /// OAuth scopes from `scope` (space-separated) or `scp` (array).
+    pub scopes: Vec<String>,
+    /// Name of the provider that issued the token.
+    pub provider: String,
 }
 
 /// Signature algorithms the gateway verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Alg {
     Hs256,
     Hs384,
@@ -86,6 +87,9 @@ pub enum Alg {
 }
 
 impl Alg {
+    pub const ASYMMETRIC: [Alg; 8] =
+        [Alg::Rs256, Alg::Rs384, Alg::Rs512, Alg::Ps256, Alg::Ps384, Alg::Ps512, Alg::Es256, Alg::EdDsa];
+
     pub fn parse(name: &str) -> Option<Alg> {
         Some(match name {
             "HS256" => Alg::Hs256,
@@ -123,6 +127,16 @@ impl Alg {
         matches!(self, Alg::Hs256 | Alg::Hs384 | Alg::Hs512)
     }
 
+    /// The JWK key type this algorithm needs.
+    fn key_type(self) -> KeyType {
+        match self {
+            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => KeyType::Symmetric,
+            Alg::Es256 => KeyType::EllipticCurve,
+            Alg::EdDsa => KeyType::KeyPair,
+            _ => KeyType::Rsa,
+        }
+    }
+
     /// Shortest HMAC secret accepted (RFC 7518 3.2: at least the hash output size).
     fn min_secret_len(self) -> usize {
         match self {
@@ -143,6 +157,15 @@ impl Alg {
             _ => return None,
         })
     }
+
+    fn fast_rsa(self) -> Option<FastRsa> {
+        Some(match self {
+            Alg::Rs256 => FastRsa::rs256(),
+            Alg::Rs384 => FastRsa::rs384(),
+            Alg::Rs512 => FastRsa::rs512(),
+            _ => return None,
+        })
+    }
 }
 
 /// Decoded key material, bound to one algorithm.
@@ -150,6 +173,9 @@ enum Material {
     Hs256(Hs256Key),
     Hs384(Hs384Key),
     Hs512(Hs512Key),
+    /// PKCS#1 v1.5 (RS*): our own faster verifier.
+    FastRsa(FastRsa, Box<FastRsaKey>),
+    /// PSS (PS*): the `rsa` crate through jwt-compact.
     Rsa(Rsa, Box<RsaPublicKey>),
     Es256(Box<<Es256 as jwt_compact::Algorithm>::VerifyingKey>),
     Ed25519(Box<<Ed25519 as jwt_compact::Algorithm>::VerifyingKey>),
@@ -186,31 +212,25 @@ impl Key {
             Alg::Hs256 => Material::Hs256(Hs256Key::new(secret)),
             Alg::Hs384 => Material::Hs384(Hs384Key::new(secret)),
             Alg::Hs512 => Material::Hs512(Hs512Key::new(secret)),
-            _ => {
-                return Err(format!(
-                    "{} does not use a shared secret; use \"jwk\"",
-                    alg.name()
-                ))
-            }
+            _ => return Err(format!("{} does not use a shared secret; use \"jwk\"", alg.name())),
         };
         Ok(Key { kid, alg, material })
     }
 
-    /// A key from a JSON Web Key (RFC 7517). The key type must fit `alg`.
+    /// A key from a JSON Web Key (RFC 7517) for one algorithm. The key type must fit.
     pub fn from_jwk(kid: Option<String>, alg: Alg, jwk: &Value) -> Result<Key, String> {
         let parsed: JsonWebKey<'_> =
             serde_json::from_value(jwk.clone()).map_err(|e| format!("not a valid JWK: {e}"))?;
         if let Some(jwk_alg) = jwk.get("alg").and_then(Value::as_str) {
             if jwk_alg != alg.name() {
-                return Err(format!(
-                    "JWK says alg {jwk_alg:?} but the key is configured for {}",
-                    alg.name()
-                ));
+                return Err(format!("JWK says alg {jwk_alg:?} but the key is used for {}", alg.name()));
             }
         }
+        if parsed.key_type() != alg.key_type() {
+            return Err(format!("JWK key type does not fit {}", alg.name()));
+        }
         let kid = kid.or_else(|| jwk.get("kid").and_then(Value::as_str).map(str::to_owned));
-        let wrong =
-            |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
+        let wrong = |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
         let material = match alg {
             Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => {
                 let key = Hs256Key::try_from(&parsed).map_err(wrong)?;
@@ -218,13 +238,44 @@ impl Key {
             }
             Alg::Es256 => Material::Es256(Box::new((&parsed).try_into().map_err(wrong)?)),
             Alg::EdDsa => Material::Ed25519(Box::new((&parsed).try_into().map_err(wrong)?)),
-            _ => {
-                let rsa = alg.rsa().ok_or("unsupported algorithm")?;
-                let key = RsaPublicKey::try_from(&parsed).map_err(wrong)?;
-                Material::Rsa(rsa, Box::new(key))
-            }
+            _ => match alg.fast_rsa() {
+                Some(fast) => Material::FastRsa(fast, Box::new(FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?)),
+                None => {
+                    let rsa = alg.rsa().ok_or("unsupported algorithm")?;
+                    Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
+                }
+            },
         };
         Ok(Key { kid, alg, material })
+    }
+
+    /// The keys a JWK stands for among `allowed` algorithms: one for its `alg` when it
+    /// names one, else one per allowed algorithm its key type fits.
+    pub fn from_jwk_allowed(jwk: &Value, allowed: &[Alg]) -> Result<Vec<Key>, String> {
+        let algs: Vec<Alg> = match jwk.get("alg").and_then(Value::as_str) {
+            Some(name) => {
+                let alg = Alg::parse(name).ok_or_else(|| format!("unsupported alg {name:?}"))?;
+                if !allowed.contains(&alg) {
+                    return Ok(Vec::new());
+                }
+                vec![alg]
+            }
+            None => {
+                let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or_default();
+                allowed
+                    .iter()
+                    .copied()
+                    .filter(|a| !a.is_hmac())
+                    .filter(|a| match a.key_type() {
+                        KeyType::Rsa => kty == "RSA",
+                        KeyType::EllipticCurve => kty == "EC",
+                        KeyType::KeyPair => kty == "OKP",
+                        _ => false,
+                    })
+                    .collect()
+            }
+        };
+        algs.into_iter().map(|alg| Key::from_jwk(None, alg, jwk)).collect()
     }
 
     pub fn kid(&self) -> Option<&str> {
@@ -236,15 +287,13 @@ impl Key {
     }
 
     /// Checks the signature (and that the header names this key's algorithm).
-    fn verify(
-        &self,
-        token: &UntrustedToken<'_>,
-    ) -> Result<Claims<Map<String, Value>>, ValidationError> {
+    fn verify(&self, token: &UntrustedToken<'_>) -> Result<Claims<Map<String, Value>>, ValidationError> {
         type C = Map<String, Value>;
         let token = match &self.material {
             Material::Hs256(k) => Hs256.validator::<C>(k).validate(token)?,
             Material::Hs384(k) => Hs384.validator::<C>(k).validate(token)?,
             Material::Hs512(k) => Hs512.validator::<C>(k).validate(token)?,
+            Material::FastRsa(alg, k) => alg.validator::<C>(k.as_ref()).validate(token)?,
             Material::Rsa(alg, k) => alg.validator::<C>(k.as_ref()).validate(token)?,
             Material::Es256(k) => Es256.validator::<C>(k.as_ref()).validate(token)?,
             Material::Ed25519(k) => Ed25519.validator::<C>(k.as_ref()).validate(token)?,
@@ -253,128 +302,324 @@ impl Key {
     }
 }
 
-/// Checks tokens against a set of keys and one issuer's rules.
+/// Keys parsed from a JWKS document (RFC 7517 section 5).
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<Key>,
+}
+
+impl KeySet {
+    /// Parses a JWKS, keeping keys usable with `allowed` algorithms. Keys that cannot be
+    /// used (other algorithms, encryption keys, unsupported types) are skipped and named
+    /// in the second value; a document with no usable key is an error.
+    pub fn from_jwks(json: &[u8], allowed: &[Alg]) -> Result<(KeySet, Vec<String>), String> {
+        let doc: Value = serde_json::from_slice(json).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let list = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("JWKS has no \"keys\" array")?;
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (i, jwk) in list.iter().enumerate() {
+            let name = jwk.get("kid").and_then(Value::as_str).map_or_else(|| format!("#{i}"), str::to_owned);
+            if jwk.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+                skipped.push(format!("{name}: not a signing key"));
+                continue;
+            }
+            match Key::from_jwk_allowed(jwk, allowed) {
+                Ok(k) if k.is_empty() => skipped.push(format!("{name}: algorithm not allowed")),
+                Ok(k) => keys.extend(k),
+                Err(e) => skipped.push(format!("{name}: {e}")),
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!("JWKS holds no usable key ({})", skipped.join("; ")));
+        }
+        Ok((KeySet { keys }, skipped))
+    }
+}
+
+/// Where a provider's roles come from.
+#[derive(Debug, Clone)]
+pub struct ClaimMapping {
+    /// Dotted path of the claim that holds the user id.
+    pub user: Vec<String>,
+    /// Dotted path of the claim that holds roles (array, or space-separated string).
+    pub roles: Vec<String>,
+    /// When set, each value of the roles claim is mapped to these roles; values not in
+    /// the map grant nothing.
+    pub role_map: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// A remote JWKS, fetched through an Envoy cluster.
+#[derive(Debug, Clone)]
+pub struct JwksSource {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    /// Refresh at least this often, even when `Cache-Control: max-age` is longer.
+    pub refresh: Duration,
+    /// Never fetch more often than this: bounds refetches caused by unknown `kid`s and
+    /// retries after failures.
+    pub min_refetch: Duration,
+    pub timeout: Duration,
+}
+
+/// A trusted token issuer.
 #[derive(Debug)]
-pub struct Verifier {
+pub struct Provider {
+    pub name: String,
     pub issuer: String,
     pub audiences: Vec<String>,
+    pub algorithms: Vec<Alg>,
+    pub claims: ClaimMapping,
+    /// Keys from the configuration.
+    pub static_keys: Vec<Key>,
+    pub jwks: Option<JwksSource>,
+}
+
+/// Token checking for all providers.
+#[derive(Debug)]
+pub struct Verifier {
+    pub providers: Vec<Provider>,
     pub leeway_secs: u32,
     pub max_token_bytes: usize,
-    /// Dotted path of the claim that holds the user id.
-    pub user_claim: Vec<String>,
-    /// Dotted path of the claim that holds roles (array, or space-separated string).
-    pub roles_claim: Vec<String>,
-    pub keys: Vec<Key>,
+}
+
+/// Why a token could not be decided yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Invalid(AuthError),
+    /// The provider's JWKS was never loaded.
+    NoKeysYet { provider: usize },
+    /// The token names a key the provider's JWKS does not (yet) hold.
+    UnknownKid { provider: usize },
+}
+
+impl From<AuthError> for Verdict {
+    fn from(e: AuthError) -> Self {
+        Verdict::Invalid(e)
+    }
+}
+
+/// Keys fetched at run time, one slot per provider, and the verified-token cache.
+#[derive(Debug, Default)]
+pub struct KeyStore {
+    pub remote: Vec<Option<KeySet>>,
+    pub cache: TokenCache,
+}
+
+impl KeyStore {
+    pub fn new(providers: usize, cache_entries: usize) -> KeyStore {
+        KeyStore {
+            remote: (0..providers).map(|_| None).collect(),
+            cache: TokenCache::new(cache_entries),
+        }
+    }
+
+    /// Installs a provider's new key set. Cached verifications are dropped: a key that
+    /// left the set must stop vouching for tokens at once.
+    pub fn install(&mut self, provider: usize, keys: KeySet) {
+        if let Some(slot) = self.remote.get_mut(provider) {
+            *slot = Some(keys);
+            self.cache.clear();
+        }
+    }
+}
+
+/// Verified tokens, keyed by SHA-256 of the token, so a session's repeated requests skip
+/// signature checks. Bounded; an entry never outlives its token's `exp`.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<[u8; 32], (Principal, SystemTime)>,
+    order: VecDeque<[u8; 32]>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache { capacity, ..Default::default() }
+    }
+
+    fn get(&mut self, key: &[u8; 32], now: SystemTime) -> Option<Principal> {
+        match self.entries.get(key) {
+            Some((p, expires)) if now < *expires => {
+                self.hits += 1;
+                Some(p.clone())
+            }
+            Some(_) => {
+                self.entries.remove(key);
+                self.misses += 1;
+                None
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    fn put(&mut self, key: [u8; 32], principal: Principal, expires: SystemTime) {
+        if self.capacity == 0 {
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.entries.insert(key, (principal, expires)).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+    }
 }
 
 impl Verifier {
     /// Verifies a compact JWT and returns who it names.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Principal, AuthError> {
+    pub fn verify(&self, token: &str, now: SystemTime, store: &mut KeyStore) -> Result<Principal, Verdict> {
         if token.is_empty() {
-            return Err(AuthError::EmptyToken);
+            return Err(AuthError::EmptyToken.into());
         }
         if token.len() > self.max_token_bytes {
-            return Err(AuthError::TooLarge {
-                limit: self.max_token_bytes,
-            });
+            return Err(AuthError::TooLarge { limit: self.max_token_bytes }.into());
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(p) = store.cache.get(&digest, now) {
+            return Ok(p);
         }
         let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
         let alg = Alg::parse(untrusted.algorithm())
             .ok_or_else(|| AuthError::AlgorithmNotAllowed(printable(untrusted.algorithm())))?;
-        let kid = untrusted.header().key_id.as_deref();
-        let mut candidates = self
-            .keys
+        // The issuer picks the provider (and so the keys) before anything is trusted.
+        let unverified: Claims<Map<String, Value>> =
+            untrusted.deserialize_claims_unchecked().map_err(|_| AuthError::Malformed)?;
+        let issuer = unverified.custom.get("iss").and_then(Value::as_str);
+        let (index, provider) = self
+            .providers
             .iter()
-            .filter(|k| kid.is_none() || k.kid() == kid)
-            .peekable();
-        if candidates.peek().is_none() {
-            return Err(AuthError::UnknownKeyId);
+            .enumerate()
+            .find(|(_, p)| Some(p.issuer.as_str()) == issuer)
+            .ok_or(AuthError::WrongIssuer)?;
+        if !provider.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed(alg.name().to_owned()).into());
         }
-        let mut candidates = candidates.filter(|k| k.alg == alg).peekable();
-        if candidates.peek().is_none() {
-            return Err(AuthError::AlgorithmNotAllowed(alg.name().to_owned()));
+        let remote = store.remote.get(index).and_then(Option::as_ref);
+        if provider.jwks.is_some() && remote.is_none() && provider.static_keys.is_empty() {
+            return Err(Verdict::NoKeysYet { provider: index });
         }
-        let mut claims = None;
-        let mut error = AuthError::BadSignature;
-        for key in candidates {
-            match key.verify(&untrusted) {
-                Ok(c) => {
-                    claims = Some(c);
-                    break;
-                }
-                Err(ValidationError::MalformedClaims(_)) => error = AuthError::Malformed,
-                Err(_) => {}
-            }
+        let kid = untrusted.header().key_id.as_deref();
+        let all = || provider.static_keys.iter().chain(remote.into_iter().flat_map(|s| s.keys.iter()));
+        let with_kid: Vec<&Key> = all().filter(|k| kid.is_none() || k.kid() == kid).collect();
+        if with_kid.is_empty() {
+            return Err(match provider.jwks {
+                Some(_) => Verdict::UnknownKid { provider: index },
+                None => AuthError::UnknownKeyId.into(),
+            });
         }
-        let claims = claims.ok_or(error)?;
-        self.check_claims(&claims, now)?;
-        let user_id = lookup(&claims.custom, &self.user_claim)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthError::MissingSubject)?
-            .to_owned();
-        let roles = match lookup(&claims.custom, &self.roles_claim) {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            _ => Vec::new(),
-        };
-        Ok(Principal { user_id, roles })
+        let candidates: Vec<&Key> = with_kid.into_iter().filter(|k| k.alg == alg).collect();
+        if candidates.is_empty() {
+            // The kid exists, but for another algorithm (or key type).
+            return Err(AuthError::AlgorithmNotAllowed(alg.name().to_owned()).into());
+        }
+        let claims = candidates
+            .iter()
+            .find_map(|key| key.verify(&untrusted).ok())
+            .ok_or(AuthError::BadSignature)?;
+        let expires = self.check_claims(provider, &claims, now)?;
+        let principal = principal(provider, &claims.custom)?;
+        store.cache.put(digest, principal.clone(), expires);
+        Ok(principal)
     }
 
+    /// Checks time and audience claims; returns when the token expires.
     fn check_claims(
         &self,
+        provider: &Provider,
         claims: &Claims<Map<String, Value>>,
         now: SystemTime,
-    ) -> Result<(), AuthError> {
-        let now: DateTime<Utc> = now.into();
-        let options = TimeOptions::new(
-            chrono::Duration::seconds(i64::from(self.leeway_secs)),
-            move || now,
-        );
+    ) -> Result<SystemTime, AuthError> {
+        let now_utc: DateTime<Utc> = now.into();
+        let options = TimeOptions::new(chrono::Duration::seconds(i64::from(self.leeway_secs)), move || now_utc);
         claims.validate_expiration(&options).map_err(|e| match e {
             ValidationError::NoClaim(_) => AuthError::MissingExpiry,
             _ => AuthError::Expired,
         })?;
         if claims.not_before.is_some() {
-            claims
-                .validate_maturity(&options)
-                .map_err(|_| AuthError::NotYetValid)?;
-        }
-        if claims.custom.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
-            return Err(AuthError::WrongIssuer);
+            claims.validate_maturity(&options).map_err(|_| AuthError::NotYetValid)?;
         }
         let audience_ok = match claims.custom.get("aud") {
-            Some(Value::String(aud)) => self.audiences.iter().any(|a| a == aud),
+            Some(Value::String(aud)) => provider.audiences.iter().any(|a| a == aud),
             Some(Value::Array(auds)) => auds
                 .iter()
                 .filter_map(Value::as_str)
-                .any(|aud| self.audiences.iter().any(|a| a == aud)),
+                .any(|aud| provider.audiences.iter().any(|a| a == aud)),
             _ => false,
         };
         if !audience_ok {
             return Err(AuthError::WrongAudience);
         }
-        Ok(())
+        // Cache no longer than the token lives (without leeway).
+        Ok(claims.expiration.map(SystemTime::from).unwrap_or(now))
+    }
+}
+
+fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+    let user_id = lookup(claims, &provider.claims.user)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or(AuthError::MissingSubject)?
+        .to_owned();
+    let raw_roles = strings(lookup(claims, &provider.claims.roles));
+    let roles = match &provider.claims.role_map {
+        None => raw_roles,
+        Some(map) => {
+            let mut roles: Vec<String> = raw_roles.iter().filter_map(|r| map.get(r)).flatten().cloned().collect();
+            roles.sort();
+            roles.dedup();
+            roles
+        }
+    };
+    let mut scopes = strings(claims.get("scope"));
+    scopes.extend(strings(claims.get("scp")));
+    Ok(Principal { user_id, roles, scopes, provider: provider.name.clone() })
+}
+
+/// An array of strings, or a space-separated string.
+fn strings(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
     }
 }
 
 /// Follows a dotted claim path such as `realm_access.roles`.
 fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(claims.get(first)?, |v, seg| v.get(seg))
+    rest.iter().try_fold(claims.get(first)?, |v, seg| v.get(seg))
 }
 
 /// An attacker-chosen header value, made safe and short for a log line.
 fn printable(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(32)
-        .collect()
+    s.chars().filter(|c| c.is_ascii_graphic()).take(32).collect()
 }
 
 /// Splits an `Authorization` header value into its bearer token. The scheme is
@@ -398,7 +643,6 @@ mod tests {
     use jwt_compact::alg::Hs256Key;
     use jwt_compact::{Claims, Header};
     use serde_json::json;
-    use std::time::Duration;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -406,16 +650,28 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
-    fn verifier() -> Verifier {
-        Verifier {
-            issuer: "iss-a".into(),
+    fn provider(name: &str, issuer: &str) -> Provider {
+        Provider {
+            name: name.into(),
+            issuer: issuer.into(),
             audiences: vec!["gw".into()],
-            leeway_secs: 60,
-            max_token_bytes: 4096,
-            user_claim: vec!["sub".into()],
-            roles_claim: vec!["realm_access".into(), "roles".into()],
-            keys: vec![Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap()],
+            algorithms: vec![Alg::Hs256],
+            claims: ClaimMapping {
+                user: vec!["sub".into()],
+                roles: vec!["realm_access".into(), "roles".into()],
+                role_map: None,
+            },
+            static_keys: vec![Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap()],
+            jwks: None,
         }
+    }
+
+    fn verifier() -> Verifier {
+        Verifier { providers: vec![provider("a", "iss-a")], leeway_secs: 60, max_token_bytes: 4096 }
+    }
+
+    fn store() -> KeyStore {
+        KeyStore::new(1, 16)
     }
 
     fn claims(extra: Value) -> Value {
@@ -440,12 +696,8 @@ mod tests {
             header = header.with_key_id(kid);
         }
         let mut c: Claims<Map<String, Value>> = Claims::new(Map::new());
-        c.expiration = payload["exp"]
-            .as_i64()
-            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
-        c.not_before = payload["nbf"]
-            .as_i64()
-            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.expiration = payload["exp"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.not_before = payload["nbf"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
         let mut custom = payload.as_object().unwrap().clone();
         custom.remove("exp");
         custom.remove("nbf");
@@ -453,82 +705,77 @@ mod tests {
         Hs256.token(&header, &c, &Hs256Key::new(secret)).unwrap()
     }
 
-    #[test]
-    fn accepts_a_valid_token_and_maps_claims() {
-        let p = verifier()
-            .verify(&sign(Some("k1"), SECRET, claims(json!({}))), now())
-            .unwrap();
-        assert_eq!(p.user_id, "alice");
-        assert_eq!(p.roles, vec!["developer".to_string()]);
+    fn verify(v: &Verifier, token: &str) -> Result<Principal, Verdict> {
+        v.verify(token, now(), &mut store())
     }
 
     #[test]
-    fn roles_may_be_a_space_separated_string() {
+    fn accepts_a_valid_token_and_maps_claims() {
+        let p = verify(&verifier(), &sign(Some("k1"), SECRET, claims(json!({"scope": "mcp:read mcp:write"})))).unwrap();
+        assert_eq!(p.user_id, "alice");
+        assert_eq!(p.roles, vec!["developer".to_string()]);
+        assert_eq!(p.scopes, vec!["mcp:read", "mcp:write"]);
+        assert_eq!(p.provider, "a");
+    }
+
+    #[test]
+    fn roles_may_be_a_space_separated_string_mapped_to_roles() {
         let mut v = verifier();
-        v.roles_claim = vec!["scope".into()];
+        v.providers[0].claims.roles = vec!["scope".into()];
         let t = sign(None, SECRET, claims(json!({"scope": "readonly developer"})));
-        assert_eq!(
-            v.verify(&t, now()).unwrap().roles,
-            vec!["readonly", "developer"]
-        );
+        assert_eq!(verify(&v, &t).unwrap().roles, vec!["readonly", "developer"]);
+        let mut map = BTreeMap::new();
+        map.insert("mcp:write".to_string(), vec!["developer".to_string()]);
+        map.insert("mcp:read".to_string(), vec!["readonly".to_string()]);
+        v.providers[0].claims.role_map = Some(map);
+        let t = sign(None, SECRET, claims(json!({"scope": "openid mcp:write mcp:read"})));
+        assert_eq!(verify(&v, &t).unwrap().roles, vec!["developer", "readonly"]);
+        let t = sign(None, SECRET, claims(json!({"scope": "admin"})));
+        assert!(verify(&v, &t).unwrap().roles.is_empty(), "unmapped values must grant nothing");
+    }
+
+    #[test]
+    fn picks_the_provider_by_issuer() {
+        let other_secret = b"another-secret-another-secret-xx";
+        let mut v = verifier();
+        let mut b = provider("b", "iss-b");
+        b.static_keys = vec![Key::from_secret(Some("k1".into()), Alg::Hs256, other_secret).unwrap()];
+        v.providers.push(b);
+        let mut s = KeyStore::new(2, 16);
+        let t = sign(Some("k1"), other_secret, claims(json!({"iss": "iss-b"})));
+        assert_eq!(v.verify(&t, now(), &mut s).unwrap().provider, "b");
+        // A token claiming provider a but signed with b's key fails.
+        let t = sign(Some("k1"), other_secret, claims(json!({})));
+        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::Invalid(AuthError::BadSignature)));
     }
 
     #[test]
     fn rejects_each_bad_token_with_its_reason() {
         let v = verifier();
         let cases = vec![
-            (
-                sign(
-                    Some("k1"),
-                    b"another-secret-another-secret-xx",
-                    claims(json!({})),
-                ),
-                AuthError::BadSignature,
-            ),
-            (
-                sign(Some("nope"), SECRET, claims(json!({}))),
-                AuthError::UnknownKeyId,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))),
-                AuthError::Expired,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"exp": null}))),
-                AuthError::MissingExpiry,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))),
-                AuthError::NotYetValid,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"iss": "evil"}))),
-                AuthError::WrongIssuer,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))),
-                AuthError::WrongAudience,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"sub": ""}))),
-                AuthError::MissingSubject,
-            ),
+            (sign(Some("k1"), b"another-secret-another-secret-xx", claims(json!({}))), AuthError::BadSignature),
+            (sign(Some("nope"), SECRET, claims(json!({}))), AuthError::UnknownKeyId),
+            (sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))), AuthError::Expired),
+            (sign(None, SECRET, claims(json!({"exp": null}))), AuthError::MissingExpiry),
+            (sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))), AuthError::NotYetValid),
+            (sign(None, SECRET, claims(json!({"iss": "evil"}))), AuthError::WrongIssuer),
+            (sign(None, SECRET, claims(json!({"iss": null}))), AuthError::WrongIssuer),
+            (sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))), AuthError::WrongAudience),
+            (sign(None, SECRET, claims(json!({"sub": ""}))), AuthError::MissingSubject),
             ("not.a.jwt".into(), AuthError::Malformed),
             ("a".repeat(5000), AuthError::TooLarge { limit: 4096 }),
             (String::new(), AuthError::EmptyToken),
         ];
         for (token, expected) in cases {
-            assert_eq!(v.verify(&token, now()), Err(expected.clone()), "{expected}");
+            assert_eq!(verify(&v, &token), Err(Verdict::Invalid(expected.clone())), "{expected}");
         }
     }
 
     #[test]
     fn leeway_applies_to_exp_and_nbf() {
         let v = verifier();
-        let t = sign(None, SECRET, claims(json!({"exp": 1_799_999_970})));
-        assert!(v.verify(&t, now()).is_ok());
-        let t = sign(None, SECRET, claims(json!({"nbf": 1_800_000_030})));
-        assert!(v.verify(&t, now()).is_ok());
+        assert!(verify(&v, &sign(None, SECRET, claims(json!({"exp": 1_799_999_970})))).is_ok());
+        assert!(verify(&v, &sign(None, SECRET, claims(json!({"nbf": 1_800_000_030})))).is_ok());
     }
 
     #[test]
@@ -538,22 +785,88 @@ mod tests {
         let payload = valid.split('.').nth(1).unwrap();
         // {"alg":"none"}
         let none = format!("eyJhbGciOiJub25lIn0.{payload}.");
-        assert_eq!(
-            v.verify(&none, now()),
-            Err(AuthError::AlgorithmNotAllowed("none".into()))
-        );
-        // {"alg":"RS256"} against a verifier holding only an HS256 key.
+        assert_eq!(verify(&v, &none), Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed("none".into()))));
+        // {"alg":"RS256"} against a provider allowing only HS256.
         let rs = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.AAAA");
-        assert_eq!(
-            v.verify(&rs, now()),
-            Err(AuthError::AlgorithmNotAllowed("RS256".into()))
-        );
+        assert_eq!(verify(&v, &rs), Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed("RS256".into()))));
     }
 
     #[test]
-    fn audience_may_be_an_array() {
-        let t = sign(None, SECRET, claims(json!({"aud": ["other", "gw"]})));
-        assert!(verifier().verify(&t, now()).is_ok());
+    fn remote_keys_missing_or_unknown_kid_ask_for_keys() {
+        let mut v = verifier();
+        v.providers[0].static_keys.clear();
+        v.providers[0].jwks = Some(JwksSource {
+            cluster: "idp".into(),
+            path: "/jwks".into(),
+            authority: "idp".into(),
+            refresh: Duration::from_secs(300),
+            min_refetch: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+        });
+        let t = sign(Some("k2"), SECRET, claims(json!({})));
+        let mut s = store();
+        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::NoKeysYet { provider: 0 }));
+        s.install(0, KeySet { keys: vec![Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap()] });
+        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::UnknownKid { provider: 0 }));
+        s.install(0, KeySet { keys: vec![Key::from_secret(Some("k2".into()), Alg::Hs256, SECRET).unwrap()] });
+        assert!(v.verify(&t, now(), &mut s).is_ok());
+    }
+
+    #[test]
+    fn cache_skips_verification_and_never_outlives_exp() {
+        let v = verifier();
+        let mut s = store();
+        let t = sign(None, SECRET, claims(json!({})));
+        assert!(v.verify(&t, now(), &mut s).is_ok());
+        assert!(v.verify(&t, now(), &mut s).is_ok());
+        assert_eq!((s.cache.hits, s.cache.misses), (1, 1));
+        // After exp (1_800_000_600) the cached entry is not used; inside the leeway the
+        // token still verifies the slow way, past it the token is refused.
+        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_630);
+        assert!(v.verify(&t, later, &mut s).is_ok());
+        assert_eq!(s.cache.hits, 1);
+        let much_later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_001_000);
+        assert_eq!(v.verify(&t, much_later, &mut s), Err(Verdict::Invalid(AuthError::Expired)));
+    }
+
+    #[test]
+    fn cache_is_bounded_and_cleared_on_key_change() {
+        let v = verifier();
+        let mut s = KeyStore::new(1, 3);
+        for i in 0..10 {
+            let t = sign(None, SECRET, claims(json!({"sub": format!("u{i}")})));
+            assert!(v.verify(&t, now(), &mut s).is_ok());
+        }
+        assert_eq!(s.cache.len(), 3);
+        s.install(0, KeySet::default());
+        assert!(s.cache.is_empty());
+    }
+
+    #[test]
+    fn jwks_keys_bind_to_allowed_algorithms_only() {
+        let jwks = json!({"keys": [
+            {"kty": "oct", "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY", "kid": "h"},
+            {"kty": "EC", "crv": "P-256", "kid": "e", "use": "enc",
+             "x": "lIVJwqNELuRbCGOV8X8PuX5lK0N2HgUQfUoBHChYo9Q", "y": "XK1Zown3qyfKHp-qNqCiXFW6K883AKFMzW4TfILUqyA"},
+            {"kty": "EC", "crv": "P-256", "kid": "s",
+             "x": "lIVJwqNELuRbCGOV8X8PuX5lK0N2HgUQfUoBHChYo9Q", "y": "XK1Zown3qyfKHp-qNqCiXFW6K883AKFMzW4TfILUqyA"},
+        ]});
+        let (set, skipped) = KeySet::from_jwks(jwks.to_string().as_bytes(), &Alg::ASYMMETRIC).unwrap();
+        assert_eq!(set.keys.len(), 1, "{skipped:?}");
+        assert_eq!(set.keys[0].kid(), Some("s"));
+        assert_eq!(set.keys[0].alg(), Alg::Es256);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(KeySet::from_jwks(b"{\"keys\":[]}", &Alg::ASYMMETRIC).is_err());
+        assert!(KeySet::from_jwks(b"<html>", &Alg::ASYMMETRIC).is_err());
+    }
+
+    #[test]
+    fn a_jwk_must_fit_its_algorithm() {
+        let ec = json!({"kty": "EC", "crv": "P-256",
+            "x": "lIVJwqNELuRbCGOV8X8PuX5lK0N2HgUQfUoBHChYo9Q", "y": "XK1Zown3qyfKHp-qNqCiXFW6K883AKFMzW4TfILUqyA"});
+        assert!(Key::from_jwk(None, Alg::Rs256, &ec).is_err());
+        assert!(Key::from_jwk(None, Alg::Hs256, &ec).is_err());
+        assert!(Key::from_jwk(None, Alg::Es256, &ec).is_ok());
     }
 
     #[test]

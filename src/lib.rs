@@ -7,9 +7,12 @@
 
 pub mod audit;
 pub mod config;
+pub mod discovery;
+pub mod fast_rsa;
 pub mod gateway;
 pub mod headers;
 pub mod jsonrpc;
+pub mod jwks;
 pub mod jwt;
 pub mod rbac;
 pub mod reject;

@@ -18,6 +18,7 @@ pub mod code {
     pub const UNAUTHORIZED: i64 = -32001;
     pub const FORBIDDEN: i64 = -32003;
     pub const NOT_FOUND: i64 = -32004;
+    pub const UNAVAILABLE: i64 = -32000;
 }
 
 /// Everything the gateway refuses a request for.
@@ -35,6 +36,10 @@ pub enum Refusal {
     BodyTooLarge {
         limit: usize,
     },
+    /// The token lacks scopes every request needs.
+    InsufficientScope { required: Vec<String> },
+    /// The token's provider has no keys loaded yet (JWKS not fetched).
+    KeysUnavailable { provider: String },
 }
 
 impl fmt::Display for Refusal {
@@ -48,6 +53,8 @@ impl fmt::Display for Refusal {
             Refusal::HttpMethod(m) => write!(f, "HTTP method {m} not allowed"),
             Refusal::ContentType => write!(f, "Content-Type must be application/json"),
             Refusal::BodyTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
+            Refusal::InsufficientScope { required } => write!(f, "token lacks scope {:?}", required.join(" ")),
+            Refusal::KeysUnavailable { provider } => write!(f, "no signing keys loaded for provider {provider:?}"),
         }
     }
 }
@@ -88,8 +95,9 @@ impl Reply {
 }
 
 /// Turns a refusal into the reply the client sees. `id` is the JSON-RPC id of the
-/// refused message when it is known.
-pub fn reply(refusal: &Refusal, id: Option<Value>) -> Reply {
+/// refused message when it is known; `metadata_url` is the RFC 9728 protected resource
+/// metadata URL that 401 and insufficient-scope challenges point to.
+pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -> Reply {
     let (status, code, message): (u32, i64, String) = match refusal {
         Refusal::Auth(e) => (401, code::UNAUTHORIZED, format!("Unauthorized: {e}")),
         Refusal::Parse(e @ (ParseError::NotJson(_) | ParseError::Empty)) => {
@@ -124,6 +132,16 @@ pub fn reply(refusal: &Refusal, id: Option<Value>) -> Reply {
             code::INVALID_REQUEST,
             format!("Payload Too Large: request body exceeds {limit} bytes"),
         ),
+        Refusal::InsufficientScope { required } => (
+            403,
+            code::FORBIDDEN,
+            format!("Forbidden: token lacks required scope {:?}", required.join(" ")),
+        ),
+        Refusal::KeysUnavailable { .. } => (
+            503,
+            code::UNAVAILABLE,
+            "Service Unavailable: cannot verify tokens yet, retry shortly".to_owned(),
+        ),
     };
     let body = json!({
         "jsonrpc": "2.0",
@@ -131,8 +149,18 @@ pub fn reply(refusal: &Refusal, id: Option<Value>) -> Reply {
         "error": {"code": code, "message": message},
     });
     let mut headers = vec![("content-type", "application/json".to_owned())];
-    if let Refusal::Auth(e) = refusal {
-        headers.push(("www-authenticate", www_authenticate(e)));
+    let metadata = metadata_url.map(|url| format!(", resource_metadata=\"{url}\"")).unwrap_or_default();
+    match refusal {
+        Refusal::Auth(e) => headers.push(("www-authenticate", format!("{}{metadata}", www_authenticate(e)))),
+        Refusal::InsufficientScope { required } => headers.push((
+            "www-authenticate",
+            format!(
+                "Bearer realm=\"mcp-gateway\", error=\"insufficient_scope\", scope=\"{}\"{metadata}",
+                required.join(" ")
+            ),
+        )),
+        Refusal::KeysUnavailable { .. } => headers.push(("retry-after", "1".to_owned())),
+        _ => {}
     }
     if let Refusal::HttpMethod(_) = refusal {
         headers.push(("allow", "POST, GET, DELETE".to_owned()));
@@ -146,14 +174,14 @@ pub fn reply(refusal: &Refusal, id: Option<Value>) -> Reply {
 
 /// RFC 6750 section 3: no error code when no credentials were sent at all.
 fn www_authenticate(e: &AuthError) -> String {
+    // A quoted-string parameter: no quotes or backslashes inside.
+    let description = e.to_string().replace(['"', '\\'], "'");
     match e {
         AuthError::MissingToken => "Bearer realm=\"mcp-gateway\"".to_owned(),
         AuthError::MultipleAuthorizationHeaders | AuthError::NotBearer => {
-            format!("Bearer realm=\"mcp-gateway\", error=\"invalid_request\", error_description=\"{e}\"")
+            format!("Bearer realm=\"mcp-gateway\", error=\"invalid_request\", error_description=\"{description}\"")
         }
-        _ => format!(
-            "Bearer realm=\"mcp-gateway\", error=\"invalid_token\", error_description=\"{e}\""
-        ),
+        _ => format!("Bearer realm=\"mcp-gateway\", error=\"invalid_token\", error_description=\"{description}\""),
     }
 }
 
@@ -192,9 +220,11 @@ mod tests {
             (Refusal::HttpMethod("PUT".into()), 405, -32600),
             (Refusal::ContentType, 415, -32600),
             (Refusal::BodyTooLarge { limit: 10 }, 413, -32600),
+            (Refusal::InsufficientScope { required: vec!["mcp".into()] }, 403, code::FORBIDDEN),
+            (Refusal::KeysUnavailable { provider: "idp".into() }, 503, code::UNAVAILABLE),
         ];
         for (refusal, status, code) in table {
-            let r = reply(&refusal, None);
+            let r = reply(&refusal, None, None);
             assert_eq!(r.status, status, "{refusal:?}");
             assert_eq!(body(&r)["error"]["code"], code, "{refusal:?}");
             assert_eq!(body(&r)["jsonrpc"], "2.0");
@@ -210,6 +240,7 @@ mod tests {
                 name: "create_issue".into(),
             }),
             Some(json!(42)),
+            None,
         );
         assert_eq!(body(&r)["id"], 42);
         assert!(!String::from_utf8_lossy(&r.body).contains("create_issue"));
@@ -217,16 +248,31 @@ mod tests {
 
     #[test]
     fn unauthorized_asks_for_a_bearer_token() {
-        let r = reply(&Refusal::Auth(AuthError::MissingToken), None);
+        let r = reply(&Refusal::Auth(AuthError::MissingToken), None, None);
         assert_eq!(
             r.header("www-authenticate"),
             Some("Bearer realm=\"mcp-gateway\"")
         );
-        let r = reply(&Refusal::Auth(AuthError::Expired), None);
+        let r = reply(&Refusal::Auth(AuthError::Expired), None, None);
         assert!(r
             .header("www-authenticate")
             .unwrap()
             .contains("error=\"invalid_token\""));
         assert_eq!(body(&r)["id"], Value::Null);
+    }
+
+    #[test]
+    fn challenges_point_to_the_resource_metadata() {
+        let url = "https://gw/.well-known/oauth-protected-resource/mcp/github";
+        let r = reply(&Refusal::Auth(AuthError::MissingToken), None, Some(url));
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(format!("Bearer realm=\"mcp-gateway\", resource_metadata=\"{url}\"").as_str())
+        );
+        let r = reply(&Refusal::InsufficientScope { required: vec!["mcp:read".into(), "mcp:write".into()] }, Some(json!(3)), Some(url));
+        let h = r.header("www-authenticate").unwrap();
+        assert!(h.contains("error=\"insufficient_scope\"") && h.contains("scope=\"mcp:read mcp:write\""), "{h}");
+        assert!(h.contains(url));
+        assert_eq!(body(&r)["id"], 3);
     }
 }

@@ -269,17 +269,17 @@ async fn audit_lines_are_written_and_hold_no_secret() {
 async fn a_bad_configuration_is_refused_naming_the_field() {
     let cases = [
         (
-            "jwt.keys[0].alg",
+            "jwt.providers[0].keys[0].alg",
             json!({"alg": "none", "jwk_env": JWK_ENV}),
         ),
         (
-            "jwt.keys[0].jwk_env",
+            "jwt.providers[0].keys[0].jwk_env",
             json!({"alg": "ES256", "jwk_env": "MCPGW_NOT_SET"}),
         ),
     ];
     for (field, key) in cases {
         let mut config = plugin_config();
-        config["jwt"]["keys"][0] = key;
+        config["jwt"]["providers"][0]["keys"][0] = key;
         let log = Envoy::expect_refusal(EnvoyOptions {
             plugin_config: config,
             upstreams: vec![(

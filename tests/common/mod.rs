@@ -30,9 +30,12 @@ pub fn plugin_config() -> Value {
             {"name": "github", "path_prefix": "/mcp/github"}
         ],
         "jwt": {
-            "issuer": "mcpgw-demo",
-            "audiences": ["mcp-gateway"],
-            "keys": [{"alg": "ES256", "jwk_env": JWK_ENV}]
+            "providers": [{
+                "name": "demo",
+                "issuer": "mcpgw-demo",
+                "audiences": ["mcp-gateway"],
+                "keys": [{"alg": "ES256", "jwk_env": JWK_ENV}]
+            }]
         },
         "rbac": {"roles": {
             "admin": {"servers": ["*"], "tools": ["*"], "resources": ["*"], "prompts": ["*"]},

@@ -1,0 +1,115 @@
+//! MCP authorization discovery: OAuth 2.0 Protected Resource Metadata (RFC 9728).
+//!
+//! The gateway is the protected resource. Clients that get a 401 follow the
+//! `resource_metadata` URL in `WWW-Authenticate` to learn which authorization servers
+//! issue tokens for it and which scopes exist.
+
+use crate::config::{ResourceMetadata, Server};
+use serde_json::{json, Value};
+
+/// Where the metadata lives; a server's document is at this path plus its prefix.
+pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+/// The public base URL: configured, or the request's scheme and Host.
+pub fn base_url(md: &ResourceMetadata, scheme: Option<&str>, authority: Option<&str>) -> String {
+    if let Some(url) = &md.public_url {
+        return url.clone();
+    }
+    let scheme = match scheme {
+        Some("https") => "https",
+        _ => "http",
+    };
+    // The Host is the client's own word; keep only characters a host:port can have so it
+    // cannot inject into the header or the document.
+    let host: String = authority
+        .unwrap_or("localhost")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        .take(255)
+        .collect();
+    format!("{scheme}://{host}")
+}
+
+/// The metadata URL for a server (or for the gateway as a whole).
+pub fn metadata_url(base: &str, server: Option<&Server>) -> String {
+    format!("{base}{WELL_KNOWN}{}", server.map_or("", |s| s.path_prefix.as_str()))
+}
+
+/// The metadata document.
+pub fn document(md: &ResourceMetadata, base: &str, server: Option<&Server>) -> Value {
+    let mut doc = json!({
+        "resource": format!("{base}{}", server.map_or("", |s| s.path_prefix.as_str())),
+        "authorization_servers": md.authorization_servers,
+        "bearer_methods_supported": ["header"],
+    });
+    if !md.scopes_supported.is_empty() {
+        doc["scopes_supported"] = json!(md.scopes_supported);
+    }
+    if let Some(name) = &md.resource_name {
+        doc["resource_name"] = json!(name);
+    }
+    if let Some(url) = &md.resource_documentation {
+        doc["resource_documentation"] = json!(url);
+    }
+    doc
+}
+
+/// Which document a well-known path asks for: `Some(None)` for the gateway's,
+/// `Some(Some(server))` for a server's, `None` when the path names neither.
+pub fn lookup<'a>(servers: &'a [Server], path: &str) -> Option<Option<&'a Server>> {
+    let rest = path.split('?').next()?.strip_prefix(WELL_KNOWN)?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    servers.iter().find(|s| s.path_prefix == rest).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamAuth;
+
+    fn md(public_url: Option<&str>) -> ResourceMetadata {
+        ResourceMetadata {
+            public_url: public_url.map(str::to_owned),
+            authorization_servers: vec!["https://idp.example/realms/acme".into()],
+            scopes_supported: vec!["mcp:read".into()],
+            required_scopes: vec![],
+            resource_name: Some("Acme MCP".into()),
+            resource_documentation: None,
+        }
+    }
+
+    fn servers() -> Vec<Server> {
+        vec![Server { name: "github".into(), path_prefix: "/mcp/github".into(), upstream_auth: UpstreamAuth::None }]
+    }
+
+    #[test]
+    fn documents_name_the_resource_and_its_authorization_servers() {
+        let s = servers();
+        let base = base_url(&md(Some("https://mcp.example.com")), Some("http"), Some("ignored"));
+        let doc = document(&md(None), &base, s.first());
+        assert_eq!(doc["resource"], "https://mcp.example.com/mcp/github");
+        assert_eq!(doc["authorization_servers"][0], "https://idp.example/realms/acme");
+        assert_eq!(doc["scopes_supported"][0], "mcp:read");
+        assert_eq!(
+            metadata_url(&base, s.first()),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp/github"
+        );
+    }
+
+    #[test]
+    fn base_url_falls_back_to_a_sanitized_host() {
+        assert_eq!(base_url(&md(None), Some("https"), Some("gw.local:8443")), "https://gw.local:8443");
+        assert_eq!(base_url(&md(None), None, Some("evil\"host, x=\"1")), "http://evilhostx1");
+    }
+
+    #[test]
+    fn well_known_paths_map_to_documents() {
+        let s = servers();
+        assert!(matches!(lookup(&s, WELL_KNOWN), Some(None)));
+        assert!(matches!(lookup(&s, "/.well-known/oauth-protected-resource/mcp/github"), Some(Some(_))));
+        assert!(lookup(&s, "/.well-known/oauth-protected-resource/mcp/gitlab").is_none());
+        assert!(lookup(&s, "/mcp/github").is_none());
+    }
+}
