@@ -176,7 +176,11 @@ pub struct RawClaims {
 
 impl Default for RawClaims {
     fn default() -> Self {
-        RawClaims { user: default_user_claim(), roles: default_roles_claim(), role_map: None }
+        RawClaims {
+            user: default_user_claim(),
+            roles: default_roles_claim(),
+            role_map: None,
+        }
     }
 }
 
@@ -390,11 +394,17 @@ pub struct Config {
 impl Config {
     /// Parses and compiles plugin configuration JSON. `env` looks up environment
     /// variables named by `*_env` fields.
-    pub fn from_json(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_json(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            err(if path == "." { "$".into() } else { path }, e.into_inner().to_string())
+            err(
+                if path == "." { "$".into() } else { path },
+                e.into_inner().to_string(),
+            )
         })?;
         raw.compile(env)
     }
@@ -415,7 +425,10 @@ impl RawConfig {
             return Err(err("max_body_bytes", "must be greater than 0"));
         }
         if !(1..=128).contains(&self.max_json_depth) {
-            return Err(err("max_json_depth", format!("must be between 1 and 128, got {}", self.max_json_depth)));
+            return Err(err(
+                "max_json_depth",
+                format!("must be between 1 and 128, got {}", self.max_json_depth),
+            ));
         }
         let servers = compile_servers(self.servers, env)?;
         let names: HashSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
@@ -423,7 +436,10 @@ impl RawConfig {
         let cache_entries = self.jwt.cache_entries;
         let verifier = compile_jwt(self.jwt, env)?;
         let policy = compile_rbac(self.rbac, &names)?;
-        let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
+        let resource_metadata = self
+            .resource_metadata
+            .map(compile_resource_metadata)
+            .transpose()?;
         Ok(Config {
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
@@ -438,7 +454,10 @@ impl RawConfig {
     }
 }
 
-fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Server>, ConfigError> {
+fn compile_servers(
+    raw: Vec<RawServer>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Server>, ConfigError> {
     if raw.is_empty() {
         return Err(err("servers", "at least one server is required"));
     }
@@ -484,10 +503,18 @@ fn compile_upstream_auth(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<UpstreamAuth, ConfigError> {
     let value = match (raw.value, &raw.value_env) {
-        (Some(_), Some(_)) => return Err(err(format!("{at}.value"), "give value or value_env, not both")),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("{at}.value"),
+                "give value or value_env, not both",
+            ))
+        }
         (Some(v), None) => Some(v),
         (None, Some(var)) => Some(env(var).ok_or_else(|| {
-            err(format!("{at}.value_env"), format!("environment variable {var:?} is not set in the VM"))
+            err(
+                format!("{at}.value_env"),
+                format!("environment variable {var:?} is not set in the VM"),
+            )
         })?),
         (None, None) => None,
     };
@@ -497,18 +524,32 @@ fn compile_upstream_auth(
         (false, Some(header), Some(value)) => {
             let header = header.to_ascii_lowercase();
             let valid = !header.is_empty()
-                && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !crate::headers::is_spoofable(&header);
             if !valid {
-                return Err(err(format!("{at}.header"), format!("{header:?} is not a header name the gateway may set")));
+                return Err(err(
+                    format!("{at}.header"),
+                    format!("{header:?} is not a header name the gateway may set"),
+                ));
             }
             if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
                 return Err(err(format!("{at}.value"), "must be printable ASCII"));
             }
-            Ok(UpstreamAuth::Inject { header, value: Secret(value) })
+            Ok(UpstreamAuth::Inject {
+                header,
+                value: Secret(value),
+            })
         }
-        (true, _, _) => Err(err(format!("{at}.forward_client_token"), "cannot be combined with header/value")),
-        (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
+        (true, _, _) => Err(err(
+            format!("{at}.forward_client_token"),
+            "cannot be combined with header/value",
+        )),
+        (false, Some(_), None) => Err(err(
+            format!("{at}.value"),
+            "header needs value or value_env",
+        )),
         (false, None, Some(_)) => Err(err(format!("{at}.header"), "value needs a header name")),
     }
 }
@@ -524,15 +565,26 @@ fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Veri
         .enumerate()
         .map(|(i, p)| {
             if !issuers.insert(p.issuer.clone()) {
-                return Err(err(format!("jwt.providers[{i}].issuer"), format!("duplicate issuer {:?}", p.issuer)));
+                return Err(err(
+                    format!("jwt.providers[{i}].issuer"),
+                    format!("duplicate issuer {:?}", p.issuer),
+                ));
             }
             compile_provider(i, p, env)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Verifier { providers, leeway_secs: raw.leeway_secs, max_token_bytes: raw.max_token_bytes })
+    Ok(Verifier {
+        providers,
+        leeway_secs: raw.leeway_secs,
+        max_token_bytes: raw.max_token_bytes,
+    })
 }
 
-fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ConfigError> {
+fn compile_provider(
+    i: usize,
+    p: RawProvider,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Provider, ConfigError> {
     let at = |f: &str| format!("jwt.providers[{i}].{f}");
     if p.name.is_empty() {
         return Err(err(at("name"), "must not be empty"));
@@ -541,7 +593,10 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
         return Err(err(at("issuer"), "must not be empty"));
     }
     if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
-        return Err(err(at("audiences"), "needs at least one non-empty audience"));
+        return Err(err(
+            at("audiences"),
+            "needs at least one non-empty audience",
+        ));
     }
     let mut static_keys = p
         .keys
@@ -559,8 +614,12 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
             .iter()
             .enumerate()
             .map(|(n, name)| {
-                let alg = Alg::parse(name)
-                    .ok_or_else(|| err(format!("{}[{n}]", at("algorithms")), format!("unsupported algorithm {name:?}")))?;
+                let alg = Alg::parse(name).ok_or_else(|| {
+                    err(
+                        format!("{}[{n}]", at("algorithms")),
+                        format!("unsupported algorithm {name:?}"),
+                    )
+                })?;
                 let has_secret = static_keys.iter().any(|k| k.alg() == alg);
                 if alg.is_hmac() && !has_secret {
                     return Err(err(
@@ -575,8 +634,14 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
     if algorithms.is_empty() {
         return Err(err(at("algorithms"), "allows no algorithm"));
     }
-    if let Some(k) = static_keys.iter().position(|k| !algorithms.contains(&k.alg())) {
-        return Err(err(format!("{}[{k}].alg", at("keys")), "algorithm not in this provider's algorithms"));
+    if let Some(k) = static_keys
+        .iter()
+        .position(|k| !algorithms.contains(&k.alg()))
+    {
+        return Err(err(
+            format!("{}[{k}].alg", at("keys")),
+            "algorithm not in this provider's algorithms",
+        ));
     }
     if let Some(doc) = &p.jwks_inline {
         let (set, _) = KeySet::from_jwks(doc.to_string().as_bytes(), &algorithms)
@@ -590,10 +655,16 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
                 return Err(err(at("jwks.cluster"), "must not be empty"));
             }
             if !j.path.starts_with('/') {
-                return Err(err(at("jwks.path"), format!("{:?} must start with '/'", j.path)));
+                return Err(err(
+                    at("jwks.path"),
+                    format!("{:?} must start with '/'", j.path),
+                ));
             }
             if j.min_refetch_secs == 0 || j.refresh_secs < j.min_refetch_secs {
-                return Err(err(at("jwks.refresh_secs"), "must be at least min_refetch_secs, which must be > 0"));
+                return Err(err(
+                    at("jwks.refresh_secs"),
+                    "must be at least min_refetch_secs, which must be > 0",
+                ));
             }
             Ok(JwksSource {
                 authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
@@ -606,12 +677,18 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
         })
         .transpose()?;
     if static_keys.is_empty() && jwks.is_none() {
-        return Err(err(at("keys"), "a provider needs keys, jwks_inline or jwks"));
+        return Err(err(
+            at("keys"),
+            "a provider needs keys, jwks_inline or jwks",
+        ));
     }
     let claim_path = |field: &str, path: &str| -> Result<Vec<String>, ConfigError> {
         let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
         if segs.iter().any(String::is_empty) {
-            return Err(err(at(field), format!("{path:?} is not a dotted claim path")));
+            return Err(err(
+                at(field),
+                format!("{path:?} is not a dotted claim path"),
+            ));
         }
         Ok(segs)
     };
@@ -630,7 +707,11 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
     })
 }
 
-fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Result<Key, ConfigError> {
+fn compile_key(
+    at: &str,
+    k: RawKey,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Key, ConfigError> {
     let at = |f: &str| format!("{at}.{f}");
     let alg = Alg::parse(&k.alg).ok_or_else(|| {
         err(
@@ -639,11 +720,24 @@ fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Res
         )
     })?;
     let from_env = |field: &str, var: &str| {
-        env(var).ok_or_else(|| err(at(field), format!("environment variable {var:?} is not set in the VM")))
+        env(var).ok_or_else(|| {
+            err(
+                at(field),
+                format!("environment variable {var:?} is not set in the VM"),
+            )
+        })
     };
-    let sources = [k.secret.is_some(), k.secret_env.is_some(), k.jwk.is_some(), k.jwk_env.is_some()];
+    let sources = [
+        k.secret.is_some(),
+        k.secret_env.is_some(),
+        k.jwk.is_some(),
+        k.jwk_env.is_some(),
+    ];
     if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(err(at("secret"), "give exactly one of secret, secret_env, jwk, jwk_env"));
+        return Err(err(
+            at("secret"),
+            "give exactly one of secret, secret_env, jwk, jwk_env",
+        ));
     }
     // Errors below never echo key material.
     if let Some(secret) = &k.secret {
@@ -651,7 +745,8 @@ fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Res
     }
     if let Some(var) = &k.secret_env {
         let secret = from_env("secret_env", var)?;
-        return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret_env"), m));
+        return Key::from_secret(k.kid, alg, secret.as_bytes())
+            .map_err(|m| err(at("secret_env"), m));
     }
     let (field, jwk) = match (k.jwk, &k.jwk_env) {
         (Some(jwk), _) => ("jwk", jwk),
@@ -671,15 +766,24 @@ fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadat
     if let Some(url) = &raw.public_url {
         let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/');
         if !ok {
-            return Err(err(at("public_url"), format!("{url:?} must be an http(s) URL without a trailing '/'")));
+            return Err(err(
+                at("public_url"),
+                format!("{url:?} must be an http(s) URL without a trailing '/'"),
+            ));
         }
     }
     if raw.authorization_servers.is_empty() {
-        return Err(err(at("authorization_servers"), "at least one authorization server is required"));
+        return Err(err(
+            at("authorization_servers"),
+            "at least one authorization server is required",
+        ));
     }
     for (i, scope) in raw.required_scopes.iter().enumerate() {
         if scope.is_empty() || scope.contains([' ', '"', '\\']) {
-            return Err(err(format!("{}[{i}]", at("required_scopes")), format!("{scope:?} is not a valid scope")));
+            return Err(err(
+                format!("{}[{i}]", at("required_scopes")),
+                format!("{scope:?} is not a valid scope"),
+            ));
         }
     }
     Ok(ResourceMetadata {
@@ -850,10 +954,14 @@ mod tests {
         let mut v = base();
         v["jwt"]["providers"][0]["keys"] = json!([]);
         v["jwt"]["providers"][0]["jwks"] = json!({"cluster": "idp", "path": "/certs"});
-        v["resource_metadata"] = json!({"authorization_servers": ["https://idp"], "required_scopes": ["mcp"]});
+        v["resource_metadata"] =
+            json!({"authorization_servers": ["https://idp"], "required_scopes": ["mcp"]});
         let c = compile(&v).unwrap();
         let jwks = c.verifier.providers[0].jwks.as_ref().unwrap();
-        assert_eq!((jwks.authority.as_str(), jwks.refresh.as_secs()), ("idp", 300));
+        assert_eq!(
+            (jwks.authority.as_str(), jwks.refresh.as_secs()),
+            ("idp", 300)
+        );
         assert_eq!(c.resource_metadata.unwrap().required_scopes, vec!["mcp"]);
 
         v["jwt"]["providers"][0]["jwks"]["path"] = json!("certs");
@@ -865,15 +973,19 @@ mod tests {
     #[test]
     fn upstream_credentials_are_validated_and_never_printed() {
         let mut v = base();
-        v["servers"][0]["upstream_auth"] = json!({"header": "Authorization", "value_env": "GH_PAT"});
+        v["servers"][0]["upstream_auth"] =
+            json!({"header": "Authorization", "value_env": "GH_PAT"});
         let env = |name: &str| (name == "GH_PAT").then(|| "ghp_supersecret".to_owned());
         let c = Config::from_json(v.to_string().as_bytes(), &env).unwrap();
-        assert!(matches!(&c.servers[0].upstream_auth, UpstreamAuth::Inject { header, .. } if header == "authorization"));
+        assert!(
+            matches!(&c.servers[0].upstream_auth, UpstreamAuth::Inject { header, .. } if header == "authorization")
+        );
         assert!(!format!("{c:?}").contains("ghp_supersecret"));
 
         v["servers"][0]["upstream_auth"] = json!({"header": "x-mcp-user-id", "value": "x"});
         assert_eq!(field_of(v.clone()), "servers[0].upstream_auth.header");
-        v["servers"][0]["upstream_auth"] = json!({"forward_client_token": true, "header": "a", "value": "b"});
+        v["servers"][0]["upstream_auth"] =
+            json!({"forward_client_token": true, "header": "a", "value": "b"});
         assert_eq!(field_of(v), "servers[0].upstream_auth.forward_client_token");
     }
 

@@ -32,6 +32,9 @@ proxy_wasm::main! {{
 /// How often the root context looks at shared keys and waiting requests.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Most requests one worker holds while waiting for keys.
+const MAX_WAITERS: usize = 1024;
+
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
@@ -115,7 +118,10 @@ impl Root {
 
     /// Read-modify-write of a provider's shared state; `change` returns false to skip
     /// the write. Returns the state written (or read) and whether the write happened.
-    fn update_state(provider: &str, change: impl Fn(&mut FetchState) -> bool) -> (FetchState, bool) {
+    fn update_state(
+        provider: &str,
+        change: impl Fn(&mut FetchState) -> bool,
+    ) -> (FetchState, bool) {
         for _ in 0..4 {
             let (mut state, cas) = Root::read_state(provider);
             if !change(&mut state) {
@@ -135,7 +141,9 @@ impl Root {
         let now_ms = epoch_ms(now());
         let config = vm.borrow().config.clone();
         for (index, provider) in config.verifier.providers.iter().enumerate() {
-            let Some(source) = &provider.jwks else { continue };
+            let Some(source) = &provider.jwks else {
+                continue;
+            };
             let (state, _) = Root::read_state(&provider.name);
             {
                 let mut vm = vm.borrow_mut();
@@ -144,7 +152,13 @@ impl Root {
                     if let Some(doc) = &state.jwks {
                         match KeySet::from_jwks(doc.as_bytes(), &provider.algorithms) {
                             Ok((keys, _)) => vm.store.install(index, keys),
-                            Err(e) => log(LogLevel::Error, &format!("mcp-gateway: provider {}: stored JWKS unusable: {e}", provider.name)),
+                            Err(e) => log(
+                                LogLevel::Error,
+                                &format!(
+                                    "mcp-gateway: provider {}: stored JWKS unusable: {e}",
+                                    provider.name
+                                ),
+                            ),
                         }
                     }
                 }
@@ -152,13 +166,18 @@ impl Root {
                     *slot = state.clone();
                 }
             }
-            let unknown_kid = vm.borrow().waiters.iter().any(|w| w.provider == index && w.refetch);
+            let unknown_kid = vm
+                .borrow()
+                .waiters
+                .iter()
+                .any(|w| w.provider == index && w.refetch);
             let mine = self.fetches.values().any(|p| *p == index);
             if mine || !state.wants_fetch(now_ms, unknown_kid) {
                 continue;
             }
             let (_, claimed) = Root::update_state(&provider.name, |s| {
-                let go = s.wants_fetch(now_ms, unknown_kid) && s.may_start(now_ms, source.min_refetch, source.timeout);
+                let go = s.wants_fetch(now_ms, unknown_kid)
+                    && s.may_start(now_ms, source.min_refetch, source.timeout);
                 if go {
                     s.start(now_ms);
                 }
@@ -173,7 +192,13 @@ impl Root {
                 (":authority", source.authority.as_str()),
                 ("accept", "application/json"),
             ];
-            match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], source.timeout) {
+            match hostcalls::dispatch_http_call(
+                &source.cluster,
+                headers,
+                None,
+                vec![],
+                source.timeout,
+            ) {
                 Ok(token) => {
                     self.fetches.insert(token, index);
                 }
@@ -204,11 +229,22 @@ impl Root {
             let ready = {
                 let vm = vm.borrow();
                 let state = vm.states.get(w.provider).cloned().unwrap_or_default();
-                let source = vm.config.verifier.providers.get(w.provider).and_then(|p| p.jwks.clone());
+                let source = vm
+                    .config
+                    .verifier
+                    .providers
+                    .get(w.provider)
+                    .and_then(|p| p.jwks.clone());
                 let fetch_ended = state.done_ms > w.since_done_ms;
+                // An unknown kid whose refetch cannot start before the wait ends: refuse now.
                 let hopeless = w.refetch
-                    && source.is_some_and(|s| !state.in_flight(now_ms, s.timeout) && !state.may_start(now_ms, s.min_refetch, s.timeout))
-                    && !fetch_ended;
+                    && !fetch_ended
+                    && source.is_some_and(|s| {
+                        let next_allowed = state.attempt_ms.saturating_add(
+                            u64::try_from(s.min_refetch.as_millis()).unwrap_or(u64::MAX),
+                        );
+                        !state.in_flight(now_ms, s.timeout) && next_allowed > epoch_ms(w.deadline)
+                    });
                 fetch_ended || hopeless || now >= w.deadline
             };
             if !ready {
@@ -236,22 +272,42 @@ impl Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let (Some(index), Some(vm)) = (self.fetches.remove(&token_id), self.vm.clone()) else { return };
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(index), Some(vm)) = (self.fetches.remove(&token_id), self.vm.clone()) else {
+            return;
+        };
         let config = vm.borrow().config.clone();
-        let Some(provider) = config.verifier.providers.get(index) else { return };
+        let Some(provider) = config.verifier.providers.get(index) else {
+            return;
+        };
         let Some(source) = &provider.jwks else { return };
         let now_ms = epoch_ms(now());
-        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
-            .collect();
-        let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let headers: Vec<(String, String)> =
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+                .collect();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
         let status = header(":status").unwrap_or("none").to_owned();
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let parsed = if status == "200" {
-            KeySet::from_jwks(&body, &provider.algorithms).map(|(set, skipped)| (set.keys.len(), skipped))
+            KeySet::from_jwks(&body, &provider.algorithms)
+                .map(|(set, skipped)| (set.keys.len(), skipped))
         } else {
             Err(format!("HTTP status {status}"))
         };
@@ -260,12 +316,26 @@ impl Context for Root {
                 let doc = String::from_utf8_lossy(&body).into_owned();
                 let max_age = header("cache-control").and_then(jwks::max_age);
                 Root::update_state(&provider.name, |s| {
-                    s.succeeded(now_ms, doc.clone(), max_age, source.refresh, source.min_refetch);
+                    s.succeeded(
+                        now_ms,
+                        doc.clone(),
+                        max_age,
+                        source.refresh,
+                        source.min_refetch,
+                    );
                     true
                 });
                 log(
                     LogLevel::Info,
-                    &format!("mcp-gateway: provider {}: loaded {count} keys from JWKS{}", provider.name, if skipped.is_empty() { String::new() } else { format!(" (skipped: {})", skipped.join("; ")) }),
+                    &format!(
+                        "mcp-gateway: provider {}: loaded {count} keys from JWKS{}",
+                        provider.name,
+                        if skipped.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (skipped: {})", skipped.join("; "))
+                        }
+                    ),
                 );
                 Metrics::bump(vm.borrow().metrics.jwks_fetch_success);
             }
@@ -274,8 +344,18 @@ impl Context for Root {
                     s.failed(now_ms, source.min_refetch);
                     true
                 });
-                let keeping = if state.jwks.is_some() { "keeping the last good keys" } else { "no keys loaded yet" };
-                log(LogLevel::Warn, &format!("mcp-gateway: provider {}: JWKS fetch failed: {reason}; {keeping}", provider.name));
+                let keeping = if state.jwks.is_some() {
+                    "keeping the last good keys"
+                } else {
+                    "no keys loaded yet"
+                };
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "mcp-gateway: provider {}: JWKS fetch failed: {reason}; {keeping}",
+                        provider.name
+                    ),
+                );
                 Metrics::bump(vm.borrow().metrics.jwks_fetch_failure);
             }
         }
@@ -289,11 +369,17 @@ impl RootContext for Root {
         let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(raw)) => raw,
             Ok(None) => {
-                log(LogLevel::Critical, "mcp-gateway: plugin configuration is empty");
+                log(
+                    LogLevel::Critical,
+                    "mcp-gateway: plugin configuration is empty",
+                );
                 return false;
             }
             Err(status) => {
-                log(LogLevel::Critical, &format!("mcp-gateway: cannot read plugin configuration: {status:?}"));
+                log(
+                    LogLevel::Critical,
+                    &format!("mcp-gateway: cannot read plugin configuration: {status:?}"),
+                );
                 return false;
             }
         };
@@ -316,7 +402,12 @@ impl RootContext for Root {
                     waiters: Vec::new(),
                     metrics: Metrics::define(),
                 };
-                let remote = vm.config.verifier.providers.iter().any(|p| p.jwks.is_some());
+                let remote = vm
+                    .config
+                    .verifier
+                    .providers
+                    .iter()
+                    .any(|p| p.jwks.is_some());
                 self.vm = Some(Rc::new(RefCell::new(vm)));
                 if remote && hostcalls::set_tick_period(TICK).is_err() {
                     log(LogLevel::Critical, "mcp-gateway: cannot set tick period");
@@ -339,7 +430,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { context_id, vm: self.vm.clone(), request: Rc::new(RefCell::new(Request::default())) }))
+        Some(Box::new(Filter {
+            context_id,
+            vm: self.vm.clone(),
+            request: Rc::new(RefCell::new(Request::default())),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -378,7 +473,11 @@ impl Context for Filter {}
 
 fn send(request: &Rc<RefCell<Request>>, reply: Reply) -> Action {
     request.borrow_mut().phase = Phase::Replied;
-    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
     if hostcalls::send_http_response(reply.status, headers, Some(&reply.body)).is_err() {
         let _ = hostcalls::reset_http_request();
     }
@@ -387,13 +486,18 @@ fn send(request: &Rc<RefCell<Request>>, reply: Reply) -> Action {
 
 /// Last resort when the host misbehaves: refuse without a JSON-RPC body.
 fn fail_closed(request: &Rc<RefCell<Request>>, what: &str) -> Action {
-    log(LogLevel::Error, &format!("mcp-gateway: {what}; refusing request"));
+    log(
+        LogLevel::Error,
+        &format!("mcp-gateway: {what}; refusing request"),
+    );
     send(
         request,
         Reply {
             status: 500,
             headers: vec![("content-type", "application/json".to_owned())],
-            body: br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#.to_vec(),
+            body:
+                br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#
+                    .to_vec(),
         },
     )
 }
@@ -403,16 +507,22 @@ fn apply(edits: &HeaderEdits) -> bool {
         .remove
         .iter()
         .all(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok());
-    let set = edits
-        .set
-        .iter()
-        .all(|(name, value)| hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok());
+    let set = edits.set.iter().all(|(name, value)| {
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
+    });
     removed && set
 }
 
 /// Carries out a step. `resumed` is true when called outside the request's own
 /// callbacks (from the root context), where continuing means resuming the request.
-fn act(vm: &SharedVm, request: &Rc<RefCell<Request>>, context_id: u32, step: Step, edits: &HeaderEdits, resumed: bool) -> Action {
+fn act(
+    vm: &SharedVm,
+    request: &Rc<RefCell<Request>>,
+    context_id: u32,
+    step: Step,
+    edits: &HeaderEdits,
+    resumed: bool,
+) -> Action {
     match step {
         Step::Reply(reply) => send(request, reply),
         Step::Continue => {
@@ -438,17 +548,45 @@ fn act(vm: &SharedVm, request: &Rc<RefCell<Request>>, context_id: u32, step: Ste
                 // The body arrived while we waited for keys: decide on it now.
                 Some(body) => {
                     let step = decide_body(vm, request, &body);
-                    act(vm, request, context_id, step, &HeaderEdits::default(), resumed)
+                    act(
+                        vm,
+                        request,
+                        context_id,
+                        step,
+                        &HeaderEdits::default(),
+                        resumed,
+                    )
                 }
                 None => Action::Pause,
             }
         }
         Step::WaitForKeys { provider, refetch } => {
+            if vm.borrow().waiters.len() >= MAX_WAITERS {
+                // Bounded: past this many held requests, decide now with the keys we have.
+                let (step, edits) = {
+                    let mut vmb = vm.borrow_mut();
+                    let Vm { config, store, .. } = &mut *vmb;
+                    let config = config.clone();
+                    let mut r = request.borrow_mut();
+                    match r.exchange.as_mut() {
+                        Some(ex) => ex.resume(&config, store, now(), true),
+                        None => return fail_closed(request, "waiting request without state"),
+                    }
+                };
+                return act(vm, request, context_id, step, &edits, resumed);
+            }
             request.borrow_mut().phase = Phase::AwaitKeys;
             let mut vmb = vm.borrow_mut();
             let since_done_ms = vmb.states.get(provider).map_or(0, |s| s.done_ms);
             let deadline = now() + vmb.config.key_wait;
-            vmb.waiters.push(Waiter { context_id, provider, since_done_ms, deadline, refetch, request: request.clone() });
+            vmb.waiters.push(Waiter {
+                context_id,
+                provider,
+                since_done_ms,
+                deadline,
+                refetch,
+                request: request.clone(),
+            });
             Action::Pause
         }
     }
@@ -469,10 +607,14 @@ impl HttpContext for Filter {
             return fail_closed(&self.request, "no configuration");
         };
         // Bytes, not strings: the SDK's string variant panics on non-UTF-8 values.
-        let headers: Vec<(String, String)> = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(h) => h.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect(),
-            Err(_) => return fail_closed(&self.request, "cannot read request headers"),
-        };
+        let headers: Vec<(String, String)> =
+            match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+                Ok(h) => h
+                    .into_iter()
+                    .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+                    .collect(),
+                Err(_) => return fail_closed(&self.request, "cannot read request headers"),
+            };
         let started = now();
         let mut exchange = Exchange::new(started);
         let (step, edits) = {
@@ -496,7 +638,12 @@ impl HttpContext for Filter {
             return fail_closed(&self.request, "no configuration");
         };
         let config = vm.borrow().config.clone();
-        let too_large = self.request.borrow_mut().exchange.as_mut().and_then(|ex| ex.on_body_progress(&config, body_size));
+        let too_large = self
+            .request
+            .borrow_mut()
+            .exchange
+            .as_mut()
+            .and_then(|ex| ex.on_body_progress(&config, body_size));
         if let Some(reply) = too_large {
             return send(&self.request, reply);
         }
@@ -513,7 +660,14 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         let step = decide_body(&vm, &self.request, &body);
-        act(&vm, &self.request, self.context_id, step, &HeaderEdits::default(), false)
+        act(
+            &vm,
+            &self.request,
+            self.context_id,
+            step,
+            &HeaderEdits::default(),
+            false,
+        )
     }
 
     /// MCP clients never send request trailers; a body that ends in trailers never
@@ -524,7 +678,12 @@ impl HttpContext for Filter {
             Phase::Replied => Action::Pause,
             Phase::Forwarded => Action::Continue,
             _ => {
-                let reply = self.request.borrow_mut().exchange.as_mut().and_then(Exchange::on_request_trailers);
+                let reply = self
+                    .request
+                    .borrow_mut()
+                    .exchange
+                    .as_mut()
+                    .and_then(Exchange::on_request_trailers);
                 match reply {
                     Some(reply) => send(&self.request, reply),
                     None => Action::Continue,
@@ -536,9 +695,13 @@ impl HttpContext for Filter {
     fn on_log(&mut self) {
         if let Some(vm) = &self.vm {
             // A request that ends while waiting must not be resumed later.
-            vm.borrow_mut().waiters.retain(|w| w.context_id != self.context_id);
+            vm.borrow_mut()
+                .waiters
+                .retain(|w| w.context_id != self.context_id);
         }
-        let Some(exchange) = self.request.borrow_mut().exchange.take() else { return };
+        let Some(exchange) = self.request.borrow_mut().exchange.take() else {
+            return;
+        };
         let status = hostcalls::get_property(vec!["response", "code"])
             .ok()
             .flatten()
@@ -554,7 +717,11 @@ impl HttpContext for Filter {
         if let Some(vm) = &self.vm {
             let metrics = &vm.borrow().metrics;
             let allowed = record.decision == Some(crate::audit::Outcome::Allow);
-            Metrics::bump(if allowed { metrics.allowed } else { metrics.denied });
+            Metrics::bump(if allowed {
+                metrics.allowed
+            } else {
+                metrics.denied
+            });
         }
         log(LogLevel::Info, &record.to_line());
     }

@@ -36,7 +36,10 @@ impl Head {
     }
 
     fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     pub fn method(&self) -> &str {
@@ -92,7 +95,10 @@ impl Exchange {
             principal: None,
             server: None,
             metadata_url: None,
-            record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
+            record: AuditRecord {
+                timestamp: timestamp(started),
+                ..Default::default()
+            },
         }
     }
 
@@ -117,22 +123,43 @@ impl Exchange {
 
     /// Tries authentication again after the keys changed or the wait ran out
     /// (`final_attempt`: no more waiting, refuse if keys are still missing).
-    pub fn resume(&mut self, config: &Config, store: &mut KeyStore, now: SystemTime, final_attempt: bool) -> (Step, HeaderEdits) {
+    pub fn resume(
+        &mut self,
+        config: &Config,
+        store: &mut KeyStore,
+        now: SystemTime,
+        final_attempt: bool,
+    ) -> (Step, HeaderEdits) {
         self.decide_head(config, store, now, final_attempt)
     }
 
-    fn decide_head(&mut self, config: &Config, store: &mut KeyStore, now: SystemTime, final_attempt: bool) -> (Step, HeaderEdits) {
+    fn decide_head(
+        &mut self,
+        config: &Config,
+        store: &mut KeyStore,
+        now: SystemTime,
+        final_attempt: bool,
+    ) -> (Step, HeaderEdits) {
         match self.admit(config, store, now, final_attempt) {
             Ok(step @ (Step::Continue | Step::WaitForBody)) => {
                 let edits = self.edits();
                 (step, edits)
             }
             Ok(step) => (step, HeaderEdits::default()),
-            Err(refusal) => (Step::Reply(self.refuse(&refusal, None)), HeaderEdits::default()),
+            Err(refusal) => (
+                Step::Reply(self.refuse(&refusal, None)),
+                HeaderEdits::default(),
+            ),
         }
     }
 
-    fn admit(&mut self, config: &Config, store: &mut KeyStore, now: SystemTime, final_attempt: bool) -> Result<Step, Refusal> {
+    fn admit(
+        &mut self,
+        config: &Config,
+        store: &mut KeyStore,
+        now: SystemTime,
+        final_attempt: bool,
+    ) -> Result<Step, Refusal> {
         let path = self.head.path().to_owned();
         if let Some(reply) = self.well_known(config, &path) {
             return Ok(Step::Reply(reply));
@@ -140,9 +167,15 @@ impl Exchange {
         // Defence in depth: Envoy normalizes paths before routing (normalize_path), so a
         // path that still holds dot segments or encoded separators is refused rather
         // than risking the router and the filter seeing different servers.
-        let server = is_plain_path(&path).then(|| config.server_for(&path)).flatten();
+        let server = is_plain_path(&path)
+            .then(|| config.server_for(&path))
+            .flatten();
         if let Some(md) = &config.resource_metadata {
-            let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
+            let base = discovery::base_url(
+                md,
+                self.head.header(":scheme"),
+                self.head.header(":authority"),
+            );
             self.metadata_url = Some(discovery::metadata_url(&base, server));
         }
         let server = server.ok_or(Refusal::UnknownServer)?.clone();
@@ -157,23 +190,51 @@ impl Exchange {
             Ok(p) => p,
             Err(Verdict::Invalid(e)) => return Err(e.into()),
             Err(Verdict::NoKeysYet { provider }) if final_attempt => {
-                let name = config.verifier.providers.get(provider).map(|p| p.name.clone()).unwrap_or_default();
+                let name = config
+                    .verifier
+                    .providers
+                    .get(provider)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
                 return Err(Refusal::KeysUnavailable { provider: name });
             }
-            Err(Verdict::UnknownKid { .. }) if final_attempt => return Err(AuthError::UnknownKeyId.into()),
-            Err(Verdict::NoKeysYet { provider }) => return Ok(Step::WaitForKeys { provider, refetch: false }),
-            Err(Verdict::UnknownKid { provider }) => return Ok(Step::WaitForKeys { provider, refetch: true }),
+            Err(Verdict::UnknownKid { .. }) if final_attempt => {
+                return Err(AuthError::UnknownKeyId.into())
+            }
+            Err(Verdict::NoKeysYet { provider }) => {
+                return Ok(Step::WaitForKeys {
+                    provider,
+                    refetch: false,
+                })
+            }
+            Err(Verdict::UnknownKid { provider }) => {
+                return Ok(Step::WaitForKeys {
+                    provider,
+                    refetch: true,
+                })
+            }
         };
         self.record.user_id = Some(principal.user_id.clone());
         self.record.roles = principal.roles.clone();
         if let Some(md) = &config.resource_metadata {
-            let missing = md.required_scopes.iter().any(|s| !principal.scopes.contains(s));
+            let missing = md
+                .required_scopes
+                .iter()
+                .any(|s| !principal.scopes.contains(s));
             if missing {
-                return Err(Refusal::InsufficientScope { required: md.required_scopes.clone() });
+                return Err(Refusal::InsufficientScope {
+                    required: md.required_scopes.clone(),
+                });
             }
         }
-        let server_name = self.server.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        let role = config.policy.allows_server(&principal.roles, &server_name)?;
+        let server_name = self
+            .server
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let role = config
+            .policy
+            .allows_server(&principal.roles, &server_name)?;
         self.principal = Some(principal);
         if !is_post {
             self.allow(role);
@@ -188,7 +249,9 @@ impl Exchange {
             .and_then(|l| l.trim().parse::<u64>().ok())
             .is_some_and(|l| l > config.max_body_bytes as u64);
         if too_long {
-            return Err(Refusal::BodyTooLarge { limit: config.max_body_bytes });
+            return Err(Refusal::BodyTooLarge {
+                limit: config.max_body_bytes,
+            });
         }
         if self.end_of_stream {
             return Err(Refusal::Parse(jsonrpc::ParseError::Empty));
@@ -203,7 +266,11 @@ impl Exchange {
         }
         let found = config.resource_metadata.as_ref().and_then(|md| {
             discovery::lookup(&config.servers, path).map(|server| {
-                let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
+                let base = discovery::base_url(
+                    md,
+                    self.head.header(":scheme"),
+                    self.head.header(":authority"),
+                );
                 discovery::document(md, &base, server)
             })
         });
@@ -218,7 +285,11 @@ impl Exchange {
                 body: serde_json::to_vec(&doc).unwrap_or_default(),
             },
             (_, None) => return Some(self.refuse(&Refusal::UnknownServer, None)),
-            (other, Some(_)) => return Some(self.refuse(&Refusal::HttpMethod(other.chars().take(16).collect()), None)),
+            (other, Some(_)) => {
+                return Some(
+                    self.refuse(&Refusal::HttpMethod(other.chars().take(16).collect()), None),
+                )
+            }
         };
         self.record.decision = Some(Outcome::Allow);
         self.record.reason = Some("protected resource metadata".into());
@@ -228,8 +299,14 @@ impl Exchange {
     /// Called as body data arrives, with the total buffered so far. Returns a reply
     /// when the body is over the limit.
     pub fn on_body_progress(&mut self, config: &Config, buffered: usize) -> Option<Reply> {
-        (buffered > config.max_body_bytes)
-            .then(|| self.refuse(&Refusal::BodyTooLarge { limit: config.max_body_bytes }, None))
+        (buffered > config.max_body_bytes).then(|| {
+            self.refuse(
+                &Refusal::BodyTooLarge {
+                    limit: config.max_body_bytes,
+                },
+                None,
+            )
+        })
     }
 
     /// Decides on the complete body of a POST.
@@ -247,12 +324,18 @@ impl Exchange {
         self.record.method = (!message.method.is_empty()).then(|| message.method.clone());
         self.record.target = message.target.as_ref().map(|t| t.name().to_owned());
         self.record.jsonrpc_id = message.id.clone();
-        self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
+        self.record.params = message
+            .arguments
+            .as_ref()
+            .map(|a| config.redactor.redact(a));
         let (Some(principal), Some(server)) = (&self.principal, &self.server) else {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
         };
-        match config.policy.allows_message(&principal.roles, &server.name, &message) {
+        match config
+            .policy
+            .allows_message(&principal.roles, &server.name, &message)
+        {
             Ok(role) => {
                 self.allow(role);
                 Step::Continue
@@ -267,7 +350,9 @@ impl Exchange {
         let waiting = self.record.decision.is_none();
         waiting.then(|| {
             self.refuse(
-                &Refusal::Parse(jsonrpc::ParseError::Invalid("request trailers are not supported")),
+                &Refusal::Parse(jsonrpc::ParseError::Invalid(
+                    "request trailers are not supported",
+                )),
                 None,
             )
         })
@@ -275,7 +360,12 @@ impl Exchange {
 
     /// The audit record, once the response is complete. `status` is the HTTP status
     /// sent to the client (0 when the stream was reset before a response).
-    pub fn finish(mut self, status: u32, now: SystemTime, client_ip: Option<String>) -> AuditRecord {
+    pub fn finish(
+        mut self,
+        status: u32,
+        now: SystemTime,
+        client_ip: Option<String>,
+    ) -> AuditRecord {
         self.record.status = status;
         self.record.response_time_ms = now
             .duration_since(self.started)
@@ -287,7 +377,8 @@ impl Exchange {
             self.record.decision = Some(Outcome::Deny);
             self.record.reason = Some("request incomplete".into());
         }
-        self.record.success = self.record.decision == Some(Outcome::Allow) && (200..400).contains(&status);
+        self.record.success =
+            self.record.decision == Some(Outcome::Allow) && (200..400).contains(&status);
         self.record
     }
 
@@ -323,7 +414,11 @@ impl Exchange {
         }
         if let Some(p) = &self.principal {
             set.push((headers::USER_ID.into(), headers::header_safe(&p.user_id)));
-            let roles: Vec<String> = p.roles.iter().map(|r| headers::header_safe(r).replace(',', "%2C")).collect();
+            let roles: Vec<String> = p
+                .roles
+                .iter()
+                .map(|r| headers::header_safe(r).replace(',', "%2C"))
+                .collect();
             set.push((headers::ROLES.into(), roles.join(",")));
         }
         if let Some(server) = &self.server {
@@ -344,7 +439,12 @@ impl Exchange {
     }
 }
 
-fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemTime) -> Result<Principal, Verdict> {
+fn authenticate(
+    config: &Config,
+    store: &mut KeyStore,
+    head: &Head,
+    now: SystemTime,
+) -> Result<Principal, Verdict> {
     let token = match head.header_count("authorization") {
         0 => return Err(AuthError::MissingToken.into()),
         1 => bearer_token(head.header("authorization").unwrap_or_default())?,
@@ -367,14 +467,16 @@ fn is_plain_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.contains('\\')
         && !path.split('/').any(|seg| seg == "." || seg == "..")
-        && !["%2e", "%2f", "%5c", "%25"].iter().any(|enc| lower.contains(enc))
+        && !["%2e", "%2f", "%5c", "%25"]
+            .iter()
+            .any(|enc| lower.contains(enc))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reject::code;
     use crate::jwt::KeyStore;
+    use crate::reject::code;
     use jwt_compact::alg::{Hs256, Hs256Key};
     use jwt_compact::{AlgorithmExt, Claims, Header, TimeOptions};
     use serde_json::{json, Map};
@@ -451,12 +553,21 @@ mod tests {
             self.header("authorization", &format!("Bearer {t}"))
         }
         fn head(&self) -> Head {
-            let mut headers = vec![(":method".to_string(), self.method.to_string()), (":path".to_string(), self.path.clone())];
+            let mut headers = vec![
+                (":method".to_string(), self.method.to_string()),
+                (":path".to_string(), self.path.clone()),
+            ];
             headers.extend(self.headers.iter().cloned());
             Head::new(headers)
         }
         fn headers_step(&self, ex: &mut Exchange) -> (Step, HeaderEdits) {
-            ex.on_request_headers(&config(), &mut KeyStore::new(1, 8), self.head(), self.method != "POST", now())
+            ex.on_request_headers(
+                &config(),
+                &mut KeyStore::new(1, 8),
+                self.head(),
+                self.method != "POST",
+                now(),
+            )
         }
     }
 
@@ -489,9 +600,15 @@ mod tests {
         assert_eq!(step, Step::WaitForBody);
         assert!(edits.remove.contains(&"X-MCP-User-Id".to_string()));
         assert!(edits.remove.contains(&"authorization".to_string()));
-        assert!(edits.set.contains(&(headers::USER_ID.to_string(), "alice".to_string())));
-        assert!(edits.set.contains(&(headers::ROLES.to_string(), "developer".to_string())));
-        assert!(edits.set.contains(&(headers::REQUEST_ID.to_string(), "r-1".to_string())));
+        assert!(edits
+            .set
+            .contains(&(headers::USER_ID.to_string(), "alice".to_string())));
+        assert!(edits
+            .set
+            .contains(&(headers::ROLES.to_string(), "developer".to_string())));
+        assert!(edits
+            .set
+            .contains(&(headers::REQUEST_ID.to_string(), "r-1".to_string())));
         assert_eq!(
             ex.on_request_body(&config(), &call("create_issue")),
             Step::Continue
@@ -640,9 +757,10 @@ mod tests {
         assert!(edits
             .set
             .contains(&(headers::USER_ID.to_string(), "al%0D%0Aice".to_string())));
-        assert!(edits
-            .set
-            .contains(&(headers::ROLES.to_string(), "dev%2Celoper,developer".to_string())));
+        assert!(edits.set.contains(&(
+            headers::ROLES.to_string(),
+            "dev%2Celoper,developer".to_string()
+        )));
     }
 
     #[test]

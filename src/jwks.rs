@@ -51,7 +51,8 @@ impl FetchState {
     /// `min_refetch` ago.
     pub fn may_start(&self, now_ms: u64, min_refetch: Duration, timeout: Duration) -> bool {
         let never = self.attempt_ms == 0;
-        !self.in_flight(now_ms, timeout) && (never || now_ms >= self.attempt_ms.saturating_add(ms(min_refetch)))
+        !self.in_flight(now_ms, timeout)
+            && (never || now_ms >= self.attempt_ms.saturating_add(ms(min_refetch)))
     }
 
     pub fn start(&mut self, now_ms: u64) {
@@ -60,7 +61,14 @@ impl FetchState {
 
     /// A fetch brought a valid document. The next refresh honours `Cache-Control:
     /// max-age` but stays within [`min_refetch`, `refresh`].
-    pub fn succeeded(&mut self, now_ms: u64, jwks: String, max_age: Option<u64>, refresh: Duration, min_refetch: Duration) {
+    pub fn succeeded(
+        &mut self,
+        now_ms: u64,
+        jwks: String,
+        max_age: Option<u64>,
+        refresh: Duration,
+        min_refetch: Duration,
+    ) {
         let every = max_age
             .map(|s| Duration::from_secs(s).clamp(min_refetch, refresh))
             .unwrap_or(refresh);

@@ -7,7 +7,9 @@
 
 use crate::fast_rsa::{FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
-use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::alg::{
+    Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey,
+};
 use jwt_compact::jwk::{JsonWebKey, KeyType};
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
 use serde_json::{Map, Value};
@@ -41,12 +43,16 @@ impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AuthError::MissingToken => write!(f, "missing bearer token"),
-            AuthError::MultipleAuthorizationHeaders => write!(f, "more than one Authorization header"),
+            AuthError::MultipleAuthorizationHeaders => {
+                write!(f, "more than one Authorization header")
+            }
             AuthError::NotBearer => write!(f, "Authorization scheme must be Bearer"),
             AuthError::EmptyToken => write!(f, "empty bearer token"),
             AuthError::TooLarge { limit } => write!(f, "token longer than {limit} bytes"),
             AuthError::Malformed => write!(f, "malformed token"),
-            AuthError::AlgorithmNotAllowed(alg) => write!(f, "token algorithm {alg:?} is not allowed"),
+            AuthError::AlgorithmNotAllowed(alg) => {
+                write!(f, "token algorithm {alg:?} is not allowed")
+            }
             AuthError::UnknownKeyId => write!(f, "token signed with an unknown key"),
             AuthError::BadSignature => write!(f, "invalid token signature"),
             AuthError::MissingExpiry => write!(f, "token has no exp claim"),
@@ -87,8 +93,16 @@ pub enum Alg {
 }
 
 impl Alg {
-    pub const ASYMMETRIC: [Alg; 8] =
-        [Alg::Rs256, Alg::Rs384, Alg::Rs512, Alg::Ps256, Alg::Ps384, Alg::Ps512, Alg::Es256, Alg::EdDsa];
+    pub const ASYMMETRIC: [Alg; 8] = [
+        Alg::Rs256,
+        Alg::Rs384,
+        Alg::Rs512,
+        Alg::Ps256,
+        Alg::Ps384,
+        Alg::Ps512,
+        Alg::Es256,
+        Alg::EdDsa,
+    ];
 
     pub fn parse(name: &str) -> Option<Alg> {
         Some(match name {
@@ -212,7 +226,12 @@ impl Key {
             Alg::Hs256 => Material::Hs256(Hs256Key::new(secret)),
             Alg::Hs384 => Material::Hs384(Hs384Key::new(secret)),
             Alg::Hs512 => Material::Hs512(Hs512Key::new(secret)),
-            _ => return Err(format!("{} does not use a shared secret; use \"jwk\"", alg.name())),
+            _ => {
+                return Err(format!(
+                    "{} does not use a shared secret; use \"jwk\"",
+                    alg.name()
+                ))
+            }
         };
         Ok(Key { kid, alg, material })
     }
@@ -223,14 +242,18 @@ impl Key {
             serde_json::from_value(jwk.clone()).map_err(|e| format!("not a valid JWK: {e}"))?;
         if let Some(jwk_alg) = jwk.get("alg").and_then(Value::as_str) {
             if jwk_alg != alg.name() {
-                return Err(format!("JWK says alg {jwk_alg:?} but the key is used for {}", alg.name()));
+                return Err(format!(
+                    "JWK says alg {jwk_alg:?} but the key is used for {}",
+                    alg.name()
+                ));
             }
         }
         if parsed.key_type() != alg.key_type() {
             return Err(format!("JWK key type does not fit {}", alg.name()));
         }
         let kid = kid.or_else(|| jwk.get("kid").and_then(Value::as_str).map(str::to_owned));
-        let wrong = |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
+        let wrong =
+            |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
         let material = match alg {
             Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => {
                 let key = Hs256Key::try_from(&parsed).map_err(wrong)?;
@@ -239,10 +262,19 @@ impl Key {
             Alg::Es256 => Material::Es256(Box::new((&parsed).try_into().map_err(wrong)?)),
             Alg::EdDsa => Material::Ed25519(Box::new((&parsed).try_into().map_err(wrong)?)),
             _ => match alg.fast_rsa() {
-                Some(fast) => Material::FastRsa(fast, Box::new(FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?)),
+                Some(fast) => Material::FastRsa(
+                    fast,
+                    Box::new(
+                        FastRsaKey::try_from(&parsed)
+                            .map_err(|e| format!("JWK does not hold an RSA key: {e}"))?,
+                    ),
+                ),
                 None => {
                     let rsa = alg.rsa().ok_or("unsupported algorithm")?;
-                    Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
+                    Material::Rsa(
+                        rsa,
+                        Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?),
+                    )
                 }
             },
         };
@@ -275,7 +307,9 @@ impl Key {
                     .collect()
             }
         };
-        algs.into_iter().map(|alg| Key::from_jwk(None, alg, jwk)).collect()
+        algs.into_iter()
+            .map(|alg| Key::from_jwk(None, alg, jwk))
+            .collect()
     }
 
     pub fn kid(&self) -> Option<&str> {
@@ -287,7 +321,10 @@ impl Key {
     }
 
     /// Checks the signature (and that the header names this key's algorithm).
-    fn verify(&self, token: &UntrustedToken<'_>) -> Result<Claims<Map<String, Value>>, ValidationError> {
+    fn verify(
+        &self,
+        token: &UntrustedToken<'_>,
+    ) -> Result<Claims<Map<String, Value>>, ValidationError> {
         type C = Map<String, Value>;
         let token = match &self.material {
             Material::Hs256(k) => Hs256.validator::<C>(k).validate(token)?,
@@ -313,7 +350,8 @@ impl KeySet {
     /// used (other algorithms, encryption keys, unsupported types) are skipped and named
     /// in the second value; a document with no usable key is an error.
     pub fn from_jwks(json: &[u8], allowed: &[Alg]) -> Result<(KeySet, Vec<String>), String> {
-        let doc: Value = serde_json::from_slice(json).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let doc: Value =
+            serde_json::from_slice(json).map_err(|e| format!("JWKS is not JSON: {e}"))?;
         let list = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -321,8 +359,15 @@ impl KeySet {
         let mut keys = Vec::new();
         let mut skipped = Vec::new();
         for (i, jwk) in list.iter().enumerate() {
-            let name = jwk.get("kid").and_then(Value::as_str).map_or_else(|| format!("#{i}"), str::to_owned);
-            if jwk.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+            let name = jwk
+                .get("kid")
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("#{i}"), str::to_owned);
+            if jwk
+                .get("use")
+                .and_then(Value::as_str)
+                .is_some_and(|u| u != "sig")
+            {
                 skipped.push(format!("{name}: not a signing key"));
                 continue;
             }
@@ -391,9 +436,13 @@ pub struct Verifier {
 pub enum Verdict {
     Invalid(AuthError),
     /// The provider's JWKS was never loaded.
-    NoKeysYet { provider: usize },
+    NoKeysYet {
+        provider: usize,
+    },
     /// The token names a key the provider's JWKS does not (yet) hold.
-    UnknownKid { provider: usize },
+    UnknownKid {
+        provider: usize,
+    },
 }
 
 impl From<AuthError> for Verdict {
@@ -440,7 +489,10 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache { capacity, ..Default::default() }
+        TokenCache {
+            capacity,
+            ..Default::default()
+        }
     }
 
     fn get(&mut self, key: &[u8; 32], now: SystemTime) -> Option<Principal> {
@@ -494,12 +546,20 @@ impl TokenCache {
 
 impl Verifier {
     /// Verifies a compact JWT and returns who it names.
-    pub fn verify(&self, token: &str, now: SystemTime, store: &mut KeyStore) -> Result<Principal, Verdict> {
+    pub fn verify(
+        &self,
+        token: &str,
+        now: SystemTime,
+        store: &mut KeyStore,
+    ) -> Result<Principal, Verdict> {
         if token.is_empty() {
             return Err(AuthError::EmptyToken.into());
         }
         if token.len() > self.max_token_bytes {
-            return Err(AuthError::TooLarge { limit: self.max_token_bytes }.into());
+            return Err(AuthError::TooLarge {
+                limit: self.max_token_bytes,
+            }
+            .into());
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(p) = store.cache.get(&digest, now) {
@@ -509,8 +569,9 @@ impl Verifier {
         let alg = Alg::parse(untrusted.algorithm())
             .ok_or_else(|| AuthError::AlgorithmNotAllowed(printable(untrusted.algorithm())))?;
         // The issuer picks the provider (and so the keys) before anything is trusted.
-        let unverified: Claims<Map<String, Value>> =
-            untrusted.deserialize_claims_unchecked().map_err(|_| AuthError::Malformed)?;
+        let unverified: Claims<Map<String, Value>> = untrusted
+            .deserialize_claims_unchecked()
+            .map_err(|_| AuthError::Malformed)?;
         let issuer = unverified.custom.get("iss").and_then(Value::as_str);
         let (index, provider) = self
             .providers
@@ -526,7 +587,12 @@ impl Verifier {
             return Err(Verdict::NoKeysYet { provider: index });
         }
         let kid = untrusted.header().key_id.as_deref();
-        let all = || provider.static_keys.iter().chain(remote.into_iter().flat_map(|s| s.keys.iter()));
+        let all = || {
+            provider
+                .static_keys
+                .iter()
+                .chain(remote.into_iter().flat_map(|s| s.keys.iter()))
+        };
         let with_kid: Vec<&Key> = all().filter(|k| kid.is_none() || k.kid() == kid).collect();
         if with_kid.is_empty() {
             return Err(match provider.jwks {
@@ -557,13 +623,18 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<SystemTime, AuthError> {
         let now_utc: DateTime<Utc> = now.into();
-        let options = TimeOptions::new(chrono::Duration::seconds(i64::from(self.leeway_secs)), move || now_utc);
+        let options = TimeOptions::new(
+            chrono::Duration::seconds(i64::from(self.leeway_secs)),
+            move || now_utc,
+        );
         claims.validate_expiration(&options).map_err(|e| match e {
             ValidationError::NoClaim(_) => AuthError::MissingExpiry,
             _ => AuthError::Expired,
         })?;
         if claims.not_before.is_some() {
-            claims.validate_maturity(&options).map_err(|_| AuthError::NotYetValid)?;
+            claims
+                .validate_maturity(&options)
+                .map_err(|_| AuthError::NotYetValid)?;
         }
         let audience_ok = match claims.custom.get("aud") {
             Some(Value::String(aud)) => provider.audiences.iter().any(|a| a == aud),
@@ -591,7 +662,12 @@ fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Princip
     let roles = match &provider.claims.role_map {
         None => raw_roles,
         Some(map) => {
-            let mut roles: Vec<String> = raw_roles.iter().filter_map(|r| map.get(r)).flatten().cloned().collect();
+            let mut roles: Vec<String> = raw_roles
+                .iter()
+                .filter_map(|r| map.get(r))
+                .flatten()
+                .cloned()
+                .collect();
             roles.sort();
             roles.dedup();
             roles
@@ -599,13 +675,22 @@ fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Princip
     };
     let mut scopes = strings(claims.get("scope"));
     scopes.extend(strings(claims.get("scp")));
-    Ok(Principal { user_id, roles, scopes, provider: provider.name.clone() })
+    Ok(Principal {
+        user_id,
+        roles,
+        scopes,
+        provider: provider.name.clone(),
+    })
 }
 
 /// An array of strings, or a space-separated string.
 fn strings(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     }
@@ -614,12 +699,16 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 /// Follows a dotted claim path such as `realm_access.roles`.
 fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(claims.get(first)?, |v, seg| v.get(seg))
+    rest.iter()
+        .try_fold(claims.get(first)?, |v, seg| v.get(seg))
 }
 
 /// An attacker-chosen header value, made safe and short for a log line.
 fn printable(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii_graphic()).take(32).collect()
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(32)
+        .collect()
 }
 
 /// Splits an `Authorization` header value into its bearer token. The scheme is
@@ -667,7 +756,11 @@ mod tests {
     }
 
     fn verifier() -> Verifier {
-        Verifier { providers: vec![provider("a", "iss-a")], leeway_secs: 60, max_token_bytes: 4096 }
+        Verifier {
+            providers: vec![provider("a", "iss-a")],
+            leeway_secs: 60,
+            max_token_bytes: 4096,
+        }
     }
 
     fn store() -> KeyStore {
@@ -696,8 +789,12 @@ mod tests {
             header = header.with_key_id(kid);
         }
         let mut c: Claims<Map<String, Value>> = Claims::new(Map::new());
-        c.expiration = payload["exp"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
-        c.not_before = payload["nbf"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.expiration = payload["exp"]
+            .as_i64()
+            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.not_before = payload["nbf"]
+            .as_i64()
+            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
         let mut custom = payload.as_object().unwrap().clone();
         custom.remove("exp");
         custom.remove("nbf");
@@ -711,7 +808,15 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_token_and_maps_claims() {
-        let p = verify(&verifier(), &sign(Some("k1"), SECRET, claims(json!({"scope": "mcp:read mcp:write"})))).unwrap();
+        let p = verify(
+            &verifier(),
+            &sign(
+                Some("k1"),
+                SECRET,
+                claims(json!({"scope": "mcp:read mcp:write"})),
+            ),
+        )
+        .unwrap();
         assert_eq!(p.user_id, "alice");
         assert_eq!(p.roles, vec!["developer".to_string()]);
         assert_eq!(p.scopes, vec!["mcp:read", "mcp:write"]);
@@ -728,10 +833,17 @@ mod tests {
         map.insert("mcp:write".to_string(), vec!["developer".to_string()]);
         map.insert("mcp:read".to_string(), vec!["readonly".to_string()]);
         v.providers[0].claims.role_map = Some(map);
-        let t = sign(None, SECRET, claims(json!({"scope": "openid mcp:write mcp:read"})));
+        let t = sign(
+            None,
+            SECRET,
+            claims(json!({"scope": "openid mcp:write mcp:read"})),
+        );
         assert_eq!(verify(&v, &t).unwrap().roles, vec!["developer", "readonly"]);
         let t = sign(None, SECRET, claims(json!({"scope": "admin"})));
-        assert!(verify(&v, &t).unwrap().roles.is_empty(), "unmapped values must grant nothing");
+        assert!(
+            verify(&v, &t).unwrap().roles.is_empty(),
+            "unmapped values must grant nothing"
+        );
     }
 
     #[test]
@@ -739,43 +851,90 @@ mod tests {
         let other_secret = b"another-secret-another-secret-xx";
         let mut v = verifier();
         let mut b = provider("b", "iss-b");
-        b.static_keys = vec![Key::from_secret(Some("k1".into()), Alg::Hs256, other_secret).unwrap()];
+        b.static_keys =
+            vec![Key::from_secret(Some("k1".into()), Alg::Hs256, other_secret).unwrap()];
         v.providers.push(b);
         let mut s = KeyStore::new(2, 16);
         let t = sign(Some("k1"), other_secret, claims(json!({"iss": "iss-b"})));
         assert_eq!(v.verify(&t, now(), &mut s).unwrap().provider, "b");
         // A token claiming provider a but signed with b's key fails.
         let t = sign(Some("k1"), other_secret, claims(json!({})));
-        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::Invalid(AuthError::BadSignature)));
+        assert_eq!(
+            v.verify(&t, now(), &mut s),
+            Err(Verdict::Invalid(AuthError::BadSignature))
+        );
     }
 
     #[test]
     fn rejects_each_bad_token_with_its_reason() {
         let v = verifier();
         let cases = vec![
-            (sign(Some("k1"), b"another-secret-another-secret-xx", claims(json!({}))), AuthError::BadSignature),
-            (sign(Some("nope"), SECRET, claims(json!({}))), AuthError::UnknownKeyId),
-            (sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))), AuthError::Expired),
-            (sign(None, SECRET, claims(json!({"exp": null}))), AuthError::MissingExpiry),
-            (sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))), AuthError::NotYetValid),
-            (sign(None, SECRET, claims(json!({"iss": "evil"}))), AuthError::WrongIssuer),
-            (sign(None, SECRET, claims(json!({"iss": null}))), AuthError::WrongIssuer),
-            (sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))), AuthError::WrongAudience),
-            (sign(None, SECRET, claims(json!({"sub": ""}))), AuthError::MissingSubject),
+            (
+                sign(
+                    Some("k1"),
+                    b"another-secret-another-secret-xx",
+                    claims(json!({})),
+                ),
+                AuthError::BadSignature,
+            ),
+            (
+                sign(Some("nope"), SECRET, claims(json!({}))),
+                AuthError::UnknownKeyId,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))),
+                AuthError::Expired,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"exp": null}))),
+                AuthError::MissingExpiry,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))),
+                AuthError::NotYetValid,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"iss": "evil"}))),
+                AuthError::WrongIssuer,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"iss": null}))),
+                AuthError::WrongIssuer,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))),
+                AuthError::WrongAudience,
+            ),
+            (
+                sign(None, SECRET, claims(json!({"sub": ""}))),
+                AuthError::MissingSubject,
+            ),
             ("not.a.jwt".into(), AuthError::Malformed),
             ("a".repeat(5000), AuthError::TooLarge { limit: 4096 }),
             (String::new(), AuthError::EmptyToken),
         ];
         for (token, expected) in cases {
-            assert_eq!(verify(&v, &token), Err(Verdict::Invalid(expected.clone())), "{expected}");
+            assert_eq!(
+                verify(&v, &token),
+                Err(Verdict::Invalid(expected.clone())),
+                "{expected}"
+            );
         }
     }
 
     #[test]
     fn leeway_applies_to_exp_and_nbf() {
         let v = verifier();
-        assert!(verify(&v, &sign(None, SECRET, claims(json!({"exp": 1_799_999_970})))).is_ok());
-        assert!(verify(&v, &sign(None, SECRET, claims(json!({"nbf": 1_800_000_030})))).is_ok());
+        assert!(verify(
+            &v,
+            &sign(None, SECRET, claims(json!({"exp": 1_799_999_970})))
+        )
+        .is_ok());
+        assert!(verify(
+            &v,
+            &sign(None, SECRET, claims(json!({"nbf": 1_800_000_030})))
+        )
+        .is_ok());
     }
 
     #[test]
@@ -785,10 +944,20 @@ mod tests {
         let payload = valid.split('.').nth(1).unwrap();
         // {"alg":"none"}
         let none = format!("eyJhbGciOiJub25lIn0.{payload}.");
-        assert_eq!(verify(&v, &none), Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed("none".into()))));
+        assert_eq!(
+            verify(&v, &none),
+            Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed(
+                "none".into()
+            )))
+        );
         // {"alg":"RS256"} against a provider allowing only HS256.
         let rs = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.AAAA");
-        assert_eq!(verify(&v, &rs), Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed("RS256".into()))));
+        assert_eq!(
+            verify(&v, &rs),
+            Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed(
+                "RS256".into()
+            )))
+        );
     }
 
     #[test]
@@ -805,10 +974,26 @@ mod tests {
         });
         let t = sign(Some("k2"), SECRET, claims(json!({})));
         let mut s = store();
-        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::NoKeysYet { provider: 0 }));
-        s.install(0, KeySet { keys: vec![Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap()] });
-        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::UnknownKid { provider: 0 }));
-        s.install(0, KeySet { keys: vec![Key::from_secret(Some("k2".into()), Alg::Hs256, SECRET).unwrap()] });
+        assert_eq!(
+            v.verify(&t, now(), &mut s),
+            Err(Verdict::NoKeysYet { provider: 0 })
+        );
+        s.install(
+            0,
+            KeySet {
+                keys: vec![Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap()],
+            },
+        );
+        assert_eq!(
+            v.verify(&t, now(), &mut s),
+            Err(Verdict::UnknownKid { provider: 0 })
+        );
+        s.install(
+            0,
+            KeySet {
+                keys: vec![Key::from_secret(Some("k2".into()), Alg::Hs256, SECRET).unwrap()],
+            },
+        );
         assert!(v.verify(&t, now(), &mut s).is_ok());
     }
 
@@ -826,7 +1011,10 @@ mod tests {
         assert!(v.verify(&t, later, &mut s).is_ok());
         assert_eq!(s.cache.hits, 1);
         let much_later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_001_000);
-        assert_eq!(v.verify(&t, much_later, &mut s), Err(Verdict::Invalid(AuthError::Expired)));
+        assert_eq!(
+            v.verify(&t, much_later, &mut s),
+            Err(Verdict::Invalid(AuthError::Expired))
+        );
     }
 
     #[test]
@@ -851,7 +1039,8 @@ mod tests {
             {"kty": "EC", "crv": "P-256", "kid": "s",
              "x": "lIVJwqNELuRbCGOV8X8PuX5lK0N2HgUQfUoBHChYo9Q", "y": "XK1Zown3qyfKHp-qNqCiXFW6K883AKFMzW4TfILUqyA"},
         ]});
-        let (set, skipped) = KeySet::from_jwks(jwks.to_string().as_bytes(), &Alg::ASYMMETRIC).unwrap();
+        let (set, skipped) =
+            KeySet::from_jwks(jwks.to_string().as_bytes(), &Alg::ASYMMETRIC).unwrap();
         assert_eq!(set.keys.len(), 1, "{skipped:?}");
         assert_eq!(set.keys[0].kid(), Some("s"));
         assert_eq!(set.keys[0].alg(), Alg::Es256);

@@ -37,9 +37,13 @@ pub enum Refusal {
         limit: usize,
     },
     /// The token lacks scopes every request needs.
-    InsufficientScope { required: Vec<String> },
+    InsufficientScope {
+        required: Vec<String>,
+    },
     /// The token's provider has no keys loaded yet (JWKS not fetched).
-    KeysUnavailable { provider: String },
+    KeysUnavailable {
+        provider: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -53,8 +57,12 @@ impl fmt::Display for Refusal {
             Refusal::HttpMethod(m) => write!(f, "HTTP method {m} not allowed"),
             Refusal::ContentType => write!(f, "Content-Type must be application/json"),
             Refusal::BodyTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
-            Refusal::InsufficientScope { required } => write!(f, "token lacks scope {:?}", required.join(" ")),
-            Refusal::KeysUnavailable { provider } => write!(f, "no signing keys loaded for provider {provider:?}"),
+            Refusal::InsufficientScope { required } => {
+                write!(f, "token lacks scope {:?}", required.join(" "))
+            }
+            Refusal::KeysUnavailable { provider } => {
+                write!(f, "no signing keys loaded for provider {provider:?}")
+            }
         }
     }
 }
@@ -135,7 +143,10 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         Refusal::InsufficientScope { required } => (
             403,
             code::FORBIDDEN,
-            format!("Forbidden: token lacks required scope {:?}", required.join(" ")),
+            format!(
+                "Forbidden: token lacks required scope {:?}",
+                required.join(" ")
+            ),
         ),
         Refusal::KeysUnavailable { .. } => (
             503,
@@ -149,7 +160,9 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         "error": {"code": code, "message": message},
     });
     let mut headers = vec![("content-type", "application/json".to_owned())];
-    let metadata = metadata_url.map(|url| format!(", resource_metadata=\"{url}\"")).unwrap_or_default();
+    let metadata = metadata_url
+        .map(|url| format!(", resource_metadata=\"{url}\""))
+        .unwrap_or_default();
     match refusal {
         Refusal::Auth(e) => headers.push(("www-authenticate", format!("{}{metadata}", www_authenticate(e)))),
         Refusal::InsufficientScope { required } => headers.push((
@@ -220,8 +233,20 @@ mod tests {
             (Refusal::HttpMethod("PUT".into()), 405, -32600),
             (Refusal::ContentType, 415, -32600),
             (Refusal::BodyTooLarge { limit: 10 }, 413, -32600),
-            (Refusal::InsufficientScope { required: vec!["mcp".into()] }, 403, code::FORBIDDEN),
-            (Refusal::KeysUnavailable { provider: "idp".into() }, 503, code::UNAVAILABLE),
+            (
+                Refusal::InsufficientScope {
+                    required: vec!["mcp".into()],
+                },
+                403,
+                code::FORBIDDEN,
+            ),
+            (
+                Refusal::KeysUnavailable {
+                    provider: "idp".into(),
+                },
+                503,
+                code::UNAVAILABLE,
+            ),
         ];
         for (refusal, status, code) in table {
             let r = reply(&refusal, None, None);
@@ -269,9 +294,19 @@ mod tests {
             r.header("www-authenticate"),
             Some(format!("Bearer realm=\"mcp-gateway\", resource_metadata=\"{url}\"").as_str())
         );
-        let r = reply(&Refusal::InsufficientScope { required: vec!["mcp:read".into(), "mcp:write".into()] }, Some(json!(3)), Some(url));
+        let r = reply(
+            &Refusal::InsufficientScope {
+                required: vec!["mcp:read".into(), "mcp:write".into()],
+            },
+            Some(json!(3)),
+            Some(url),
+        );
         let h = r.header("www-authenticate").unwrap();
-        assert!(h.contains("error=\"insufficient_scope\"") && h.contains("scope=\"mcp:read mcp:write\""), "{h}");
+        assert!(
+            h.contains("error=\"insufficient_scope\"")
+                && h.contains("scope=\"mcp:read mcp:write\""),
+            "{h}"
+        );
         assert!(h.contains(url));
         assert_eq!(body(&r)["id"], 3);
     }

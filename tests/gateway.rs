@@ -288,6 +288,7 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
                 "127.0.0.1:9".parse().unwrap(),
             )],
             env: vec![(JWK_ENV.into(), "{}".into())],
+            clusters: vec![],
         })
         .await
         .expect("envoy must refuse the configuration");
@@ -307,6 +308,7 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
             "127.0.0.1:9".parse().unwrap(),
         )],
         env: vec![(JWK_ENV.into(), "{}".into())],
+        clusters: vec![],
     })
     .await
     .unwrap();

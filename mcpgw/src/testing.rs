@@ -9,6 +9,16 @@
 //!   it saw notification *i*. A proxy that buffers the stream deadlocks the test.
 //! - `get_item`, `list_items`, `create_item`, `delete_item` give RBAC rules a mixed tool list to
 //!   filter.
+//!
+//! Its submodules play the other parties of a gateway test: [`jwks`] an identity provider
+//! publishing signing keys, [`keys`] those keys and the tokens (honest or forged) signed with
+//! them, [`discovery`] an MCP client discovering protected resource metadata after a 401.
+
+pub mod discovery;
+pub mod jwks;
+pub mod keys;
+
+pub use discovery::{discover, discover_resource_metadata, Discovery};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -62,6 +62,8 @@ pub struct EnvoyOptions {
     pub upstreams: Vec<(String, String, SocketAddr)>,
     /// Environment variables given to Envoy and exposed to the wasm VM.
     pub env: Vec<(String, String)>,
+    /// Clusters without a route (identity providers the filter calls).
+    pub clusters: Vec<(String, SocketAddr)>,
 }
 
 pub struct Envoy {
@@ -97,7 +99,9 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
     let clusters: String = opts
         .upstreams
         .iter()
-        .map(|(name, _, addr)| {
+        .map(|(name, _, addr)| (name, addr))
+        .chain(opts.clusters.iter().map(|(name, addr)| (name, addr)))
+        .map(|(name, addr)| {
             format!(
                 "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
                 addr.ip(),

@@ -71,6 +71,15 @@ impl Gateway {
 
     /// Starts with the default plugin configuration, changed by `edit`.
     pub async fn start_with(edit: impl FnOnce(&mut Value)) -> Gateway {
+        Gateway::start_full(edit, Vec::new(), Vec::new()).await
+    }
+
+    /// Also with extra clusters (an identity provider) and environment variables.
+    pub async fn start_full(
+        edit: impl FnOnce(&mut Value),
+        clusters: Vec<(String, std::net::SocketAddr)>,
+        env: Vec<(String, String)>,
+    ) -> Gateway {
         let keys = tempfile::tempdir().expect("tempdir");
         let files = keygen(keys.path()).expect("keygen");
         let signing_jwk = std::fs::read_to_string(&files.signing_key).expect("signing key");
@@ -89,7 +98,10 @@ impl Gateway {
                 ("test".into(), "/mcp/test".into(), test.addr),
                 ("github".into(), "/mcp/github".into(), github.addr),
             ],
-            env: vec![(JWK_ENV.into(), public_jwk.clone())],
+            env: std::iter::once((JWK_ENV.into(), public_jwk.clone()))
+                .chain(env)
+                .collect(),
+            clusters,
         })
         .await
         .expect("start envoy");
