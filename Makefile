@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/mcp_gateway.wasm
 MCPGW := target/release/mcpgw
 export ENVOY
 
-.PHONY: all wasm mcpgw envoy run test unit integration lint fmt clean
+.PHONY: all wasm mcpgw envoy run test bench lint fmt clean
 
 all: wasm mcpgw
 
@@ -36,6 +36,10 @@ run: wasm mcpgw envoy
 ## test: unit tests and integration tests against a real Envoy
 test: wasm envoy
 	cargo test --workspace --no-fail-fast
+
+## bench: JWT verification cost per algorithm, cold and cached, in wasm on V8 (node) and native
+bench:
+	scripts/bench-jwt.sh
 
 ## lint: formatting and clippy, native and wasm
 lint:

@@ -5,7 +5,7 @@
 //! issue tokens for it and which scopes exist.
 
 use crate::config::{ResourceMetadata, Server};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Where the metadata lives; a server's document is at this path plus its prefix.
 pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
@@ -40,21 +40,24 @@ pub fn metadata_url(base: &str, server: Option<&Server>) -> String {
 
 /// The metadata document.
 pub fn document(md: &ResourceMetadata, base: &str, server: Option<&Server>) -> Value {
-    let mut doc = json!({
-        "resource": format!("{base}{}", server.map_or("", |s| s.path_prefix.as_str())),
-        "authorization_servers": md.authorization_servers,
-        "bearer_methods_supported": ["header"],
-    });
+    let mut doc = Map::new();
+    let resource = format!("{base}{}", server.map_or("", |s| s.path_prefix.as_str()));
+    doc.insert("resource".into(), json!(resource));
+    doc.insert(
+        "authorization_servers".into(),
+        json!(md.authorization_servers),
+    );
+    doc.insert("bearer_methods_supported".into(), json!(["header"]));
     if !md.scopes_supported.is_empty() {
-        doc["scopes_supported"] = json!(md.scopes_supported);
+        doc.insert("scopes_supported".into(), json!(md.scopes_supported));
     }
     if let Some(name) = &md.resource_name {
-        doc["resource_name"] = json!(name);
+        doc.insert("resource_name".into(), json!(name));
     }
     if let Some(url) = &md.resource_documentation {
-        doc["resource_documentation"] = json!(url);
+        doc.insert("resource_documentation".into(), json!(url));
     }
-    doc
+    Value::Object(doc)
 }
 
 /// Which document a well-known path asks for: `Some(None)` for the gateway's,

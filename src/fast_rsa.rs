@@ -4,7 +4,10 @@
 //! wasm32 has no 64x64->128 multiply, so every digit product is emulated and one RS256
 //! verification costs hundreds of microseconds. Verifying only needs `s^e mod n` with a
 //! small public exponent, so this module does Montgomery multiplication on 32-bit limbs
-//! (u32 x u32 -> u64 is a native wasm instruction) and nothing else.
+//! (u32 x u32 -> u64 is a native wasm instruction) and nothing else. Measured with
+//! `scripts/bench-jwt.sh` on V8, a 2048-bit RS256 token takes about 110 us against about
+//! 700 us for jwt-compact's `Rsa`; crypto-bigint 0.7's `BoxedMontyForm` (constant-time,
+//! windowed) took about 480 us for the exponentiation alone.
 //!
 //! Everything handled here is public (key, signature, message), so nothing needs to run in
 //! constant time. Signing is deliberately not supported.

@@ -776,6 +776,107 @@ mod tests {
         assert_eq!(ex.on_request_trailers(), None);
     }
 
+    /// The same configuration with a remote JWKS provider and resource metadata.
+    fn remote_config() -> Config {
+        let v = json!({
+            "servers": [{"name": "github", "path_prefix": "/mcp/github"}],
+            "jwt": {"providers": [{"name": "p", "issuer": "i", "audiences": ["a"], "algorithms": ["ES256"],
+                                   "jwks": {"cluster": "idp", "path": "/certs"}}]},
+            "rbac": {"roles": {"developer": {"servers": ["github"], "tools": ["*"]}}},
+            "resource_metadata": {"public_url": "https://gw.example", "authorization_servers": ["https://idp.example"]},
+        });
+        Config::from_json(v.to_string().as_bytes(), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn waits_for_keys_then_refuses_with_503_when_none_arrive() {
+        let config = remote_config();
+        let mut store = KeyStore::new(1, 8);
+        // {"alg":"ES256","kid":"k"} . {"iss":"i"} . sig
+        let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsifQ.eyJpc3MiOiJpIn0.c2ln";
+        let head = request()
+            .header("authorization", &format!("Bearer {token}"))
+            .head();
+        let mut ex = Exchange::new(now());
+        let (step, edits) = ex.on_request_headers(&config, &mut store, head, false, now());
+        assert_eq!(
+            step,
+            Step::WaitForKeys {
+                provider: 0,
+                refetch: false
+            }
+        );
+        assert_eq!(edits, HeaderEdits::default());
+        let (step, _) = ex.resume(&config, &mut store, now(), true);
+        assert_eq!(status(&step), Some(503));
+        let Step::Reply(reply) = step else {
+            unreachable!()
+        };
+        assert_eq!(reply.header("retry-after"), Some("1"));
+    }
+
+    #[test]
+    fn serves_protected_resource_metadata_and_points_401s_at_it() {
+        let config = remote_config();
+        let mut store = KeyStore::new(1, 8);
+        let mut ex = Exchange::new(now());
+        let head = request()
+            .method("GET")
+            .path("/.well-known/oauth-protected-resource/mcp/github")
+            .head();
+        let (step, _) = ex.on_request_headers(&config, &mut store, head, true, now());
+        assert_eq!(status(&step), Some(200));
+        assert_eq!(body_of(&step)["resource"], "https://gw.example/mcp/github");
+        assert_eq!(
+            body_of(&step)["authorization_servers"][0],
+            "https://idp.example"
+        );
+
+        let mut ex = Exchange::new(now());
+        let (step, _) = ex.on_request_headers(&config, &mut store, request().head(), false, now());
+        let Step::Reply(reply) = step else {
+            panic!("expected a 401")
+        };
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"mcp-gateway\", resource_metadata=\"https://gw.example/.well-known/oauth-protected-resource/mcp/github\"")
+        );
+    }
+
+    #[test]
+    fn forwards_or_injects_upstream_credentials_only_when_configured() {
+        let v = json!({
+            "servers": [
+                {"name": "github", "path_prefix": "/mcp/github", "upstream_auth": {"header": "authorization", "value": "Bearer ghp_x"}},
+                {"name": "filesystem", "path_prefix": "/mcp/filesystem", "upstream_auth": {"forward_client_token": true}}
+            ],
+            "jwt": {"providers": [{"name": "p", "issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]}]},
+            "rbac": {"roles": {"developer": {"servers": ["*"], "tools": ["*"]}}},
+        });
+        let config = Config::from_json(v.to_string().as_bytes(), &|_| None).unwrap();
+        let mut store = KeyStore::new(1, 8);
+        let mut ex = Exchange::new(now());
+        let (_, edits) = ex.on_request_headers(
+            &config,
+            &mut store,
+            request().by("a", &["developer"]).head(),
+            false,
+            now(),
+        );
+        assert!(edits.remove.contains(&"authorization".to_string()));
+        assert!(edits
+            .set
+            .contains(&("authorization".to_string(), "Bearer ghp_x".to_string())));
+        let mut ex = Exchange::new(now());
+        let head = request()
+            .path("/mcp/filesystem")
+            .by("a", &["developer"])
+            .head();
+        let (_, edits) = ex.on_request_headers(&config, &mut store, head, false, now());
+        assert!(!edits.remove.contains(&"authorization".to_string()));
+        assert!(!edits.set.iter().any(|(n, _)| n == "authorization"));
+    }
+
     #[test]
     fn unfinished_requests_are_audited_as_denied() {
         let mut ex = Exchange::new(now());

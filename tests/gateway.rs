@@ -1,6 +1,14 @@
 //! End-to-end behaviour through a real Envoy with a real MCP client (rmcp) and real MCP
 //! servers (rmcp) behind it.
 
+// Integration tests: failing loudly is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::envoy::{envoy_binary, root, Envoy, EnvoyOptions};

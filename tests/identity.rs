@@ -2,6 +2,14 @@
 //! behind an Envoy cluster, rotation and outages, token attacks, OAuth protected
 //! resource metadata, scopes, and upstream credentials.
 
+// Integration tests: failing loudly is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::{post_json, send, Gateway};

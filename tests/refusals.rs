@@ -1,6 +1,14 @@
 //! Every way a request is refused, through a real Envoy: the right HTTP status, a
 //! JSON-RPC error body, and nothing reaching the upstream server.
 
+// Integration tests: failing loudly is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use common::{post_json, send, tool_call, Gateway};
