@@ -546,3 +546,32 @@ async fn upstream_credentials_are_injected_or_forwarded_only_when_configured() {
         "the injected credential reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_wait_for_the_first_fetch_and_workers_share_it() {
+    let key = TestKey::generate(Alg::Es256, "k1").unwrap();
+    let idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await
+        .unwrap();
+    idp.set_keys(&[&key]);
+    // The IdP is slow: the first request arrives before the keys and must wait, not fail.
+    idp.set_delay(Duration::from_millis(1500));
+    let gw = start_with_idp(&idp, |c| {
+        c["jwt"]["providers"][0]["jwks"]["refresh_secs"] = json!(300);
+        c["jwt"]["providers"][0]["jwks"]["min_refetch_secs"] = json!(60);
+        c["jwt"]["providers"][0]["jwks"]["timeout_ms"] = json!(2500);
+    })
+    .await;
+    let token = key.sign(&claims("alice", &["developer"]));
+    let started = Instant::now();
+    assert_eq!(
+        status_with(&gw, &token).await,
+        200,
+        "the first request failed instead of waiting"
+    );
+    assert!(idp.fetch_count() >= 1);
+    // Envoy runs several VMs (2 workers and the main thread); they fetch once between them.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(idp.fetch_count(), 1, "workers fetched the JWKS separately");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
