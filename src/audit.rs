@@ -41,18 +41,12 @@ pub struct Redactor {
 }
 
 fn normalize_key(key: &str) -> String {
-    key.chars()
-        .filter(|c| !matches!(c, '-' | '_' | '.'))
-        .flat_map(char::to_lowercase)
-        .collect()
+    key.chars().filter(|c| !matches!(c, '-' | '_' | '.')).flat_map(char::to_lowercase).collect()
 }
 
 impl Redactor {
     pub fn new<S: AsRef<str>>(fields: &[S], max_string_bytes: usize) -> Redactor {
-        Redactor {
-            fields: fields.iter().map(|f| normalize_key(f.as_ref())).collect(),
-            max_string_bytes,
-        }
+        Redactor { fields: fields.iter().map(|f| normalize_key(f.as_ref())).collect(), max_string_bytes }
     }
 
     fn is_sensitive_key(&self, key: &str) -> bool {
@@ -66,11 +60,7 @@ impl Redactor {
             Value::Object(map) => Value::Object(
                 map.iter()
                     .map(|(k, v)| {
-                        let v = if self.is_sensitive_key(k) {
-                            Value::String(REDACTED.into())
-                        } else {
-                            self.redact(v)
-                        };
+                        let v = if self.is_sensitive_key(k) { Value::String(REDACTED.into()) } else { self.redact(v) };
                         (k.clone(), v)
                     })
                     .collect::<Map<String, Value>>(),
@@ -82,11 +72,7 @@ impl Redactor {
                 while !s.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                Value::String(format!(
-                    "{}...[{} bytes]",
-                    s.get(..cut).unwrap_or_default(),
-                    s.len()
-                ))
+                Value::String(format!("{}...[{} bytes]", s.get(..cut).unwrap_or_default(), s.len()))
             }
             other => other.clone(),
         }
@@ -97,20 +83,16 @@ impl Redactor {
 /// header).
 fn looks_like_credential(s: &str) -> bool {
     let t = s.trim();
-    if t.len() > 7
-        && t.get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
-    {
+    if t.len() > 7 && t.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer ")) {
         return true;
     }
     let parts: Vec<&str> = t.split('.').collect();
     parts.len() == 3
         && t.starts_with("eyJ")
-        && parts.iter().take(2).all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        && parts
+            .iter()
+            .take(2)
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// Allowed or denied, and by what.
@@ -119,6 +101,8 @@ fn looks_like_credential(s: &str) -> bool {
 pub enum Outcome {
     Allow,
     Deny,
+    /// Denied by a policy in shadow mode; let through.
+    WouldDeny,
 }
 
 /// One request, as auditors see it. Field names follow the product brief.
@@ -142,6 +126,9 @@ pub struct AuditRecord {
     pub decision: Option<Outcome>,
     /// The rule (role) that allowed, or why it was denied.
     pub reason: Option<String>,
+    /// Items removed from a list reply because the caller may not use them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<String>>,
     /// True when allowed and the upstream answered below 400.
     pub success: bool,
     pub status: u32,
@@ -155,10 +142,7 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// The log line: prefix and compact JSON.
     pub fn to_line(&self) -> String {
-        format!(
-            "{LOG_PREFIX}{}",
-            serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
-        )
+        format!("{LOG_PREFIX}{}", serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned()))
     }
 }
 
@@ -202,10 +186,7 @@ mod tests {
             "jwt": ["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig"],
             "plain": "hello.world.x",
         }));
-        assert_eq!(
-            out,
-            json!({"note": REDACTED, "jwt": [REDACTED], "plain": "hello.world.x"})
-        );
+        assert_eq!(out, json!({"note": REDACTED, "jwt": [REDACTED], "plain": "hello.world.x"}));
     }
 
     #[test]
@@ -219,12 +200,8 @@ mod tests {
 
     #[test]
     fn record_is_one_prefixed_json_line() {
-        let r = AuditRecord {
-            request_id: "r1".into(),
-            decision: Some(Outcome::Deny),
-            status: 403,
-            ..Default::default()
-        };
+        let r =
+            AuditRecord { request_id: "r1".into(), decision: Some(Outcome::Deny), status: 403, ..Default::default() };
         let line = r.to_line();
         assert!(line.starts_with(LOG_PREFIX));
         let v: Value = serde_json::from_str(&line[LOG_PREFIX.len()..]).unwrap();

@@ -6,7 +6,8 @@
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
 use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
-use crate::rbac::{Policy, Role};
+use crate::rbac::{DenyRules, Operation, Policy, Role};
+use crate::resource::{check_placeholders, ClaimCondition, ResourcePolicy, ResourceRule, Selector};
 use glob::Pattern;
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,21 +24,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid plugin configuration at `{}`: {}",
-            self.field, self.message
-        )
+        write!(f, "invalid plugin configuration at `{}`: {}", self.field, self.message)
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        message: message.into(),
-    }
+    ConfigError { field: field.into(), message: message.into() }
 }
 
 /// The plugin configuration as written by the operator.
@@ -57,6 +51,9 @@ pub struct RawConfig {
     pub rbac: RawRbac,
     /// OAuth protected resource metadata (MCP authorization discovery). Optional.
     pub resource_metadata: Option<RawResourceMetadata>,
+    /// Resource-level policies by server name.
+    #[serde(default)]
+    pub resource_policies: BTreeMap<String, RawResourcePolicy>,
     #[serde(default)]
     pub audit: RawAudit,
 }
@@ -176,11 +173,7 @@ pub struct RawClaims {
 
 impl Default for RawClaims {
     fn default() -> Self {
-        RawClaims {
-            user: default_user_claim(),
-            roles: default_roles_claim(),
-            role_map: None,
-        }
+        RawClaims { user: default_user_claim(), roles: default_roles_claim(), role_map: None }
     }
 }
 
@@ -266,11 +259,24 @@ pub struct RawKey {
     pub jwk_env: Option<String>,
 }
 
-/// Role definitions.
+/// Role definitions and policy-wide switches.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRbac {
     pub roles: BTreeMap<String, RawRole>,
+    /// Tool-name globs per operation (`read`, `write`, `delete`, `admin`), e.g.
+    /// `{"read": ["get_*", "list_*"]}`. Tools matching none get their operation from the
+    /// server's tool annotations (`readOnlyHint`, `destructiveHint`) once seen.
+    #[serde(default)]
+    pub operations: BTreeMap<String, Vec<String>>,
+    /// Dry run of the whole policy: denials are audited as `would_deny` and the
+    /// request goes through.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Answer calls to tools the caller may not use as calls to an unknown tool, and
+    /// leave them out of `tools/list`, so policy does not reveal what exists.
+    #[serde(default)]
+    pub hide_denied_tools: bool,
 }
 
 /// What one role may do. All lists are globs (`*`, `?`, `[a-z]`).
@@ -292,10 +298,76 @@ pub struct RawRole {
     /// Prompt names this role may get.
     #[serde(default)]
     pub prompts: Vec<String>,
+    /// When set, the operations this role may perform with tools; a tool whose
+    /// operation is unknown is then denied.
+    pub operations: Option<Vec<String>>,
+    /// Deny rules: they override every allow of every role the caller has.
+    #[serde(default)]
+    pub deny: RawDeny,
+}
+
+/// Globs that deny.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeny {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub prompts: Vec<String>,
 }
 
 fn all() -> Vec<String> {
     vec!["*".into()]
+}
+
+/// A server's resource policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourcePolicy {
+    /// Tool arguments that name resources: argument names (`file_path`) or JSON
+    /// pointers (`/source/path`). `resources/read` URIs are always checked.
+    #[serde(default)]
+    pub arguments: Vec<String>,
+    /// Compare resources and patterns case-insensitively.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Ordered rules: the first whose pattern matches decides; none matching denies.
+    pub rules: Vec<RawResourceRule>,
+}
+
+/// One resource rule. The caller passes when any of `roles`, `users`, `claim` holds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourceRule {
+    /// Glob on the normalized resource (`*` stays within a path segment, `**` spans
+    /// segments); may use `{user_id}` and `{claims.<path>}`.
+    pub pattern: String,
+    /// Roles that pass (`*`: every authenticated caller).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// User ids that pass (`{user_id}` means the caller whose id fills the pattern).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// A claim that must equal (or, as an array, contain) `value`.
+    pub claim: Option<RawClaimCondition>,
+    /// Dry run of this rule: a denial is audited as `would_deny` and let through.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimCondition {
+    /// Dotted claim path (`repos`, `org.teams`).
+    pub name: String,
+    /// Value to find; may use `{resource}`, `{user_id}`, `{claims.<path>}`.
+    pub value: String,
 }
 
 /// What goes into audit records.
@@ -312,18 +384,12 @@ pub struct RawAudit {
 
 impl Default for RawAudit {
     fn default() -> Self {
-        RawAudit {
-            redact_fields: default_redact_fields(),
-            max_string_bytes: default_max_string_bytes(),
-        }
+        RawAudit { redact_fields: default_redact_fields(), max_string_bytes: default_max_string_bytes() }
     }
 }
 
 fn default_redact_fields() -> Vec<String> {
-    DEFAULT_REDACT_FIELDS
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    DEFAULT_REDACT_FIELDS.iter().map(|s| s.to_string()).collect()
 }
 fn default_max_string_bytes() -> usize {
     256
@@ -389,22 +455,18 @@ pub struct Config {
     pub policy: Policy,
     pub redactor: Redactor,
     pub resource_metadata: Option<ResourceMetadata>,
+    /// Resource-level policies by server name.
+    pub resource_policies: BTreeMap<String, ResourcePolicy>,
 }
 
 impl Config {
     /// Parses and compiles plugin configuration JSON. `env` looks up environment
     /// variables named by `*_env` fields.
-    pub fn from_json(
-        json: &[u8],
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_json(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            err(
-                if path == "." { "$".into() } else { path },
-                e.into_inner().to_string(),
-            )
+            err(if path == "." { "$".into() } else { path }, e.into_inner().to_string())
         })?;
         raw.compile(env)
     }
@@ -413,8 +475,7 @@ impl Config {
     pub fn server_for(&self, path: &str) -> Option<&Server> {
         let path = path.split('?').next().unwrap_or_default();
         self.servers.iter().find(|s| {
-            path.strip_prefix(s.path_prefix.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            path.strip_prefix(s.path_prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
     }
 }
@@ -425,10 +486,7 @@ impl RawConfig {
             return Err(err("max_body_bytes", "must be greater than 0"));
         }
         if !(1..=128).contains(&self.max_json_depth) {
-            return Err(err(
-                "max_json_depth",
-                format!("must be between 1 and 128, got {}", self.max_json_depth),
-            ));
+            return Err(err("max_json_depth", format!("must be between 1 and 128, got {}", self.max_json_depth)));
         }
         let servers = compile_servers(self.servers, env)?;
         let names: HashSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
@@ -436,10 +494,8 @@ impl RawConfig {
         let cache_entries = self.jwt.cache_entries;
         let verifier = compile_jwt(self.jwt, env)?;
         let policy = compile_rbac(self.rbac, &names)?;
-        let resource_metadata = self
-            .resource_metadata
-            .map(compile_resource_metadata)
-            .transpose()?;
+        let resource_policies = compile_resource_policies(self.resource_policies, &names)?;
+        let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
         Ok(Config {
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
@@ -450,14 +506,12 @@ impl RawConfig {
             policy,
             redactor: Redactor::new(&self.audit.redact_fields, self.audit.max_string_bytes),
             resource_metadata,
+            resource_policies,
         })
     }
 }
 
-fn compile_servers(
-    raw: Vec<RawServer>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<Server>, ConfigError> {
+fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Server>, ConfigError> {
     if raw.is_empty() {
         return Err(err("servers", "at least one server is required"));
     }
@@ -503,18 +557,10 @@ fn compile_upstream_auth(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<UpstreamAuth, ConfigError> {
     let value = match (raw.value, &raw.value_env) {
-        (Some(_), Some(_)) => {
-            return Err(err(
-                format!("{at}.value"),
-                "give value or value_env, not both",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(err(format!("{at}.value"), "give value or value_env, not both")),
         (Some(v), None) => Some(v),
         (None, Some(var)) => Some(env(var).ok_or_else(|| {
-            err(
-                format!("{at}.value_env"),
-                format!("environment variable {var:?} is not set in the VM"),
-            )
+            err(format!("{at}.value_env"), format!("environment variable {var:?} is not set in the VM"))
         })?),
         (None, None) => None,
     };
@@ -524,9 +570,7 @@ fn compile_upstream_auth(
         (false, Some(header), Some(value)) => {
             let header = header.to_ascii_lowercase();
             let valid = !header.is_empty()
-                && header
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !crate::headers::is_spoofable(&header);
             if !valid {
                 return Err(err(
@@ -537,19 +581,10 @@ fn compile_upstream_auth(
             if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
                 return Err(err(format!("{at}.value"), "must be printable ASCII"));
             }
-            Ok(UpstreamAuth::Inject {
-                header,
-                value: Secret(value),
-            })
+            Ok(UpstreamAuth::Inject { header, value: Secret(value) })
         }
-        (true, _, _) => Err(err(
-            format!("{at}.forward_client_token"),
-            "cannot be combined with header/value",
-        )),
-        (false, Some(_), None) => Err(err(
-            format!("{at}.value"),
-            "header needs value or value_env",
-        )),
+        (true, _, _) => Err(err(format!("{at}.forward_client_token"), "cannot be combined with header/value")),
+        (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
         (false, None, Some(_)) => Err(err(format!("{at}.header"), "value needs a header name")),
     }
 }
@@ -565,26 +600,15 @@ fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Veri
         .enumerate()
         .map(|(i, p)| {
             if !issuers.insert(p.issuer.clone()) {
-                return Err(err(
-                    format!("jwt.providers[{i}].issuer"),
-                    format!("duplicate issuer {:?}", p.issuer),
-                ));
+                return Err(err(format!("jwt.providers[{i}].issuer"), format!("duplicate issuer {:?}", p.issuer)));
             }
             compile_provider(i, p, env)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Verifier {
-        providers,
-        leeway_secs: raw.leeway_secs,
-        max_token_bytes: raw.max_token_bytes,
-    })
+    Ok(Verifier { providers, leeway_secs: raw.leeway_secs, max_token_bytes: raw.max_token_bytes })
 }
 
-fn compile_provider(
-    i: usize,
-    p: RawProvider,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Provider, ConfigError> {
+fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ConfigError> {
     let at = |f: &str| format!("jwt.providers[{i}].{f}");
     if p.name.is_empty() {
         return Err(err(at("name"), "must not be empty"));
@@ -593,10 +617,7 @@ fn compile_provider(
         return Err(err(at("issuer"), "must not be empty"));
     }
     if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
-        return Err(err(
-            at("audiences"),
-            "needs at least one non-empty audience",
-        ));
+        return Err(err(at("audiences"), "needs at least one non-empty audience"));
     }
     let mut static_keys = p
         .keys
@@ -615,10 +636,7 @@ fn compile_provider(
             .enumerate()
             .map(|(n, name)| {
                 let alg = Alg::parse(name).ok_or_else(|| {
-                    err(
-                        format!("{}[{n}]", at("algorithms")),
-                        format!("unsupported algorithm {name:?}"),
-                    )
+                    err(format!("{}[{n}]", at("algorithms")), format!("unsupported algorithm {name:?}"))
                 })?;
                 let has_secret = static_keys.iter().any(|k| k.alg() == alg);
                 if alg.is_hmac() && !has_secret {
@@ -634,18 +652,12 @@ fn compile_provider(
     if algorithms.is_empty() {
         return Err(err(at("algorithms"), "allows no algorithm"));
     }
-    if let Some(k) = static_keys
-        .iter()
-        .position(|k| !algorithms.contains(&k.alg()))
-    {
-        return Err(err(
-            format!("{}[{k}].alg", at("keys")),
-            "algorithm not in this provider's algorithms",
-        ));
+    if let Some(k) = static_keys.iter().position(|k| !algorithms.contains(&k.alg())) {
+        return Err(err(format!("{}[{k}].alg", at("keys")), "algorithm not in this provider's algorithms"));
     }
     if let Some(doc) = &p.jwks_inline {
-        let (set, _) = KeySet::from_jwks(doc.to_string().as_bytes(), &algorithms)
-            .map_err(|m| err(at("jwks_inline"), m))?;
+        let (set, _) =
+            KeySet::from_jwks(doc.to_string().as_bytes(), &algorithms).map_err(|m| err(at("jwks_inline"), m))?;
         static_keys.extend(set.keys);
     }
     let jwks = p
@@ -655,16 +667,10 @@ fn compile_provider(
                 return Err(err(at("jwks.cluster"), "must not be empty"));
             }
             if !j.path.starts_with('/') {
-                return Err(err(
-                    at("jwks.path"),
-                    format!("{:?} must start with '/'", j.path),
-                ));
+                return Err(err(at("jwks.path"), format!("{:?} must start with '/'", j.path)));
             }
             if j.min_refetch_secs == 0 || j.refresh_secs < j.min_refetch_secs {
-                return Err(err(
-                    at("jwks.refresh_secs"),
-                    "must be at least min_refetch_secs, which must be > 0",
-                ));
+                return Err(err(at("jwks.refresh_secs"), "must be at least min_refetch_secs, which must be > 0"));
             }
             Ok(JwksSource {
                 authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
@@ -677,18 +683,12 @@ fn compile_provider(
         })
         .transpose()?;
     if static_keys.is_empty() && jwks.is_none() {
-        return Err(err(
-            at("keys"),
-            "a provider needs keys, jwks_inline or jwks",
-        ));
+        return Err(err(at("keys"), "a provider needs keys, jwks_inline or jwks"));
     }
     let claim_path = |field: &str, path: &str| -> Result<Vec<String>, ConfigError> {
         let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
         if segs.iter().any(String::is_empty) {
-            return Err(err(
-                at(field),
-                format!("{path:?} is not a dotted claim path"),
-            ));
+            return Err(err(at(field), format!("{path:?} is not a dotted claim path")));
         }
         Ok(segs)
     };
@@ -707,11 +707,7 @@ fn compile_provider(
     })
 }
 
-fn compile_key(
-    at: &str,
-    k: RawKey,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Key, ConfigError> {
+fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Result<Key, ConfigError> {
     let at = |f: &str| format!("{at}.{f}");
     let alg = Alg::parse(&k.alg).ok_or_else(|| {
         err(
@@ -720,24 +716,11 @@ fn compile_key(
         )
     })?;
     let from_env = |field: &str, var: &str| {
-        env(var).ok_or_else(|| {
-            err(
-                at(field),
-                format!("environment variable {var:?} is not set in the VM"),
-            )
-        })
+        env(var).ok_or_else(|| err(at(field), format!("environment variable {var:?} is not set in the VM")))
     };
-    let sources = [
-        k.secret.is_some(),
-        k.secret_env.is_some(),
-        k.jwk.is_some(),
-        k.jwk_env.is_some(),
-    ];
+    let sources = [k.secret.is_some(), k.secret_env.is_some(), k.jwk.is_some(), k.jwk_env.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(err(
-            at("secret"),
-            "give exactly one of secret, secret_env, jwk, jwk_env",
-        ));
+        return Err(err(at("secret"), "give exactly one of secret, secret_env, jwk, jwk_env"));
     }
     // Errors below never echo key material.
     if let Some(secret) = &k.secret {
@@ -745,8 +728,7 @@ fn compile_key(
     }
     if let Some(var) = &k.secret_env {
         let secret = from_env("secret_env", var)?;
-        return Key::from_secret(k.kid, alg, secret.as_bytes())
-            .map_err(|m| err(at("secret_env"), m));
+        return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret_env"), m));
     }
     let (field, jwk) = match (k.jwk, &k.jwk_env) {
         (Some(jwk), _) => ("jwk", jwk),
@@ -766,24 +748,15 @@ fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadat
     if let Some(url) = &raw.public_url {
         let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/');
         if !ok {
-            return Err(err(
-                at("public_url"),
-                format!("{url:?} must be an http(s) URL without a trailing '/'"),
-            ));
+            return Err(err(at("public_url"), format!("{url:?} must be an http(s) URL without a trailing '/'")));
         }
     }
     if raw.authorization_servers.is_empty() {
-        return Err(err(
-            at("authorization_servers"),
-            "at least one authorization server is required",
-        ));
+        return Err(err(at("authorization_servers"), "at least one authorization server is required"));
     }
     for (i, scope) in raw.required_scopes.iter().enumerate() {
         if scope.is_empty() || scope.contains([' ', '"', '\\']) {
-            return Err(err(
-                format!("{}[{i}]", at("required_scopes")),
-                format!("{scope:?} is not a valid scope"),
-            ));
+            return Err(err(format!("{}[{i}]", at("required_scopes")), format!("{scope:?} is not a valid scope")));
         }
     }
     Ok(ResourceMetadata {
@@ -800,41 +773,133 @@ fn compile_rbac(raw: RawRbac, servers: &HashSet<&str>) -> Result<Policy, ConfigE
     if raw.roles.is_empty() {
         return Err(err("rbac.roles", "at least one role is required"));
     }
+    let globs = |at: &str, list: &[String]| -> Result<Vec<Pattern>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, p)| Pattern::new(p).map_err(|e| err(format!("{at}[{i}]"), format!("bad glob {p:?}: {e}"))))
+            .collect()
+    };
+    let operation = |at: String, name: &str| {
+        Operation::parse(name)
+            .ok_or_else(|| err(at, format!("unknown operation {name:?}; use read, write, delete or admin")))
+    };
     let mut roles = BTreeMap::new();
     for (name, r) in raw.roles {
         let at = |f: &str| format!("rbac.roles.{name}.{f}");
-        let globs = |field: &str, list: &[String]| -> Result<Vec<Pattern>, ConfigError> {
-            list.iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    Pattern::new(p).map_err(|e| {
-                        err(
-                            format!("{}[{i}]", at(field)),
-                            format!("bad glob {p:?}: {e}"),
-                        )
-                    })
-                })
-                .collect()
-        };
         for (i, s) in r.servers.iter().enumerate() {
             let is_glob = s.contains(['*', '?', '[']);
             if !is_glob && !servers.contains(s.as_str()) {
-                return Err(err(
-                    format!("{}[{i}]", at("servers")),
-                    format!("unknown server {s:?}"),
-                ));
+                return Err(err(format!("{}[{i}]", at("servers")), format!("unknown server {s:?}")));
             }
         }
+        let operations = r
+            .operations
+            .map(|ops| {
+                ops.iter()
+                    .enumerate()
+                    .map(|(i, op)| operation(format!("{}[{i}]", at("operations")), op))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         let role = Role {
-            servers: globs("servers", &r.servers)?,
-            methods: globs("methods", &r.methods)?,
-            tools: globs("tools", &r.tools)?,
-            resources: globs("resources", &r.resources)?,
-            prompts: globs("prompts", &r.prompts)?,
+            servers: globs(&at("servers"), &r.servers)?,
+            methods: globs(&at("methods"), &r.methods)?,
+            tools: globs(&at("tools"), &r.tools)?,
+            resources: globs(&at("resources"), &r.resources)?,
+            prompts: globs(&at("prompts"), &r.prompts)?,
+            operations,
+            deny: DenyRules {
+                servers: globs(&at("deny.servers"), &r.deny.servers)?,
+                methods: globs(&at("deny.methods"), &r.deny.methods)?,
+                tools: globs(&at("deny.tools"), &r.deny.tools)?,
+                resources: globs(&at("deny.resources"), &r.deny.resources)?,
+                prompts: globs(&at("deny.prompts"), &r.deny.prompts)?,
+            },
         };
         roles.insert(name, role);
     }
-    Ok(Policy { roles })
+    // Most privileged first, so a tool matching several gets the stronger operation.
+    let mut operations = Vec::new();
+    for (name, list) in &raw.operations {
+        let op = operation(format!("rbac.operations.{name}"), name)?;
+        operations.push((op, globs(&format!("rbac.operations.{name}"), list)?));
+    }
+    operations.sort_by_key(|(op, _)| std::cmp::Reverse(*op));
+    Ok(Policy { roles, operations, shadow: raw.shadow, hide_denied_tools: raw.hide_denied_tools })
+}
+
+fn compile_resource_policies(
+    raw: BTreeMap<String, RawResourcePolicy>,
+    servers: &HashSet<&str>,
+) -> Result<BTreeMap<String, ResourcePolicy>, ConfigError> {
+    raw.into_iter()
+        .map(|(server, p)| {
+            let at = |f: &str| format!("resource_policies.{server}.{f}");
+            if !servers.contains(server.as_str()) {
+                return Err(err(format!("resource_policies.{server}"), format!("unknown server {server:?}")));
+            }
+            let arguments = p
+                .arguments
+                .iter()
+                .enumerate()
+                .map(|(i, a)| match a {
+                    a if a.is_empty() => Err(err(format!("{}[{i}]", at("arguments")), "must not be empty")),
+                    a if a.starts_with('/') => Ok(Selector::Pointer(a.clone())),
+                    a => Ok(Selector::Key(a.clone())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if p.rules.is_empty() {
+                return Err(err(at("rules"), "at least one rule is required (no rule would deny everything)"));
+            }
+            let case_fold = p.case_insensitive;
+            let rules = p
+                .rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let at = |f: &str| format!("resource_policies.{server}.rules[{i}].{f}");
+                    let pattern = if case_fold { r.pattern.to_lowercase() } else { r.pattern };
+                    check_placeholders(&pattern, false).map_err(|m| err(at("pattern"), m))?;
+                    // Validate the glob with placeholders filled by a harmless value.
+                    let probe = pattern.replace("{user_id}", "u").replace("{claims.", "{");
+                    let probe: String = {
+                        let mut out = String::new();
+                        let mut skip = false;
+                        for c in probe.chars() {
+                            match (c, skip) {
+                                ('{', _) => {
+                                    skip = true;
+                                    out.push('x');
+                                }
+                                ('}', true) => skip = false,
+                                (_, true) => {}
+                                (c, false) => out.push(c),
+                            }
+                        }
+                        out
+                    };
+                    Pattern::new(&probe).map_err(|e| err(at("pattern"), format!("bad glob {pattern:?}: {e}")))?;
+                    let compiled = if pattern.contains('{') { None } else { Pattern::new(&pattern).ok() };
+                    for (u, user) in r.users.iter().enumerate() {
+                        check_placeholders(user, false).map_err(|m| err(format!("{}[{u}]", at("users")), m))?;
+                    }
+                    let claim = r
+                        .claim
+                        .map(|c| {
+                            check_placeholders(&c.value, true).map_err(|m| err(at("claim.value"), m))?;
+                            let path: Vec<String> = c.name.split('.').map(str::to_owned).collect();
+                            if path.iter().any(String::is_empty) {
+                                return Err(err(at("claim.name"), format!("{:?} is not a dotted claim path", c.name)));
+                            }
+                            Ok(ClaimCondition { path, value: c.value })
+                        })
+                        .transpose()?;
+                    Ok(ResourceRule { pattern, compiled, roles: r.roles, users: r.users, claim, shadow: r.shadow })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((server, ResourcePolicy { arguments, case_fold, rules }))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -954,14 +1019,10 @@ mod tests {
         let mut v = base();
         v["jwt"]["providers"][0]["keys"] = json!([]);
         v["jwt"]["providers"][0]["jwks"] = json!({"cluster": "idp", "path": "/certs"});
-        v["resource_metadata"] =
-            json!({"authorization_servers": ["https://idp"], "required_scopes": ["mcp"]});
+        v["resource_metadata"] = json!({"authorization_servers": ["https://idp"], "required_scopes": ["mcp"]});
         let c = compile(&v).unwrap();
         let jwks = c.verifier.providers[0].jwks.as_ref().unwrap();
-        assert_eq!(
-            (jwks.authority.as_str(), jwks.refresh.as_secs()),
-            ("idp", 300)
-        );
+        assert_eq!((jwks.authority.as_str(), jwks.refresh.as_secs()), ("idp", 300));
         assert_eq!(c.resource_metadata.unwrap().required_scopes, vec!["mcp"]);
 
         v["jwt"]["providers"][0]["jwks"]["path"] = json!("certs");
@@ -973,8 +1034,7 @@ mod tests {
     #[test]
     fn upstream_credentials_are_validated_and_never_printed() {
         let mut v = base();
-        v["servers"][0]["upstream_auth"] =
-            json!({"header": "Authorization", "value_env": "GH_PAT"});
+        v["servers"][0]["upstream_auth"] = json!({"header": "Authorization", "value_env": "GH_PAT"});
         let env = |name: &str| (name == "GH_PAT").then(|| "ghp_supersecret".to_owned());
         let c = Config::from_json(v.to_string().as_bytes(), &env).unwrap();
         assert!(
@@ -984,8 +1044,7 @@ mod tests {
 
         v["servers"][0]["upstream_auth"] = json!({"header": "x-mcp-user-id", "value": "x"});
         assert_eq!(field_of(v.clone()), "servers[0].upstream_auth.header");
-        v["servers"][0]["upstream_auth"] =
-            json!({"forward_client_token": true, "header": "a", "value": "b"});
+        v["servers"][0]["upstream_auth"] = json!({"forward_client_token": true, "header": "a", "value": "b"});
         assert_eq!(field_of(v), "servers[0].upstream_auth.forward_client_token");
     }
 

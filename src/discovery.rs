@@ -32,10 +32,7 @@ pub fn base_url(md: &ResourceMetadata, scheme: Option<&str>, authority: Option<&
 
 /// The metadata URL for a server (or for the gateway as a whole).
 pub fn metadata_url(base: &str, server: Option<&Server>) -> String {
-    format!(
-        "{base}{WELL_KNOWN}{}",
-        server.map_or("", |s| s.path_prefix.as_str())
-    )
+    format!("{base}{WELL_KNOWN}{}", server.map_or("", |s| s.path_prefix.as_str()))
 }
 
 /// The metadata document.
@@ -43,10 +40,7 @@ pub fn document(md: &ResourceMetadata, base: &str, server: Option<&Server>) -> V
     let mut doc = Map::new();
     let resource = format!("{base}{}", server.map_or("", |s| s.path_prefix.as_str()));
     doc.insert("resource".into(), json!(resource));
-    doc.insert(
-        "authorization_servers".into(),
-        json!(md.authorization_servers),
-    );
+    doc.insert("authorization_servers".into(), json!(md.authorization_servers));
     doc.insert("bearer_methods_supported".into(), json!(["header"]));
     if !md.scopes_supported.is_empty() {
         doc.insert("scopes_supported".into(), json!(md.scopes_supported));
@@ -87,27 +81,16 @@ mod tests {
     }
 
     fn servers() -> Vec<Server> {
-        vec![Server {
-            name: "github".into(),
-            path_prefix: "/mcp/github".into(),
-            upstream_auth: UpstreamAuth::None,
-        }]
+        vec![Server { name: "github".into(), path_prefix: "/mcp/github".into(), upstream_auth: UpstreamAuth::None }]
     }
 
     #[test]
     fn documents_name_the_resource_and_its_authorization_servers() {
         let s = servers();
-        let base = base_url(
-            &md(Some("https://mcp.example.com")),
-            Some("http"),
-            Some("ignored"),
-        );
+        let base = base_url(&md(Some("https://mcp.example.com")), Some("http"), Some("ignored"));
         let doc = document(&md(None), &base, s.first());
         assert_eq!(doc["resource"], "https://mcp.example.com/mcp/github");
-        assert_eq!(
-            doc["authorization_servers"][0],
-            "https://idp.example/realms/acme"
-        );
+        assert_eq!(doc["authorization_servers"][0], "https://idp.example/realms/acme");
         assert_eq!(doc["scopes_supported"][0], "mcp:read");
         assert_eq!(
             metadata_url(&base, s.first()),
@@ -117,24 +100,15 @@ mod tests {
 
     #[test]
     fn base_url_falls_back_to_a_sanitized_host() {
-        assert_eq!(
-            base_url(&md(None), Some("https"), Some("gw.local:8443")),
-            "https://gw.local:8443"
-        );
-        assert_eq!(
-            base_url(&md(None), None, Some("evil\"host, x=\"1")),
-            "http://evilhostx1"
-        );
+        assert_eq!(base_url(&md(None), Some("https"), Some("gw.local:8443")), "https://gw.local:8443");
+        assert_eq!(base_url(&md(None), None, Some("evil\"host, x=\"1")), "http://evilhostx1");
     }
 
     #[test]
     fn well_known_paths_map_to_documents() {
         let s = servers();
         assert!(matches!(lookup(&s, WELL_KNOWN), Some(None)));
-        assert!(matches!(
-            lookup(&s, "/.well-known/oauth-protected-resource/mcp/github"),
-            Some(Some(_))
-        ));
+        assert!(matches!(lookup(&s, "/.well-known/oauth-protected-resource/mcp/github"), Some(Some(_))));
         assert!(lookup(&s, "/.well-known/oauth-protected-resource/mcp/gitlab").is_none());
         assert!(lookup(&s, "/mcp/github").is_none());
     }

@@ -41,16 +41,16 @@ impl HashAlg {
     fn digest_info_prefix(self) -> &'static [u8] {
         match self {
             HashAlg::Sha256 => &[
-                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x01, 0x05, 0x00, 0x04, 0x20,
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
+                0x04, 0x20,
             ],
             HashAlg::Sha384 => &[
-                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x02, 0x05, 0x00, 0x04, 0x30,
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00,
+                0x04, 0x30,
             ],
             HashAlg::Sha512 => &[
-                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x03, 0x05, 0x00, 0x04, 0x40,
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00,
+                0x04, 0x40,
             ],
         }
     }
@@ -100,10 +100,7 @@ pub struct FastRsaKey {
 
 impl fmt::Debug for FastRsaKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FastRsaKey")
-            .field("bits", &self.bits)
-            .field("e", &self.e)
-            .finish_non_exhaustive()
+        f.debug_struct("FastRsaKey").field("bits", &self.bits).field("e", &self.e).finish_non_exhaustive()
     }
 }
 
@@ -116,40 +113,25 @@ impl FastRsaKey {
             None => 0,
         };
         if !(MIN_MODULUS_BITS..=MAX_MODULUS_BITS).contains(&bits) {
-            return Err(format!(
-                "RSA modulus must have {MIN_MODULUS_BITS} to {MAX_MODULUS_BITS} bits, got {bits}"
-            ));
+            return Err(format!("RSA modulus must have {MIN_MODULUS_BITS} to {MAX_MODULUS_BITS} bits, got {bits}"));
         }
         if n.last().is_some_and(|low| low & 1 == 0) {
             return Err("RSA modulus must be odd".to_owned());
         }
         let e_bytes = strip_leading_zeros(e);
         if e_bytes.len() > 8 {
-            return Err(format!(
-                "RSA public exponent must be at most {MAX_PUBLIC_EXPONENT}"
-            ));
+            return Err(format!("RSA public exponent must be at most {MAX_PUBLIC_EXPONENT}"));
         }
-        let e = e_bytes
-            .iter()
-            .fold(0_u64, |acc, &b| (acc << 8) | u64::from(b));
+        let e = e_bytes.iter().fold(0_u64, |acc, &b| (acc << 8) | u64::from(b));
         if e < 3 || e % 2 == 0 || e > MAX_PUBLIC_EXPONENT {
-            return Err(format!(
-                "RSA public exponent must be odd and between 3 and {MAX_PUBLIC_EXPONENT}, got {e}"
-            ));
+            return Err(format!("RSA public exponent must be odd and between 3 and {MAX_PUBLIC_EXPONENT}, got {e}"));
         }
 
         let limbs = n.len().div_ceil(4);
         let n = limbs_from_be(n, limbs);
         let n0_inv = neg_inverse(n.first().copied().unwrap_or(1));
         let r2 = r_squared(&n);
-        Ok(FastRsaKey {
-            n,
-            n0_inv,
-            r2,
-            e,
-            bits,
-            len: bits.div_ceil(8),
-        })
+        Ok(FastRsaKey { n, n0_inv, r2, e, bits, len: bits.div_ceil(8) })
     }
 
     /// The same key as an `rsa` crate (and jwt-compact `Rsa`) public key.
@@ -212,8 +194,7 @@ impl FastRsaKey {
     fn mont_mul<'w>(&self, a: &[u32], b: &[u32], work: &'w mut Work) -> &'w [u32] {
         let Work { t, u } = work;
         t.fill(0);
-        let (Some((&a0, a_rest)), Some((&n0, n_rest))) = (a.split_first(), self.n.split_first())
-        else {
+        let (Some((&a0, a_rest)), Some((&n0, n_rest))) = (a.split_first(), self.n.split_first()) else {
             return &[];
         };
         for &b_i in b {
@@ -258,10 +239,7 @@ struct Work {
 
 impl Work {
     fn new(limbs: usize) -> Work {
-        Work {
-            t: vec![0; limbs + 1],
-            u: vec![0; limbs + 1],
-        }
+        Work { t: vec![0; limbs + 1], u: vec![0; limbs + 1] }
     }
 }
 
@@ -277,14 +255,8 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 
 /// Big-endian bytes (at most `4 * limbs` of them) to `limbs` little-endian u32 limbs.
 fn limbs_from_be(bytes: &[u8], limbs: usize) -> Vec<u32> {
-    let mut out: Vec<u32> = bytes
-        .rchunks(4)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .fold(0_u32, |acc, &b| (acc << 8) | u32::from(b))
-        })
-        .collect();
+    let mut out: Vec<u32> =
+        bytes.rchunks(4).map(|chunk| chunk.iter().fold(0_u32, |acc, &b| (acc << 8) | u32::from(b))).collect();
     out.resize(limbs, 0);
     out
 }
@@ -345,11 +317,7 @@ impl TryFrom<&JsonWebKey<'_>> for FastRsaKey {
 
     fn try_from(jwk: &JsonWebKey<'_>) -> Result<Self, Self::Error> {
         match jwk {
-            JsonWebKey::Rsa {
-                modulus,
-                public_exponent,
-                ..
-            } => FastRsaKey::new(modulus, public_exponent),
+            JsonWebKey::Rsa { modulus, public_exponent, .. } => FastRsaKey::new(modulus, public_exponent),
             other => Err(format!("expected an RSA key, got {}", other.key_type())),
         }
     }
@@ -377,21 +345,15 @@ pub struct FastRsa {
 
 impl FastRsa {
     pub const fn rs256() -> FastRsa {
-        FastRsa {
-            hash: HashAlg::Sha256,
-        }
+        FastRsa { hash: HashAlg::Sha256 }
     }
 
     pub const fn rs384() -> FastRsa {
-        FastRsa {
-            hash: HashAlg::Sha384,
-        }
+        FastRsa { hash: HashAlg::Sha384 }
     }
 
     pub const fn rs512() -> FastRsa {
-        FastRsa {
-            hash: HashAlg::Sha512,
-        }
+        FastRsa { hash: HashAlg::Sha512 }
     }
 
     pub const fn hash(self) -> HashAlg {
@@ -417,12 +379,7 @@ impl Algorithm for FastRsa {
         match *signing_key {}
     }
 
-    fn verify_signature(
-        &self,
-        signature: &FastRsaSignature,
-        verifying_key: &FastRsaKey,
-        message: &[u8],
-    ) -> bool {
+    fn verify_signature(&self, signature: &FastRsaSignature, verifying_key: &FastRsaKey, message: &[u8]) -> bool {
         verifying_key.verify_pkcs1v15(self.hash, message, &signature.0)
     }
 }
@@ -453,11 +410,7 @@ mod tests {
     }
 
     fn all_sizes() -> [ModulusBits; 3] {
-        [
-            ModulusBits::TwoKibibytes,
-            ModulusBits::ThreeKibibytes,
-            ModulusBits::FourKibibytes,
-        ]
+        [ModulusBits::TwoKibibytes, ModulusBits::ThreeKibibytes, ModulusBits::FourKibibytes]
     }
 
     fn fast_key(public: &RsaPublicKey) -> FastRsaKey {
@@ -466,11 +419,7 @@ mod tests {
 
     fn modulus_and_exponent(public: &RsaPublicKey) -> (Vec<u8>, Vec<u8>) {
         match JsonWebKey::from(public) {
-            JsonWebKey::Rsa {
-                modulus,
-                public_exponent,
-                ..
-            } => (modulus.into_owned(), public_exponent.into_owned()),
+            JsonWebKey::Rsa { modulus, public_exponent, .. } => (modulus.into_owned(), public_exponent.into_owned()),
             other => panic!("not an RSA JWK: {other}"),
         }
     }
@@ -497,11 +446,8 @@ mod tests {
         out
     }
 
-    const HASHES: [(HashAlg, Rsa); 3] = [
-        (HashAlg::Sha256, Rsa::rs256()),
-        (HashAlg::Sha384, Rsa::rs384()),
-        (HashAlg::Sha512, Rsa::rs512()),
-    ];
+    const HASHES: [(HashAlg, Rsa); 3] =
+        [(HashAlg::Sha256, Rsa::rs256()), (HashAlg::Sha384, Rsa::rs384()), (HashAlg::Sha512, Rsa::rs512())];
 
     #[test]
     fn accepts_pkcs1v15_signatures_made_by_rsa_crate() {
@@ -511,10 +457,7 @@ mod tests {
             assert_eq!(key.bits(), bits.bits());
             for (hash, alg) in HASHES {
                 let signature = sign(alg, private, MESSAGE);
-                assert!(
-                    key.verify_pkcs1v15(hash, MESSAGE, &signature),
-                    "{bits:?} {hash:?}"
-                );
+                assert!(key.verify_pkcs1v15(hash, MESSAGE, &signature), "{bits:?} {hash:?}");
             }
         }
     }
@@ -526,10 +469,7 @@ mod tests {
         let signature = sign(Rsa::rs256(), private, MESSAGE);
         for bit in [0, 1, 7, 8, 100, 1000, 2046, 2047] {
             let bad = flip_bit(&signature, bit);
-            assert!(
-                !key.verify_pkcs1v15(HashAlg::Sha256, MESSAGE, &bad),
-                "bit {bit}"
-            );
+            assert!(!key.verify_pkcs1v15(HashAlg::Sha256, MESSAGE, &bad), "bit {bit}");
         }
     }
 
@@ -540,10 +480,7 @@ mod tests {
         let signature = sign(Rsa::rs256(), private, MESSAGE);
         for bit in 0..MESSAGE.len() * 8 {
             let bad = flip_bit(MESSAGE, bit);
-            assert!(
-                !key.verify_pkcs1v15(HashAlg::Sha256, &bad, &signature),
-                "bit {bit}"
-            );
+            assert!(!key.verify_pkcs1v15(HashAlg::Sha256, &bad, &signature), "bit {bit}");
         }
     }
 
@@ -557,10 +494,7 @@ mod tests {
         // bottom one (the modulus would be even); `new` refuses both.
         for bit in [0, 6, 8, 500, 1500, 2041, 2047] {
             let key = FastRsaKey::new(&flip_bit(&n, bit), &e).unwrap();
-            assert!(
-                !key.verify_pkcs1v15(HashAlg::Sha256, MESSAGE, &signature),
-                "bit {bit}"
-            );
+            assert!(!key.verify_pkcs1v15(HashAlg::Sha256, MESSAGE, &signature), "bit {bit}");
         }
     }
 
@@ -601,8 +535,7 @@ mod tests {
     #[test]
     fn rejects_signature_made_with_another_key() {
         let (private, public) = &keypair(ModulusBits::TwoKibibytes);
-        let (other_private, other_public) =
-            load_keypair(include_str!("../testdata/rsa-2048-other.private.jwk.json"));
+        let (other_private, other_public) = load_keypair(include_str!("../testdata/rsa-2048-other.private.jwk.json"));
         let (_, public_3072) = keypair(ModulusBits::ThreeKibibytes);
         let signature = sign(Rsa::rs256(), &other_private, MESSAGE);
         assert!(!fast_key(public).verify_pkcs1v15(HashAlg::Sha256, MESSAGE, &signature));
@@ -650,14 +583,7 @@ mod tests {
         too_large[1024] = 0x01;
         assert!(FastRsaKey::new(&too_large, &e).is_err());
         assert!(FastRsaKey::new(&[], &e).is_err());
-        for bad_e in [
-            &[][..],
-            &[1],
-            &[2],
-            &[0x01, 0x00, 0x00],
-            &[0x02, 0, 0, 0, 1],
-            &[1; 9],
-        ] {
+        for bad_e in [&[][..], &[1], &[2], &[0x01, 0x00, 0x00], &[0x02, 0, 0, 0, 1], &[1; 9]] {
             assert!(FastRsaKey::new(&odd_2048, bad_e).is_err(), "e = {bad_e:?}");
         }
         assert!(FastRsaKey::new(&odd_2048, &[3]).is_ok());
@@ -678,23 +604,16 @@ mod tests {
         let (private, public) = &keypair(ModulusBits::TwoKibibytes);
         let key = fast_key(public);
         let claims = Claims::new(Empty {});
-        for (alg, fast) in [
-            (Rsa::rs256(), FastRsa::rs256()),
-            (Rsa::rs384(), FastRsa::rs384()),
-            (Rsa::rs512(), FastRsa::rs512()),
-        ] {
+        for (alg, fast) in
+            [(Rsa::rs256(), FastRsa::rs256()), (Rsa::rs384(), FastRsa::rs384()), (Rsa::rs512(), FastRsa::rs512())]
+        {
             let token = alg.token(&Header::empty(), &claims, private).unwrap();
             let token = UntrustedToken::new(&token).unwrap();
             assert!(fast.validator::<Empty>(&key).validate(&token).is_ok());
         }
         // A token naming another algorithm is refused before any arithmetic.
-        let token = Rsa::rs384()
-            .token(&Header::empty(), &claims, private)
-            .unwrap();
+        let token = Rsa::rs384().token(&Header::empty(), &claims, private).unwrap();
         let token = UntrustedToken::new(&token).unwrap();
-        assert!(FastRsa::rs256()
-            .validator::<Empty>(&key)
-            .validate(&token)
-            .is_err());
+        assert!(FastRsa::rs256().validator::<Empty>(&key).validate(&token).is_err());
     }
 }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::gateway::{Exchange, Head, HeaderEdits, Step};
 use crate::jwks::{self, FetchState};
 use crate::jwt::{KeySet, KeyStore};
+use crate::rbac::Catalog;
 use crate::reject::Reply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -44,9 +45,7 @@ fn now() -> SystemTime {
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Counters in Envoy's stats (prefixed `wasmcustom.` by Envoy).
@@ -94,6 +93,8 @@ struct Vm {
     /// Per provider: the shared state as last read by this VM.
     states: Vec<FetchState>,
     waiters: Vec<Waiter>,
+    /// Tool operations learned from tools/list replies.
+    catalog: Catalog,
     metrics: Metrics,
 }
 
@@ -118,10 +119,7 @@ impl Root {
 
     /// Read-modify-write of a provider's shared state; `change` returns false to skip
     /// the write. Returns the state written (or read) and whether the write happened.
-    fn update_state(
-        provider: &str,
-        change: impl Fn(&mut FetchState) -> bool,
-    ) -> (FetchState, bool) {
+    fn update_state(provider: &str, change: impl Fn(&mut FetchState) -> bool) -> (FetchState, bool) {
         for _ in 0..4 {
             let (mut state, cas) = Root::read_state(provider);
             if !change(&mut state) {
@@ -154,10 +152,7 @@ impl Root {
                             Ok((keys, _)) => vm.store.install(index, keys),
                             Err(e) => log(
                                 LogLevel::Error,
-                                &format!(
-                                    "mcp-gateway: provider {}: stored JWKS unusable: {e}",
-                                    provider.name
-                                ),
+                                &format!("mcp-gateway: provider {}: stored JWKS unusable: {e}", provider.name),
                             ),
                         }
                     }
@@ -166,18 +161,13 @@ impl Root {
                     *slot = state.clone();
                 }
             }
-            let unknown_kid = vm
-                .borrow()
-                .waiters
-                .iter()
-                .any(|w| w.provider == index && w.refetch);
+            let unknown_kid = vm.borrow().waiters.iter().any(|w| w.provider == index && w.refetch);
             let mine = self.fetches.values().any(|p| *p == index);
             if mine || !state.wants_fetch(now_ms, unknown_kid) {
                 continue;
             }
             let (_, claimed) = Root::update_state(&provider.name, |s| {
-                let go = s.wants_fetch(now_ms, unknown_kid)
-                    && s.may_start(now_ms, source.min_refetch, source.timeout);
+                let go = s.wants_fetch(now_ms, unknown_kid) && s.may_start(now_ms, source.min_refetch, source.timeout);
                 if go {
                     s.start(now_ms);
                 }
@@ -192,20 +182,17 @@ impl Root {
                 (":authority", source.authority.as_str()),
                 ("accept", "application/json"),
             ];
-            match hostcalls::dispatch_http_call(
-                &source.cluster,
-                headers,
-                None,
-                vec![],
-                source.timeout,
-            ) {
+            match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], source.timeout) {
                 Ok(token) => {
                     self.fetches.insert(token, index);
                 }
                 Err(status) => {
                     log(
                         LogLevel::Warn,
-                        &format!("mcp-gateway: provider {}: cannot fetch JWKS from cluster {:?}: {status:?}", provider.name, source.cluster),
+                        &format!(
+                            "mcp-gateway: provider {}: cannot fetch JWKS from cluster {:?}: {status:?}",
+                            provider.name, source.cluster
+                        ),
                     );
                     Root::update_state(&provider.name, |s| {
                         s.failed(now_ms, source.min_refetch);
@@ -229,20 +216,15 @@ impl Root {
             let ready = {
                 let vm = vm.borrow();
                 let state = vm.states.get(w.provider).cloned().unwrap_or_default();
-                let source = vm
-                    .config
-                    .verifier
-                    .providers
-                    .get(w.provider)
-                    .and_then(|p| p.jwks.clone());
+                let source = vm.config.verifier.providers.get(w.provider).and_then(|p| p.jwks.clone());
                 let fetch_ended = state.done_ms > w.since_done_ms;
                 // An unknown kid whose refetch cannot start before the wait ends: refuse now.
                 let hopeless = w.refetch
                     && !fetch_ended
                     && source.is_some_and(|s| {
-                        let next_allowed = state.attempt_ms.saturating_add(
-                            u64::try_from(s.min_refetch.as_millis()).unwrap_or(u64::MAX),
-                        );
+                        let next_allowed = state
+                            .attempt_ms
+                            .saturating_add(u64::try_from(s.min_refetch.as_millis()).unwrap_or(u64::MAX));
                         !state.in_flight(now_ms, s.timeout) && next_allowed > epoch_ms(w.deadline)
                     });
                 fetch_ended || hopeless || now >= w.deadline
@@ -272,13 +254,7 @@ impl Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let (Some(index), Some(vm)) = (self.fetches.remove(&token_id), self.vm.clone()) else {
             return;
         };
@@ -288,26 +264,17 @@ impl Context for Root {
         };
         let Some(source) = &provider.jwks else { return };
         let now_ms = epoch_ms(now());
-        let headers: Vec<(String, String)> =
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
-                .collect();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
+        let headers: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         let status = header(":status").unwrap_or("none").to_owned();
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body =
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
         let parsed = if status == "200" {
-            KeySet::from_jwks(&body, &provider.algorithms)
-                .map(|(set, skipped)| (set.keys.len(), skipped))
+            KeySet::from_jwks(&body, &provider.algorithms).map(|(set, skipped)| (set.keys.len(), skipped))
         } else {
             Err(format!("HTTP status {status}"))
         };
@@ -316,13 +283,7 @@ impl Context for Root {
                 let doc = String::from_utf8_lossy(&body).into_owned();
                 let max_age = header("cache-control").and_then(jwks::max_age);
                 Root::update_state(&provider.name, |s| {
-                    s.succeeded(
-                        now_ms,
-                        doc.clone(),
-                        max_age,
-                        source.refresh,
-                        source.min_refetch,
-                    );
+                    s.succeeded(now_ms, doc.clone(), max_age, source.refresh, source.min_refetch);
                     true
                 });
                 log(
@@ -330,11 +291,7 @@ impl Context for Root {
                     &format!(
                         "mcp-gateway: provider {}: loaded {count} keys from JWKS{}",
                         provider.name,
-                        if skipped.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (skipped: {})", skipped.join("; "))
-                        }
+                        if skipped.is_empty() { String::new() } else { format!(" (skipped: {})", skipped.join("; ")) }
                     ),
                 );
                 Metrics::bump(vm.borrow().metrics.jwks_fetch_success);
@@ -344,17 +301,10 @@ impl Context for Root {
                     s.failed(now_ms, source.min_refetch);
                     true
                 });
-                let keeping = if state.jwks.is_some() {
-                    "keeping the last good keys"
-                } else {
-                    "no keys loaded yet"
-                };
+                let keeping = if state.jwks.is_some() { "keeping the last good keys" } else { "no keys loaded yet" };
                 log(
                     LogLevel::Warn,
-                    &format!(
-                        "mcp-gateway: provider {}: JWKS fetch failed: {reason}; {keeping}",
-                        provider.name
-                    ),
+                    &format!("mcp-gateway: provider {}: JWKS fetch failed: {reason}; {keeping}", provider.name),
                 );
                 Metrics::bump(vm.borrow().metrics.jwks_fetch_failure);
             }
@@ -369,17 +319,11 @@ impl RootContext for Root {
         let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(raw)) => raw,
             Ok(None) => {
-                log(
-                    LogLevel::Critical,
-                    "mcp-gateway: plugin configuration is empty",
-                );
+                log(LogLevel::Critical, "mcp-gateway: plugin configuration is empty");
                 return false;
             }
             Err(status) => {
-                log(
-                    LogLevel::Critical,
-                    &format!("mcp-gateway: cannot read plugin configuration: {status:?}"),
-                );
+                log(LogLevel::Critical, &format!("mcp-gateway: cannot read plugin configuration: {status:?}"));
                 return false;
             }
         };
@@ -400,14 +344,10 @@ impl RootContext for Root {
                     states: vec![FetchState::default(); providers],
                     config: Rc::new(config),
                     waiters: Vec::new(),
+                    catalog: Catalog::default(),
                     metrics: Metrics::define(),
                 };
-                let remote = vm
-                    .config
-                    .verifier
-                    .providers
-                    .iter()
-                    .any(|p| p.jwks.is_some());
+                let remote = vm.config.verifier.providers.iter().any(|p| p.jwks.is_some());
                 self.vm = Some(Rc::new(RefCell::new(vm)));
                 if remote && hostcalls::set_tick_period(TICK).is_err() {
                     log(LogLevel::Critical, "mcp-gateway: cannot set tick period");
@@ -430,11 +370,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter {
-            context_id,
-            vm: self.vm.clone(),
-            request: Rc::new(RefCell::new(Request::default())),
-        }))
+        Some(Box::new(Filter { context_id, vm: self.vm.clone(), request: Rc::new(RefCell::new(Request::default())) }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -460,7 +396,12 @@ struct Request {
     phase: Phase,
     /// The complete body, when it arrived while the request waited for keys.
     body: Option<Vec<u8>>,
+    /// Content type of a response being buffered for rewriting.
+    response_type: Option<String>,
 }
+
+/// Largest list reply buffered for filtering.
+const MAX_LIST_REPLY: usize = 4 * 1024 * 1024;
 
 /// One HTTP request.
 struct Filter {
@@ -473,11 +414,7 @@ impl Context for Filter {}
 
 fn send(request: &Rc<RefCell<Request>>, reply: Reply) -> Action {
     request.borrow_mut().phase = Phase::Replied;
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(n, v)| (*n, v.as_str()))
-        .collect();
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if hostcalls::send_http_response(reply.status, headers, Some(&reply.body)).is_err() {
         let _ = hostcalls::reset_http_request();
     }
@@ -486,30 +423,24 @@ fn send(request: &Rc<RefCell<Request>>, reply: Reply) -> Action {
 
 /// Last resort when the host misbehaves: refuse without a JSON-RPC body.
 fn fail_closed(request: &Rc<RefCell<Request>>, what: &str) -> Action {
-    log(
-        LogLevel::Error,
-        &format!("mcp-gateway: {what}; refusing request"),
-    );
+    log(LogLevel::Error, &format!("mcp-gateway: {what}; refusing request"));
     send(
         request,
         Reply {
             status: 500,
             headers: vec![("content-type", "application/json".to_owned())],
-            body:
-                br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#
-                    .to_vec(),
+            body: br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#.to_vec(),
         },
     )
 }
 
 fn apply(edits: &HeaderEdits) -> bool {
-    let removed = edits
-        .remove
+    let removed =
+        edits.remove.iter().all(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok());
+    let set = edits
+        .set
         .iter()
-        .all(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok());
-    let set = edits.set.iter().all(|(name, value)| {
-        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
-    });
+        .all(|(name, value)| hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok());
     removed && set
 }
 
@@ -548,14 +479,7 @@ fn act(
                 // The body arrived while we waited for keys: decide on it now.
                 Some(body) => {
                     let step = decide_body(vm, request, &body);
-                    act(
-                        vm,
-                        request,
-                        context_id,
-                        step,
-                        &HeaderEdits::default(),
-                        resumed,
-                    )
+                    act(vm, request, context_id, step, &HeaderEdits::default(), resumed)
                 }
                 None => Action::Pause,
             }
@@ -593,10 +517,10 @@ fn act(
 }
 
 fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> Step {
-    let config = vm.borrow().config.clone();
+    let vm = vm.borrow();
     let mut r = request.borrow_mut();
     match r.exchange.as_mut() {
-        Some(ex) => ex.on_request_body(&config, body),
+        Some(ex) => ex.on_request_body(&vm.config, &vm.catalog, body),
         None => Step::Continue,
     }
 }
@@ -607,14 +531,10 @@ impl HttpContext for Filter {
             return fail_closed(&self.request, "no configuration");
         };
         // Bytes, not strings: the SDK's string variant panics on non-UTF-8 values.
-        let headers: Vec<(String, String)> =
-            match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-                Ok(h) => h
-                    .into_iter()
-                    .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
-                    .collect(),
-                Err(_) => return fail_closed(&self.request, "cannot read request headers"),
-            };
+        let headers: Vec<(String, String)> = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+            Ok(h) => h.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect(),
+            Err(_) => return fail_closed(&self.request, "cannot read request headers"),
+        };
         let started = now();
         let mut exchange = Exchange::new(started);
         let (step, edits) = {
@@ -638,12 +558,8 @@ impl HttpContext for Filter {
             return fail_closed(&self.request, "no configuration");
         };
         let config = vm.borrow().config.clone();
-        let too_large = self
-            .request
-            .borrow_mut()
-            .exchange
-            .as_mut()
-            .and_then(|ex| ex.on_body_progress(&config, body_size));
+        let too_large =
+            self.request.borrow_mut().exchange.as_mut().and_then(|ex| ex.on_body_progress(&config, body_size));
         if let Some(reply) = too_large {
             return send(&self.request, reply);
         }
@@ -660,14 +576,7 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         let step = decide_body(&vm, &self.request, &body);
-        act(
-            &vm,
-            &self.request,
-            self.context_id,
-            step,
-            &HeaderEdits::default(),
-            false,
-        )
+        act(&vm, &self.request, self.context_id, step, &HeaderEdits::default(), false)
     }
 
     /// MCP clients never send request trailers; a body that ends in trailers never
@@ -678,12 +587,7 @@ impl HttpContext for Filter {
             Phase::Replied => Action::Pause,
             Phase::Forwarded => Action::Continue,
             _ => {
-                let reply = self
-                    .request
-                    .borrow_mut()
-                    .exchange
-                    .as_mut()
-                    .and_then(Exchange::on_request_trailers);
+                let reply = self.request.borrow_mut().exchange.as_mut().and_then(Exchange::on_request_trailers);
                 match reply {
                     Some(reply) => send(&self.request, reply),
                     None => Action::Continue,
@@ -692,12 +596,59 @@ impl HttpContext for Filter {
         }
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let rewrites = self.request.borrow().exchange.as_ref().is_some_and(Exchange::rewrites_response);
+        if !rewrites {
+            return Action::Continue;
+        }
+        let content_type = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        // The body will change length.
+        let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
+        self.request.borrow_mut().response_type = Some(content_type);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(content_type) = self.request.borrow().response_type.clone() else {
+            return Action::Continue;
+        };
+        if body_size > MAX_LIST_REPLY {
+            log(LogLevel::Warn, "mcp-gateway: list reply too large to filter; dropping it");
+            let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, b"");
+            self.request.borrow_mut().response_type = None;
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(vm) = self.vm.clone() else { return Action::Continue };
+        let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let rewritten = {
+            let mut vmb = vm.borrow_mut();
+            let Vm { config, catalog, .. } = &mut *vmb;
+            let config = config.clone();
+            let mut r = self.request.borrow_mut();
+            r.exchange.as_mut().and_then(|ex| ex.on_response_body(&config, catalog, &content_type, &body))
+        };
+        // A reply that cannot be read is not passed on (fail closed).
+        let replacement = rewritten.unwrap_or_else(|| {
+            log(LogLevel::Warn, "mcp-gateway: list reply not understood; dropping it");
+            Vec::new()
+        });
+        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &replacement).is_err() {
+            let _ = hostcalls::reset_http_response();
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         if let Some(vm) = &self.vm {
             // A request that ends while waiting must not be resumed later.
-            vm.borrow_mut()
-                .waiters
-                .retain(|w| w.context_id != self.context_id);
+            vm.borrow_mut().waiters.retain(|w| w.context_id != self.context_id);
         }
         let Some(exchange) = self.request.borrow_mut().exchange.take() else {
             return;
@@ -717,11 +668,7 @@ impl HttpContext for Filter {
         if let Some(vm) = &self.vm {
             let metrics = &vm.borrow().metrics;
             let allowed = record.decision == Some(crate::audit::Outcome::Allow);
-            Metrics::bump(if allowed {
-                metrics.allowed
-            } else {
-                metrics.denied
-            });
+            Metrics::bump(if allowed { metrics.allowed } else { metrics.denied });
         }
         log(LogLevel::Info, &record.to_line());
     }

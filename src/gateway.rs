@@ -10,8 +10,10 @@ use crate::audit::{timestamp, AuditRecord, Outcome};
 use crate::config::{Config, Server, UpstreamAuth};
 use crate::discovery;
 use crate::headers;
-use crate::jsonrpc;
+use crate::jsonrpc::{self, Message, Target};
 use crate::jwt::{bearer_token, AuthError, KeyStore, Principal, Verdict};
+use crate::listing::{self, ListKind};
+use crate::rbac::{Catalog, Denial};
 use crate::reject::{reply, Refusal, Reply};
 use serde_json::Value;
 use std::time::SystemTime;
@@ -29,17 +31,11 @@ impl Head {
 
     /// First value of a header (names compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn header_count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
     }
 
     pub fn method(&self) -> &str {
@@ -83,6 +79,8 @@ pub struct Exchange {
     principal: Option<Principal>,
     server: Option<Server>,
     metadata_url: Option<String>,
+    /// Set when the allowed request is a list whose reply gets filtered.
+    list: Option<ListKind>,
     record: AuditRecord,
 }
 
@@ -95,10 +93,8 @@ impl Exchange {
             principal: None,
             server: None,
             metadata_url: None,
-            record: AuditRecord {
-                timestamp: timestamp(started),
-                ..Default::default()
-            },
+            list: None,
+            record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
 
@@ -146,10 +142,7 @@ impl Exchange {
                 (step, edits)
             }
             Ok(step) => (step, HeaderEdits::default()),
-            Err(refusal) => (
-                Step::Reply(self.refuse(&refusal, None)),
-                HeaderEdits::default(),
-            ),
+            Err(refusal) => (Step::Reply(self.refuse(&refusal, None)), HeaderEdits::default()),
         }
     }
 
@@ -167,15 +160,9 @@ impl Exchange {
         // Defence in depth: Envoy normalizes paths before routing (normalize_path), so a
         // path that still holds dot segments or encoded separators is refused rather
         // than risking the router and the filter seeing different servers.
-        let server = is_plain_path(&path)
-            .then(|| config.server_for(&path))
-            .flatten();
+        let server = is_plain_path(&path).then(|| config.server_for(&path)).flatten();
         if let Some(md) = &config.resource_metadata {
-            let base = discovery::base_url(
-                md,
-                self.head.header(":scheme"),
-                self.head.header(":authority"),
-            );
+            let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
             self.metadata_url = Some(discovery::metadata_url(&base, server));
         }
         let server = server.ok_or(Refusal::UnknownServer)?.clone();
@@ -190,51 +177,23 @@ impl Exchange {
             Ok(p) => p,
             Err(Verdict::Invalid(e)) => return Err(e.into()),
             Err(Verdict::NoKeysYet { provider }) if final_attempt => {
-                let name = config
-                    .verifier
-                    .providers
-                    .get(provider)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default();
+                let name = config.verifier.providers.get(provider).map(|p| p.name.clone()).unwrap_or_default();
                 return Err(Refusal::KeysUnavailable { provider: name });
             }
-            Err(Verdict::UnknownKid { .. }) if final_attempt => {
-                return Err(AuthError::UnknownKeyId.into())
-            }
-            Err(Verdict::NoKeysYet { provider }) => {
-                return Ok(Step::WaitForKeys {
-                    provider,
-                    refetch: false,
-                })
-            }
-            Err(Verdict::UnknownKid { provider }) => {
-                return Ok(Step::WaitForKeys {
-                    provider,
-                    refetch: true,
-                })
-            }
+            Err(Verdict::UnknownKid { .. }) if final_attempt => return Err(AuthError::UnknownKeyId.into()),
+            Err(Verdict::NoKeysYet { provider }) => return Ok(Step::WaitForKeys { provider, refetch: false }),
+            Err(Verdict::UnknownKid { provider }) => return Ok(Step::WaitForKeys { provider, refetch: true }),
         };
         self.record.user_id = Some(principal.user_id.clone());
         self.record.roles = principal.roles.clone();
         if let Some(md) = &config.resource_metadata {
-            let missing = md
-                .required_scopes
-                .iter()
-                .any(|s| !principal.scopes.contains(s));
+            let missing = md.required_scopes.iter().any(|s| !principal.scopes.contains(s));
             if missing {
-                return Err(Refusal::InsufficientScope {
-                    required: md.required_scopes.clone(),
-                });
+                return Err(Refusal::InsufficientScope { required: md.required_scopes.clone() });
             }
         }
-        let server_name = self
-            .server
-            .as_ref()
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
-        let role = config
-            .policy
-            .allows_server(&principal.roles, &server_name)?;
+        let server_name = self.server.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let role = config.policy.allows_server(&principal.roles, &server_name)?;
         self.principal = Some(principal);
         if !is_post {
             self.allow(role);
@@ -249,9 +208,7 @@ impl Exchange {
             .and_then(|l| l.trim().parse::<u64>().ok())
             .is_some_and(|l| l > config.max_body_bytes as u64);
         if too_long {
-            return Err(Refusal::BodyTooLarge {
-                limit: config.max_body_bytes,
-            });
+            return Err(Refusal::BodyTooLarge { limit: config.max_body_bytes });
         }
         if self.end_of_stream {
             return Err(Refusal::Parse(jsonrpc::ParseError::Empty));
@@ -266,11 +223,7 @@ impl Exchange {
         }
         let found = config.resource_metadata.as_ref().and_then(|md| {
             discovery::lookup(&config.servers, path).map(|server| {
-                let base = discovery::base_url(
-                    md,
-                    self.head.header(":scheme"),
-                    self.head.header(":authority"),
-                );
+                let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
                 discovery::document(md, &base, server)
             })
         });
@@ -285,11 +238,7 @@ impl Exchange {
                 body: serde_json::to_vec(&doc).unwrap_or_default(),
             },
             (_, None) => return Some(self.refuse(&Refusal::UnknownServer, None)),
-            (other, Some(_)) => {
-                return Some(
-                    self.refuse(&Refusal::HttpMethod(other.chars().take(16).collect()), None),
-                )
-            }
+            (other, Some(_)) => return Some(self.refuse(&Refusal::HttpMethod(other.chars().take(16).collect()), None)),
         };
         self.record.decision = Some(Outcome::Allow);
         self.record.reason = Some("protected resource metadata".into());
@@ -299,18 +248,13 @@ impl Exchange {
     /// Called as body data arrives, with the total buffered so far. Returns a reply
     /// when the body is over the limit.
     pub fn on_body_progress(&mut self, config: &Config, buffered: usize) -> Option<Reply> {
-        (buffered > config.max_body_bytes).then(|| {
-            self.refuse(
-                &Refusal::BodyTooLarge {
-                    limit: config.max_body_bytes,
-                },
-                None,
-            )
-        })
+        (buffered > config.max_body_bytes)
+            .then(|| self.refuse(&Refusal::BodyTooLarge { limit: config.max_body_bytes }, None))
     }
 
-    /// Decides on the complete body of a POST.
-    pub fn on_request_body(&mut self, config: &Config, body: &[u8]) -> Step {
+    /// Decides on the complete body of a POST. `catalog` holds tool operations learned
+    /// from earlier tools/list replies.
+    pub fn on_request_body(&mut self, config: &Config, catalog: &Catalog, body: &[u8]) -> Step {
         if let Some(reply) = self.on_body_progress(config, body.len()) {
             return Step::Reply(reply);
         }
@@ -324,24 +268,81 @@ impl Exchange {
         self.record.method = (!message.method.is_empty()).then(|| message.method.clone());
         self.record.target = message.target.as_ref().map(|t| t.name().to_owned());
         self.record.jsonrpc_id = message.id.clone();
-        self.record.params = message
-            .arguments
-            .as_ref()
-            .map(|a| config.redactor.redact(a));
+        self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
+        // MCP 2026-07-28 repeats the method and name in headers (for routing); they must
+        // agree with the body, which is what authorization reads.
+        if let Some(header) = self.disagreeing_header(&message) {
+            return Step::Reply(self.refuse(&Refusal::HeaderMismatch { header }, message.id));
+        }
         let (Some(principal), Some(server)) = (&self.principal, &self.server) else {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
         };
-        match config
-            .policy
-            .allows_message(&principal.roles, &server.name, &message)
-        {
-            Ok(role) => {
-                self.allow(role);
+        match decide(config, catalog, principal, &server.name, &message) {
+            Ok(rule) => {
+                self.allow(rule);
+                self.list = ListKind::of_method(&message.method);
                 Step::Continue
             }
-            Err(denial) => Step::Reply(self.refuse(&Refusal::Forbidden(denial), message.id)),
+            Err(denial) => {
+                let shadow = config.policy.shadow || matches!(&denial, Denial::Resource(d) if d.shadow);
+                if shadow {
+                    self.record.decision = Some(Outcome::WouldDeny);
+                    self.record.reason = Some(format!("shadow: {denial}"));
+                    return Step::Continue;
+                }
+                let hide = config.policy.hide_denied_tools && denial.hides_tool();
+                let refusal = match (&message.target, hide) {
+                    (Some(Target::Tool(name)), true) => Refusal::UnknownTool { name: name.clone(), denial },
+                    _ => Refusal::Forbidden(denial),
+                };
+                Step::Reply(self.refuse(&refusal, message.id))
+            }
         }
+    }
+
+    fn disagreeing_header(&self, message: &Message) -> Option<&'static str> {
+        if let Some(method) = self.head.header("mcp-method") {
+            if method.trim() != message.method {
+                return Some("Mcp-Method");
+            }
+        }
+        if let Some(name) = self.head.header("mcp-name") {
+            if message.target.as_ref().map(Target::name) != Some(name.trim()) {
+                return Some("Mcp-Name");
+            }
+        }
+        None
+    }
+
+    /// Whether the response body must be buffered and rewritten (a list reply).
+    pub fn rewrites_response(&self) -> bool {
+        self.list.is_some()
+    }
+
+    /// Rewrites a complete list reply so the caller only sees what they may use, and
+    /// learns tool operations from tools/list. `None`: the reply could not be read and
+    /// must not reach the client (fail closed).
+    pub fn on_response_body(
+        &mut self,
+        config: &Config,
+        catalog: &mut Catalog,
+        content_type: &str,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        let kind = self.list?;
+        let (Some(principal), Some(server)) = (&self.principal, &self.server) else { return None };
+        if kind == ListKind::Tools {
+            if let Some(tools) = listing::items(body, content_type, kind) {
+                catalog.learn(&server.name, &tools);
+            }
+        }
+        let mut keep = |item: &Value| visible(config, catalog, principal, &server.name, kind, item);
+        let (rewritten, filtered) = listing::filter_reply(body, content_type, kind, &mut keep)?;
+        if !filtered.removed.is_empty() {
+            self.record.hidden = Some(filtered.removed);
+        }
+        Some(rewritten)
     }
 
     /// Request trailers arrived. A POST still waiting for its body is refused: the body
@@ -349,36 +350,24 @@ impl Exchange {
     pub fn on_request_trailers(&mut self) -> Option<Reply> {
         let waiting = self.record.decision.is_none();
         waiting.then(|| {
-            self.refuse(
-                &Refusal::Parse(jsonrpc::ParseError::Invalid(
-                    "request trailers are not supported",
-                )),
-                None,
-            )
+            self.refuse(&Refusal::Parse(jsonrpc::ParseError::Invalid("request trailers are not supported")), None)
         })
     }
 
     /// The audit record, once the response is complete. `status` is the HTTP status
     /// sent to the client (0 when the stream was reset before a response).
-    pub fn finish(
-        mut self,
-        status: u32,
-        now: SystemTime,
-        client_ip: Option<String>,
-    ) -> AuditRecord {
+    pub fn finish(mut self, status: u32, now: SystemTime, client_ip: Option<String>) -> AuditRecord {
         self.record.status = status;
-        self.record.response_time_ms = now
-            .duration_since(self.started)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        self.record.response_time_ms =
+            now.duration_since(self.started).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
         self.record.client_ip = client_ip;
         if self.record.decision.is_none() {
             // The client went away before a decision (e.g. mid-body).
             self.record.decision = Some(Outcome::Deny);
             self.record.reason = Some("request incomplete".into());
         }
-        self.record.success =
-            self.record.decision == Some(Outcome::Allow) && (200..400).contains(&status);
+        let let_through = matches!(self.record.decision, Some(Outcome::Allow | Outcome::WouldDeny));
+        self.record.success = let_through && (200..400).contains(&status);
         self.record
     }
 
@@ -397,12 +386,8 @@ impl Exchange {
     /// unless this server opted in to it, and set our own identity headers.
     fn edits(&self) -> HeaderEdits {
         let head = &self.head;
-        let mut remove: Vec<String> = head
-            .headers
-            .iter()
-            .filter(|(n, _)| headers::is_spoofable(n))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let mut remove: Vec<String> =
+            head.headers.iter().filter(|(n, _)| headers::is_spoofable(n)).map(|(n, _)| n.clone()).collect();
         let upstream_auth = self.server.as_ref().map(|s| &s.upstream_auth);
         if upstream_auth != Some(&UpstreamAuth::ForwardClientToken) {
             remove.push("authorization".into());
@@ -414,11 +399,7 @@ impl Exchange {
         }
         if let Some(p) = &self.principal {
             set.push((headers::USER_ID.into(), headers::header_safe(&p.user_id)));
-            let roles: Vec<String> = p
-                .roles
-                .iter()
-                .map(|r| headers::header_safe(r).replace(',', "%2C"))
-                .collect();
+            let roles: Vec<String> = p.roles.iter().map(|r| headers::header_safe(r).replace(',', "%2C")).collect();
             set.push((headers::ROLES.into(), roles.join(",")));
         }
         if let Some(server) = &self.server {
@@ -439,12 +420,59 @@ impl Exchange {
     }
 }
 
-fn authenticate(
+/// The authorization decision for one message: RBAC, then the server's resource policy.
+/// `mcpgw explain` calls this too, so it and the filter cannot disagree.
+pub fn decide(
     config: &Config,
-    store: &mut KeyStore,
-    head: &Head,
-    now: SystemTime,
-) -> Result<Principal, Verdict> {
+    catalog: &Catalog,
+    principal: &Principal,
+    server: &str,
+    message: &Message,
+) -> Result<String, Denial> {
+    let mut rule = config.policy.allows_message(&principal.roles, server, message, catalog)?;
+    if let Some(policy) = config.resource_policies.get(server) {
+        let resources = policy.check_message(principal, message).map_err(Denial::Resource)?;
+        for r in resources {
+            rule.push_str("; ");
+            rule.push_str(&r);
+        }
+    }
+    Ok(rule)
+}
+
+/// Whether a list item (tool, prompt, resource) is one the caller may use: the same
+/// decision as for calling or reading it.
+pub fn visible(
+    config: &Config,
+    catalog: &Catalog,
+    principal: &Principal,
+    server: &str,
+    kind: ListKind,
+    item: &Value,
+) -> bool {
+    let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (method, target) = match kind {
+        ListKind::Tools => ("tools/call", text("name").map(Target::Tool)),
+        ListKind::Prompts => ("prompts/get", text("name").map(Target::Prompt)),
+        ListKind::Resources => ("resources/read", text("uri").map(Target::Resource)),
+        ListKind::ResourceTemplates => ("resources/read", text("uriTemplate").map(Target::Resource)),
+    };
+    let Some(target) = target else { return false };
+    let probe = Message {
+        kind: jsonrpc::Kind::Request,
+        id: None,
+        method: method.to_owned(),
+        target: Some(target),
+        arguments: None,
+    };
+    match kind {
+        // Templates cannot be checked against resource rules; RBAC on the template decides.
+        ListKind::ResourceTemplates => config.policy.allows_message(&principal.roles, server, &probe, catalog).is_ok(),
+        _ => decide(config, catalog, principal, server, &probe).is_ok(),
+    }
+}
+
+fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemTime) -> Result<Principal, Verdict> {
     let token = match head.header_count("authorization") {
         0 => return Err(AuthError::MissingToken.into()),
         1 => bearer_token(head.header("authorization").unwrap_or_default())?,
@@ -467,15 +495,14 @@ fn is_plain_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.contains('\\')
         && !path.split('/').any(|seg| seg == "." || seg == "..")
-        && !["%2e", "%2f", "%5c", "%25"]
-            .iter()
-            .any(|enc| lower.contains(enc))
+        && !["%2e", "%2f", "%5c", "%25"].iter().any(|enc| lower.contains(enc))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::jwt::KeyStore;
+    use crate::rbac::Catalog;
     use crate::reject::code;
     use jwt_compact::alg::{Hs256, Hs256Key};
     use jwt_compact::{AlgorithmExt, Claims, Header, TimeOptions};
@@ -511,13 +538,7 @@ mod tests {
             &TimeOptions::new(chrono::Duration::zero(), || SystemTime::now().into()),
             chrono::Duration::minutes(5),
         );
-        Hs256
-            .token(
-                &Header::empty().with_key_id("k"),
-                &claims,
-                &Hs256Key::new(SECRET),
-            )
-            .unwrap()
+        Hs256.token(&Header::empty().with_key_id("k"), &claims, &Hs256Key::new(SECRET)).unwrap()
     }
 
     /// A small request builder: `request().post("/mcp/github").by("alice", &["developer"])`.
@@ -553,21 +574,13 @@ mod tests {
             self.header("authorization", &format!("Bearer {t}"))
         }
         fn head(&self) -> Head {
-            let mut headers = vec![
-                (":method".to_string(), self.method.to_string()),
-                (":path".to_string(), self.path.clone()),
-            ];
+            let mut headers =
+                vec![(":method".to_string(), self.method.to_string()), (":path".to_string(), self.path.clone())];
             headers.extend(self.headers.iter().cloned());
             Head::new(headers)
         }
         fn headers_step(&self, ex: &mut Exchange) -> (Step, HeaderEdits) {
-            ex.on_request_headers(
-                &config(),
-                &mut KeyStore::new(1, 8),
-                self.head(),
-                self.method != "POST",
-                now(),
-            )
+            ex.on_request_headers(&config(), &mut KeyStore::new(1, 8), self.head(), self.method != "POST", now())
         }
     }
 
@@ -591,28 +604,17 @@ mod tests {
 
     #[test]
     fn allows_a_developer_tool_call_and_sets_identity_headers() {
-        let req = request()
-            .by("alice", &["developer"])
-            .header("X-MCP-User-Id", "mallory")
-            .header("x-request-id", "r-1");
+        let req =
+            request().by("alice", &["developer"]).header("X-MCP-User-Id", "mallory").header("x-request-id", "r-1");
         let mut ex = Exchange::new(now());
         let (step, edits) = req.headers_step(&mut ex);
         assert_eq!(step, Step::WaitForBody);
         assert!(edits.remove.contains(&"X-MCP-User-Id".to_string()));
         assert!(edits.remove.contains(&"authorization".to_string()));
-        assert!(edits
-            .set
-            .contains(&(headers::USER_ID.to_string(), "alice".to_string())));
-        assert!(edits
-            .set
-            .contains(&(headers::ROLES.to_string(), "developer".to_string())));
-        assert!(edits
-            .set
-            .contains(&(headers::REQUEST_ID.to_string(), "r-1".to_string())));
-        assert_eq!(
-            ex.on_request_body(&config(), &call("create_issue")),
-            Step::Continue
-        );
+        assert!(edits.set.contains(&(headers::USER_ID.to_string(), "alice".to_string())));
+        assert!(edits.set.contains(&(headers::ROLES.to_string(), "developer".to_string())));
+        assert!(edits.set.contains(&(headers::REQUEST_ID.to_string(), "r-1".to_string())));
+        assert_eq!(ex.on_request_body(&config(), &Catalog::default(), &call("create_issue")), Step::Continue);
         let rec = ex.finish(200, now(), Some("127.0.0.1".into()));
         assert_eq!(rec.decision, Some(Outcome::Allow));
         assert!(rec.success);
@@ -625,7 +627,7 @@ mod tests {
         let req = request().by("bob", &["readonly"]);
         let mut ex = Exchange::new(now());
         assert_eq!(req.headers_step(&mut ex).0, Step::WaitForBody);
-        let step = ex.on_request_body(&config(), &call("create_issue"));
+        let step = ex.on_request_body(&config(), &Catalog::default(), &call("create_issue"));
         assert_eq!(status(&step), Some(403));
         assert_eq!(body_of(&step)["id"], 5);
         assert_eq!(body_of(&step)["error"]["code"], code::FORBIDDEN);
@@ -647,37 +649,17 @@ mod tests {
             (ok().path("/mcp/github/../filesystem"), 404),
             (ok().path("/mcp/github/%2e%2e/filesystem"), 404),
             (ok().method("PUT"), 405),
-            (
-                request().by("bob", &["readonly"]).path("/mcp/filesystem"),
-                403,
-            ),
+            (request().by("bob", &["readonly"]).path("/mcp/filesystem"), 403),
             (request().by("eve", &["intern"]), 403),
-            (
-                Req {
-                    headers: vec![],
-                    ..ok()
-                }
-                .by("alice", &["developer"]),
-                415,
-            ),
+            (Req { headers: vec![], ..ok() }.by("alice", &["developer"]), 415),
             (ok().header("content-length", "4096"), 413),
         ];
         for (req, expected) in cases {
             let mut ex = Exchange::new(now());
             let (step, edits) = req.headers_step(&mut ex);
-            assert_eq!(
-                status(&step),
-                Some(expected),
-                "{} {} {:?}",
-                req.method,
-                req.path,
-                req.headers
-            );
+            assert_eq!(status(&step), Some(expected), "{} {} {:?}", req.method, req.path, req.headers);
             assert_eq!(edits, HeaderEdits::default());
-            assert_eq!(
-                ex.finish(expected, now(), None).decision,
-                Some(Outcome::Deny)
-            );
+            assert_eq!(ex.finish(expected, now(), None).decision, Some(Outcome::Deny));
         }
     }
 
@@ -685,9 +667,7 @@ mod tests {
     fn lower_case_bearer_is_accepted() {
         let t = token("alice", &["developer"]);
         let mut ex = Exchange::new(now());
-        let (step, _) = request()
-            .header("authorization", &format!("bearer {t}"))
-            .headers_step(&mut ex);
+        let (step, _) = request().header("authorization", &format!("bearer {t}")).headers_step(&mut ex);
         assert_eq!(step, Step::WaitForBody);
     }
 
@@ -695,10 +675,7 @@ mod tests {
     fn get_and_delete_are_authenticated_without_a_body() {
         for m in ["GET", "DELETE"] {
             let mut ex = Exchange::new(now());
-            let (step, _) = request()
-                .method(m)
-                .by("alice", &["developer"])
-                .headers_step(&mut ex);
+            let (step, _) = request().method(m).by("alice", &["developer"]).headers_step(&mut ex);
             assert_eq!(step, Step::Continue);
             let mut ex = Exchange::new(now());
             let (step, _) = request().method(m).headers_step(&mut ex);
@@ -712,27 +689,23 @@ mod tests {
             (b"", 400, -32700),
             (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"met", 400, -32700),
             (b"\x80\x81", 400, -32700),
-            (b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"get_x\"}}]", 400, -32600),
+            (
+                b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"get_x\"}}]",
+                400,
+                -32600,
+            ),
             (b"{\"jsonrpc\":\"2.0\",\"id\":1}", 400, -32600),
         ];
         for (body, st, code) in cases {
             let mut ex = Exchange::new(now());
             request().by("alice", &["developer"]).headers_step(&mut ex);
-            let step = ex.on_request_body(&config(), body);
-            assert_eq!(
-                status(&step),
-                Some(st),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+            let step = ex.on_request_body(&config(), &Catalog::default(), body);
+            assert_eq!(status(&step), Some(st), "{:?}", String::from_utf8_lossy(body));
             assert_eq!(body_of(&step)["error"]["code"], code);
         }
         let mut ex = Exchange::new(now());
         request().by("alice", &["developer"]).headers_step(&mut ex);
-        assert_eq!(
-            status(&Step::Reply(ex.on_body_progress(&config(), 2048).unwrap())),
-            Some(413)
-        );
+        assert_eq!(status(&Step::Reply(ex.on_body_progress(&config(), 2048).unwrap())), Some(413));
     }
 
     #[test]
@@ -751,16 +724,9 @@ mod tests {
     #[test]
     fn identity_header_values_are_sanitized() {
         let mut ex = Exchange::new(now());
-        let (_, edits) = request()
-            .by("al\r\nice", &["dev,eloper", "developer"])
-            .headers_step(&mut ex);
-        assert!(edits
-            .set
-            .contains(&(headers::USER_ID.to_string(), "al%0D%0Aice".to_string())));
-        assert!(edits.set.contains(&(
-            headers::ROLES.to_string(),
-            "dev%2Celoper,developer".to_string()
-        )));
+        let (_, edits) = request().by("al\r\nice", &["dev,eloper", "developer"]).headers_step(&mut ex);
+        assert!(edits.set.contains(&(headers::USER_ID.to_string(), "al%0D%0Aice".to_string())));
+        assert!(edits.set.contains(&(headers::ROLES.to_string(), "dev%2Celoper,developer".to_string())));
     }
 
     #[test]
@@ -769,10 +735,7 @@ mod tests {
         request().by("alice", &["developer"]).headers_step(&mut ex);
         assert_eq!(ex.on_request_trailers().map(|r| r.status), Some(400));
         let mut ex = Exchange::new(now());
-        request()
-            .method("GET")
-            .by("alice", &["developer"])
-            .headers_step(&mut ex);
+        request().method("GET").by("alice", &["developer"]).headers_step(&mut ex);
         assert_eq!(ex.on_request_trailers(), None);
     }
 
@@ -794,24 +757,14 @@ mod tests {
         let mut store = KeyStore::new(1, 8);
         // {"alg":"ES256","kid":"k"} . {"iss":"i"} . sig
         let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsifQ.eyJpc3MiOiJpIn0.c2ln";
-        let head = request()
-            .header("authorization", &format!("Bearer {token}"))
-            .head();
+        let head = request().header("authorization", &format!("Bearer {token}")).head();
         let mut ex = Exchange::new(now());
         let (step, edits) = ex.on_request_headers(&config, &mut store, head, false, now());
-        assert_eq!(
-            step,
-            Step::WaitForKeys {
-                provider: 0,
-                refetch: false
-            }
-        );
+        assert_eq!(step, Step::WaitForKeys { provider: 0, refetch: false });
         assert_eq!(edits, HeaderEdits::default());
         let (step, _) = ex.resume(&config, &mut store, now(), true);
         assert_eq!(status(&step), Some(503));
-        let Step::Reply(reply) = step else {
-            unreachable!()
-        };
+        let Step::Reply(reply) = step else { unreachable!() };
         assert_eq!(reply.header("retry-after"), Some("1"));
     }
 
@@ -820,23 +773,15 @@ mod tests {
         let config = remote_config();
         let mut store = KeyStore::new(1, 8);
         let mut ex = Exchange::new(now());
-        let head = request()
-            .method("GET")
-            .path("/.well-known/oauth-protected-resource/mcp/github")
-            .head();
+        let head = request().method("GET").path("/.well-known/oauth-protected-resource/mcp/github").head();
         let (step, _) = ex.on_request_headers(&config, &mut store, head, true, now());
         assert_eq!(status(&step), Some(200));
         assert_eq!(body_of(&step)["resource"], "https://gw.example/mcp/github");
-        assert_eq!(
-            body_of(&step)["authorization_servers"][0],
-            "https://idp.example"
-        );
+        assert_eq!(body_of(&step)["authorization_servers"][0], "https://idp.example");
 
         let mut ex = Exchange::new(now());
         let (step, _) = ex.on_request_headers(&config, &mut store, request().head(), false, now());
-        let Step::Reply(reply) = step else {
-            panic!("expected a 401")
-        };
+        let Step::Reply(reply) = step else { panic!("expected a 401") };
         assert_eq!(
             reply.header("www-authenticate"),
             Some("Bearer realm=\"mcp-gateway\", resource_metadata=\"https://gw.example/.well-known/oauth-protected-resource/mcp/github\"")
@@ -856,22 +801,12 @@ mod tests {
         let config = Config::from_json(v.to_string().as_bytes(), &|_| None).unwrap();
         let mut store = KeyStore::new(1, 8);
         let mut ex = Exchange::new(now());
-        let (_, edits) = ex.on_request_headers(
-            &config,
-            &mut store,
-            request().by("a", &["developer"]).head(),
-            false,
-            now(),
-        );
+        let (_, edits) =
+            ex.on_request_headers(&config, &mut store, request().by("a", &["developer"]).head(), false, now());
         assert!(edits.remove.contains(&"authorization".to_string()));
-        assert!(edits
-            .set
-            .contains(&("authorization".to_string(), "Bearer ghp_x".to_string())));
+        assert!(edits.set.contains(&("authorization".to_string(), "Bearer ghp_x".to_string())));
         let mut ex = Exchange::new(now());
-        let head = request()
-            .path("/mcp/filesystem")
-            .by("a", &["developer"])
-            .head();
+        let head = request().path("/mcp/filesystem").by("a", &["developer"]).head();
         let (_, edits) = ex.on_request_headers(&config, &mut store, head, false, now());
         assert!(!edits.remove.contains(&"authorization".to_string()));
         assert!(!edits.set.iter().any(|(n, _)| n == "authorization"));

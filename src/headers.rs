@@ -19,8 +19,7 @@ pub const TRACE_ID: &str = "x-mcp-trace-id";
 
 /// True for client headers that must not reach the upstream.
 pub fn is_spoofable(name: &str) -> bool {
-    name.get(..IDENTITY_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_PREFIX))
+    name.get(..IDENTITY_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_PREFIX))
 }
 
 /// Makes a claim value safe to put in a header: visible ASCII and spaces pass, every
@@ -41,8 +40,7 @@ pub fn header_safe(value: &str) -> String {
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.trim().split('-');
     let (_version, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
-        .then_some(id)
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')).then_some(id)
 }
 
 #[cfg(test)]
@@ -54,13 +52,7 @@ mod tests {
         for name in ["x-mcp-user-id", "X-MCP-Roles", "x-Mcp-anything", "x-mcp-"] {
             assert!(is_spoofable(name), "{name}");
         }
-        for name in [
-            "x-mc",
-            "mcp-session-id",
-            "x-request-id",
-            "authorization",
-            "é",
-        ] {
+        for name in ["x-mc", "mcp-session-id", "x-request-id", "authorization", "é"] {
             assert!(!is_spoofable(name), "{name}");
         }
     }
@@ -68,10 +60,7 @@ mod tests {
     #[test]
     fn header_values_cannot_break_lines() {
         assert_eq!(header_safe("alice"), "alice");
-        assert_eq!(
-            header_safe("a\r\nx-mcp-roles: admin"),
-            "a%0D%0Ax-mcp-roles: admin"
-        );
+        assert_eq!(header_safe("a\r\nx-mcp-roles: admin"), "a%0D%0Ax-mcp-roles: admin");
         assert_eq!(header_safe("ü%"), "%C3%BC%25");
     }
 
@@ -81,10 +70,7 @@ mod tests {
             trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(
-            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
+        assert_eq!(trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
         assert_eq!(trace_id("garbage"), None);
     }
 }

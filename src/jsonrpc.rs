@@ -99,8 +99,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
         return Err(ParseError::Empty);
     }
     check_depth(body, max_depth)?;
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let obj = match value {
         Value::Object(obj) => obj,
         Value::Array(_) => return Err(ParseError::Batch),
@@ -117,9 +116,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
     match obj.get("method") {
         Some(Value::String(method)) => {
             if obj.contains_key("result") || obj.contains_key("error") {
-                return Err(ParseError::Invalid(
-                    "a message cannot carry both \"method\" and \"result\"/\"error\"",
-                ));
+                return Err(ParseError::Invalid("a message cannot carry both \"method\" and \"result\"/\"error\""));
             }
             let params = match obj.get("params") {
                 None => None,
@@ -128,11 +125,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
             };
             let (target, arguments) = target_of(method, params)?;
             Ok(Message {
-                kind: if id.is_some() {
-                    Kind::Request
-                } else {
-                    Kind::Notification
-                },
+                kind: if id.is_some() { Kind::Request } else { Kind::Notification },
                 id,
                 method: method.clone(),
                 target,
@@ -151,13 +144,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
             if id.is_none() {
                 return Err(ParseError::Invalid("a response needs an \"id\""));
             }
-            Ok(Message {
-                kind: Kind::Response,
-                id,
-                method: String::new(),
-                target: None,
-                arguments: None,
-            })
+            Ok(Message { kind: Kind::Response, id, method: String::new(), target: None, arguments: None })
         }
     }
 }
@@ -170,10 +157,7 @@ type TargetAndArgs = (Option<Target>, Option<Value>);
 
 /// Extracts what a method acts on. Methods that name a tool, resource or prompt must
 /// name it; otherwise policy could not be evaluated and the call is refused.
-fn target_of(
-    method: &str,
-    params: Option<&Map<String, Value>>,
-) -> Result<TargetAndArgs, ParseError> {
+fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<TargetAndArgs, ParseError> {
     let field = |name: &'static str, why: &'static str| -> Result<String, ParseError> {
         params
             .and_then(|p| p.get(name))
@@ -183,27 +167,11 @@ fn target_of(
     };
     let arguments = || params.and_then(|p| p.get("arguments")).cloned();
     Ok(match method {
-        "tools/call" => (
-            Some(Target::Tool(field(
-                "name",
-                "tools/call needs a string \"name\"",
-            )?)),
-            arguments(),
-        ),
-        "prompts/get" => (
-            Some(Target::Prompt(field(
-                "name",
-                "prompts/get needs a string \"name\"",
-            )?)),
-            arguments(),
-        ),
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => (
-            Some(Target::Resource(field(
-                "uri",
-                "this method needs a string \"uri\"",
-            )?)),
-            None,
-        ),
+        "tools/call" => (Some(Target::Tool(field("name", "tools/call needs a string \"name\"")?)), arguments()),
+        "prompts/get" => (Some(Target::Prompt(field("name", "prompts/get needs a string \"name\"")?)), arguments()),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            (Some(Target::Resource(field("uri", "this method needs a string \"uri\"")?)), None)
+        }
         _ => (None, None),
     })
 }
@@ -263,14 +231,10 @@ mod tests {
 
     #[test]
     fn parses_resource_read_and_prompt_get() {
-        let m = parse_str(
-            r#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#,
-        )
-        .unwrap();
-        assert_eq!(m.target, Some(Target::Resource("file:///x".into())));
         let m =
-            parse_str(r#"{"jsonrpc":"2.0","id":"b","method":"prompts/get","params":{"name":"p"}}"#)
-                .unwrap();
+            parse_str(r#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#).unwrap();
+        assert_eq!(m.target, Some(Target::Resource("file:///x".into())));
+        let m = parse_str(r#"{"jsonrpc":"2.0","id":"b","method":"prompts/get","params":{"name":"p"}}"#).unwrap();
         assert_eq!(m.target, Some(Target::Prompt("p".into())));
     }
 
@@ -299,20 +263,24 @@ mod tests {
             (b"{\"jsonrpc\":\"2.0\",\"id\":null,\"method\":\"ping\"}", |e| matches!(e, ParseError::Invalid(_))),
             (b"{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"ping\"}", |e| matches!(e, ParseError::Invalid(_))),
             (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":5}", |e| matches!(e, ParseError::Invalid(_))),
-            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":[1]}", |e| matches!(e, ParseError::Invalid(_))),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":[1]}", |e| {
+                matches!(e, ParseError::Invalid(_))
+            }),
             (b"{\"jsonrpc\":\"2.0\",\"id\":1}", |e| matches!(e, ParseError::Invalid(_))),
             (b"{\"jsonrpc\":\"2.0\",\"result\":{}}", |e| matches!(e, ParseError::Invalid(_))),
-            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{}}", |e| matches!(e, ParseError::InvalidParams(_))),
-            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}", |e| matches!(e, ParseError::InvalidParams(_))),
-            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"resources/read\",\"params\":{\"uri\":3}}", |e| matches!(e, ParseError::InvalidParams(_))),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{}}", |e| {
+                matches!(e, ParseError::InvalidParams(_))
+            }),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}", |e| {
+                matches!(e, ParseError::InvalidParams(_))
+            }),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"resources/read\",\"params\":{\"uri\":3}}", |e| {
+                matches!(e, ParseError::InvalidParams(_))
+            }),
         ];
         for (body, expected) in cases {
             let err = parse(body, 32).expect_err(&String::from_utf8_lossy(body));
-            assert!(
-                expected(&err),
-                "{:?} gave {err:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(expected(&err), "{:?} gave {err:?}", String::from_utf8_lossy(body));
         }
     }
 
@@ -323,10 +291,7 @@ mod tests {
             "[".repeat(100),
             "]".repeat(100)
         );
-        assert_eq!(
-            parse(deep.as_bytes(), 32),
-            Err(ParseError::TooDeep { limit: 32 })
-        );
+        assert_eq!(parse(deep.as_bytes(), 32), Err(ParseError::TooDeep { limit: 32 }));
         // Brackets inside strings do not count.
         let quoted = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{{\"a\":\"{}\\\"\"}}}}",
@@ -337,10 +302,7 @@ mod tests {
 
     #[test]
     fn salvages_the_id_of_an_invalid_message() {
-        assert_eq!(
-            salvage_id(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call"}"#, 32),
-            Some(json!(9))
-        );
+        assert_eq!(salvage_id(br#"{"jsonrpc":"2.0","id":9,"method":"tools/call"}"#, 32), Some(json!(9)));
         assert_eq!(salvage_id(b"{not json", 32), None);
     }
 }

@@ -51,8 +51,7 @@ impl FetchState {
     /// `min_refetch` ago.
     pub fn may_start(&self, now_ms: u64, min_refetch: Duration, timeout: Duration) -> bool {
         let never = self.attempt_ms == 0;
-        !self.in_flight(now_ms, timeout)
-            && (never || now_ms >= self.attempt_ms.saturating_add(ms(min_refetch)))
+        !self.in_flight(now_ms, timeout) && (never || now_ms >= self.attempt_ms.saturating_add(ms(min_refetch)))
     }
 
     pub fn start(&mut self, now_ms: u64) {
@@ -69,9 +68,7 @@ impl FetchState {
         refresh: Duration,
         min_refetch: Duration,
     ) {
-        let every = max_age
-            .map(|s| Duration::from_secs(s).clamp(min_refetch, refresh))
-            .unwrap_or(refresh);
+        let every = max_age.map(|s| Duration::from_secs(s).clamp(min_refetch, refresh)).unwrap_or(refresh);
         if self.jwks.as_deref() != Some(jwks.as_str()) {
             self.version += 1;
             self.jwks = Some(jwks);

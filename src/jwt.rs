@@ -7,9 +7,7 @@
 
 use crate::fast_rsa::{FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
-use jwt_compact::alg::{
-    Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey,
-};
+use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::{JsonWebKey, KeyType};
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
 use serde_json::{Map, Value};
@@ -74,6 +72,8 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// Name of the provider that issued the token.
     pub provider: String,
+    /// All claims (for resource policies that name a claim).
+    pub claims: Map<String, Value>,
 }
 
 /// Signature algorithms the gateway verifies.
@@ -93,16 +93,8 @@ pub enum Alg {
 }
 
 impl Alg {
-    pub const ASYMMETRIC: [Alg; 8] = [
-        Alg::Rs256,
-        Alg::Rs384,
-        Alg::Rs512,
-        Alg::Ps256,
-        Alg::Ps384,
-        Alg::Ps512,
-        Alg::Es256,
-        Alg::EdDsa,
-    ];
+    pub const ASYMMETRIC: [Alg; 8] =
+        [Alg::Rs256, Alg::Rs384, Alg::Rs512, Alg::Ps256, Alg::Ps384, Alg::Ps512, Alg::Es256, Alg::EdDsa];
 
     pub fn parse(name: &str) -> Option<Alg> {
         Some(match name {
@@ -204,10 +196,7 @@ pub struct Key {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg.name())
-            .finish_non_exhaustive()
+        f.debug_struct("Key").field("kid", &self.kid).field("alg", &self.alg.name()).finish_non_exhaustive()
     }
 }
 
@@ -226,12 +215,7 @@ impl Key {
             Alg::Hs256 => Material::Hs256(Hs256Key::new(secret)),
             Alg::Hs384 => Material::Hs384(Hs384Key::new(secret)),
             Alg::Hs512 => Material::Hs512(Hs512Key::new(secret)),
-            _ => {
-                return Err(format!(
-                    "{} does not use a shared secret; use \"jwk\"",
-                    alg.name()
-                ))
-            }
+            _ => return Err(format!("{} does not use a shared secret; use \"jwk\"", alg.name())),
         };
         Ok(Key { kid, alg, material })
     }
@@ -242,18 +226,14 @@ impl Key {
             serde_json::from_value(jwk.clone()).map_err(|e| format!("not a valid JWK: {e}"))?;
         if let Some(jwk_alg) = jwk.get("alg").and_then(Value::as_str) {
             if jwk_alg != alg.name() {
-                return Err(format!(
-                    "JWK says alg {jwk_alg:?} but the key is used for {}",
-                    alg.name()
-                ));
+                return Err(format!("JWK says alg {jwk_alg:?} but the key is used for {}", alg.name()));
             }
         }
         if parsed.key_type() != alg.key_type() {
             return Err(format!("JWK key type does not fit {}", alg.name()));
         }
         let kid = kid.or_else(|| jwk.get("kid").and_then(Value::as_str).map(str::to_owned));
-        let wrong =
-            |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
+        let wrong = |e: jwt_compact::jwk::JwkError| format!("JWK does not hold a {} key: {e}", alg.name());
         let material = match alg {
             Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => {
                 let key = Hs256Key::try_from(&parsed).map_err(wrong)?;
@@ -264,17 +244,11 @@ impl Key {
             _ => match alg.fast_rsa() {
                 Some(fast) => Material::FastRsa(
                     fast,
-                    Box::new(
-                        FastRsaKey::try_from(&parsed)
-                            .map_err(|e| format!("JWK does not hold an RSA key: {e}"))?,
-                    ),
+                    Box::new(FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?),
                 ),
                 None => {
                     let rsa = alg.rsa().ok_or("unsupported algorithm")?;
-                    Material::Rsa(
-                        rsa,
-                        Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?),
-                    )
+                    Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
                 }
             },
         };
@@ -307,9 +281,7 @@ impl Key {
                     .collect()
             }
         };
-        algs.into_iter()
-            .map(|alg| Key::from_jwk(None, alg, jwk))
-            .collect()
+        algs.into_iter().map(|alg| Key::from_jwk(None, alg, jwk)).collect()
     }
 
     pub fn kid(&self) -> Option<&str> {
@@ -321,10 +293,7 @@ impl Key {
     }
 
     /// Checks the signature (and that the header names this key's algorithm).
-    fn verify(
-        &self,
-        token: &UntrustedToken<'_>,
-    ) -> Result<Claims<Map<String, Value>>, ValidationError> {
+    fn verify(&self, token: &UntrustedToken<'_>) -> Result<Claims<Map<String, Value>>, ValidationError> {
         type C = Map<String, Value>;
         let token = match &self.material {
             Material::Hs256(k) => Hs256.validator::<C>(k).validate(token)?,
@@ -350,24 +319,13 @@ impl KeySet {
     /// used (other algorithms, encryption keys, unsupported types) are skipped and named
     /// in the second value; a document with no usable key is an error.
     pub fn from_jwks(json: &[u8], allowed: &[Alg]) -> Result<(KeySet, Vec<String>), String> {
-        let doc: Value =
-            serde_json::from_slice(json).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-        let list = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or("JWKS has no \"keys\" array")?;
+        let doc: Value = serde_json::from_slice(json).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let list = doc.get("keys").and_then(Value::as_array).ok_or("JWKS has no \"keys\" array")?;
         let mut keys = Vec::new();
         let mut skipped = Vec::new();
         for (i, jwk) in list.iter().enumerate() {
-            let name = jwk
-                .get("kid")
-                .and_then(Value::as_str)
-                .map_or_else(|| format!("#{i}"), str::to_owned);
-            if jwk
-                .get("use")
-                .and_then(Value::as_str)
-                .is_some_and(|u| u != "sig")
-            {
+            let name = jwk.get("kid").and_then(Value::as_str).map_or_else(|| format!("#{i}"), str::to_owned);
+            if jwk.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
                 skipped.push(format!("{name}: not a signing key"));
                 continue;
             }
@@ -460,10 +418,7 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(providers: usize, cache_entries: usize) -> KeyStore {
-        KeyStore {
-            remote: (0..providers).map(|_| None).collect(),
-            cache: TokenCache::new(cache_entries),
-        }
+        KeyStore { remote: (0..providers).map(|_| None).collect(), cache: TokenCache::new(cache_entries) }
     }
 
     /// Installs a provider's new key set. Cached verifications are dropped: a key that
@@ -489,10 +444,7 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache {
-            capacity,
-            ..Default::default()
-        }
+        TokenCache { capacity, ..Default::default() }
     }
 
     fn get(&mut self, key: &[u8; 32], now: SystemTime) -> Option<Principal> {
@@ -546,20 +498,12 @@ impl TokenCache {
 
 impl Verifier {
     /// Verifies a compact JWT and returns who it names.
-    pub fn verify(
-        &self,
-        token: &str,
-        now: SystemTime,
-        store: &mut KeyStore,
-    ) -> Result<Principal, Verdict> {
+    pub fn verify(&self, token: &str, now: SystemTime, store: &mut KeyStore) -> Result<Principal, Verdict> {
         if token.is_empty() {
             return Err(AuthError::EmptyToken.into());
         }
         if token.len() > self.max_token_bytes {
-            return Err(AuthError::TooLarge {
-                limit: self.max_token_bytes,
-            }
-            .into());
+            return Err(AuthError::TooLarge { limit: self.max_token_bytes }.into());
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(p) = store.cache.get(&digest, now) {
@@ -569,9 +513,8 @@ impl Verifier {
         let alg = Alg::parse(untrusted.algorithm())
             .ok_or_else(|| AuthError::AlgorithmNotAllowed(printable(untrusted.algorithm())))?;
         // The issuer picks the provider (and so the keys) before anything is trusted.
-        let unverified: Claims<Map<String, Value>> = untrusted
-            .deserialize_claims_unchecked()
-            .map_err(|_| AuthError::Malformed)?;
+        let unverified: Claims<Map<String, Value>> =
+            untrusted.deserialize_claims_unchecked().map_err(|_| AuthError::Malformed)?;
         let issuer = unverified.custom.get("iss").and_then(Value::as_str);
         let (index, provider) = self
             .providers
@@ -587,12 +530,7 @@ impl Verifier {
             return Err(Verdict::NoKeysYet { provider: index });
         }
         let kid = untrusted.header().key_id.as_deref();
-        let all = || {
-            provider
-                .static_keys
-                .iter()
-                .chain(remote.into_iter().flat_map(|s| s.keys.iter()))
-        };
+        let all = || provider.static_keys.iter().chain(remote.into_iter().flat_map(|s| s.keys.iter()));
         let with_kid: Vec<&Key> = all().filter(|k| kid.is_none() || k.kid() == kid).collect();
         if with_kid.is_empty() {
             return Err(match provider.jwks {
@@ -605,10 +543,7 @@ impl Verifier {
             // The kid exists, but for another algorithm (or key type).
             return Err(AuthError::AlgorithmNotAllowed(alg.name().to_owned()).into());
         }
-        let claims = candidates
-            .iter()
-            .find_map(|key| key.verify(&untrusted).ok())
-            .ok_or(AuthError::BadSignature)?;
+        let claims = candidates.iter().find_map(|key| key.verify(&untrusted).ok()).ok_or(AuthError::BadSignature)?;
         let expires = self.check_claims(provider, &claims, now)?;
         let principal = principal(provider, &claims.custom)?;
         store.cache.put(digest, principal.clone(), expires);
@@ -623,25 +558,19 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<SystemTime, AuthError> {
         let now_utc: DateTime<Utc> = now.into();
-        let options = TimeOptions::new(
-            chrono::Duration::seconds(i64::from(self.leeway_secs)),
-            move || now_utc,
-        );
+        let options = TimeOptions::new(chrono::Duration::seconds(i64::from(self.leeway_secs)), move || now_utc);
         claims.validate_expiration(&options).map_err(|e| match e {
             ValidationError::NoClaim(_) => AuthError::MissingExpiry,
             _ => AuthError::Expired,
         })?;
         if claims.not_before.is_some() {
-            claims
-                .validate_maturity(&options)
-                .map_err(|_| AuthError::NotYetValid)?;
+            claims.validate_maturity(&options).map_err(|_| AuthError::NotYetValid)?;
         }
         let audience_ok = match claims.custom.get("aud") {
             Some(Value::String(aud)) => provider.audiences.iter().any(|a| a == aud),
-            Some(Value::Array(auds)) => auds
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|aud| provider.audiences.iter().any(|a| a == aud)),
+            Some(Value::Array(auds)) => {
+                auds.iter().filter_map(Value::as_str).any(|aud| provider.audiences.iter().any(|a| a == aud))
+            }
             _ => false,
         };
         if !audience_ok {
@@ -652,7 +581,9 @@ impl Verifier {
     }
 }
 
-fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+/// Who verified claims name, by the provider's claim mapping (also used by `mcpgw
+/// explain` with claims given as JSON).
+pub fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
     let user_id = lookup(claims, &provider.claims.user)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
@@ -662,12 +593,7 @@ fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Princip
     let roles = match &provider.claims.role_map {
         None => raw_roles,
         Some(map) => {
-            let mut roles: Vec<String> = raw_roles
-                .iter()
-                .filter_map(|r| map.get(r))
-                .flatten()
-                .cloned()
-                .collect();
+            let mut roles: Vec<String> = raw_roles.iter().filter_map(|r| map.get(r)).flatten().cloned().collect();
             roles.sort();
             roles.dedup();
             roles
@@ -675,22 +601,13 @@ fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Princip
     };
     let mut scopes = strings(claims.get("scope"));
     scopes.extend(strings(claims.get("scp")));
-    Ok(Principal {
-        user_id,
-        roles,
-        scopes,
-        provider: provider.name.clone(),
-    })
+    Ok(Principal { user_id, roles, scopes, provider: provider.name.clone(), claims: claims.clone() })
 }
 
 /// An array of strings, or a space-separated string.
 fn strings(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     }
@@ -699,16 +616,12 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 /// Follows a dotted claim path such as `realm_access.roles`.
 fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(claims.get(first)?, |v, seg| v.get(seg))
+    rest.iter().try_fold(claims.get(first)?, |v, seg| v.get(seg))
 }
 
 /// An attacker-chosen header value, made safe and short for a log line.
 fn printable(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(32)
-        .collect()
+    s.chars().filter(|c| c.is_ascii_graphic()).take(32).collect()
 }
 
 /// Splits an `Authorization` header value into its bearer token. The scheme is
@@ -756,11 +669,7 @@ mod tests {
     }
 
     fn verifier() -> Verifier {
-        Verifier {
-            providers: vec![provider("a", "iss-a")],
-            leeway_secs: 60,
-            max_token_bytes: 4096,
-        }
+        Verifier { providers: vec![provider("a", "iss-a")], leeway_secs: 60, max_token_bytes: 4096 }
     }
 
     fn store() -> KeyStore {
@@ -789,12 +698,8 @@ mod tests {
             header = header.with_key_id(kid);
         }
         let mut c: Claims<Map<String, Value>> = Claims::new(Map::new());
-        c.expiration = payload["exp"]
-            .as_i64()
-            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
-        c.not_before = payload["nbf"]
-            .as_i64()
-            .map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.expiration = payload["exp"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
+        c.not_before = payload["nbf"].as_i64().map(|t| DateTime::from_timestamp(t, 0).unwrap());
         let mut custom = payload.as_object().unwrap().clone();
         custom.remove("exp");
         custom.remove("nbf");
@@ -808,15 +713,7 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_token_and_maps_claims() {
-        let p = verify(
-            &verifier(),
-            &sign(
-                Some("k1"),
-                SECRET,
-                claims(json!({"scope": "mcp:read mcp:write"})),
-            ),
-        )
-        .unwrap();
+        let p = verify(&verifier(), &sign(Some("k1"), SECRET, claims(json!({"scope": "mcp:read mcp:write"})))).unwrap();
         assert_eq!(p.user_id, "alice");
         assert_eq!(p.roles, vec!["developer".to_string()]);
         assert_eq!(p.scopes, vec!["mcp:read", "mcp:write"]);
@@ -833,17 +730,10 @@ mod tests {
         map.insert("mcp:write".to_string(), vec!["developer".to_string()]);
         map.insert("mcp:read".to_string(), vec!["readonly".to_string()]);
         v.providers[0].claims.role_map = Some(map);
-        let t = sign(
-            None,
-            SECRET,
-            claims(json!({"scope": "openid mcp:write mcp:read"})),
-        );
+        let t = sign(None, SECRET, claims(json!({"scope": "openid mcp:write mcp:read"})));
         assert_eq!(verify(&v, &t).unwrap().roles, vec!["developer", "readonly"]);
         let t = sign(None, SECRET, claims(json!({"scope": "admin"})));
-        assert!(
-            verify(&v, &t).unwrap().roles.is_empty(),
-            "unmapped values must grant nothing"
-        );
+        assert!(verify(&v, &t).unwrap().roles.is_empty(), "unmapped values must grant nothing");
     }
 
     #[test]
@@ -851,90 +741,43 @@ mod tests {
         let other_secret = b"another-secret-another-secret-xx";
         let mut v = verifier();
         let mut b = provider("b", "iss-b");
-        b.static_keys =
-            vec![Key::from_secret(Some("k1".into()), Alg::Hs256, other_secret).unwrap()];
+        b.static_keys = vec![Key::from_secret(Some("k1".into()), Alg::Hs256, other_secret).unwrap()];
         v.providers.push(b);
         let mut s = KeyStore::new(2, 16);
         let t = sign(Some("k1"), other_secret, claims(json!({"iss": "iss-b"})));
         assert_eq!(v.verify(&t, now(), &mut s).unwrap().provider, "b");
         // A token claiming provider a but signed with b's key fails.
         let t = sign(Some("k1"), other_secret, claims(json!({})));
-        assert_eq!(
-            v.verify(&t, now(), &mut s),
-            Err(Verdict::Invalid(AuthError::BadSignature))
-        );
+        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::Invalid(AuthError::BadSignature)));
     }
 
     #[test]
     fn rejects_each_bad_token_with_its_reason() {
         let v = verifier();
         let cases = vec![
-            (
-                sign(
-                    Some("k1"),
-                    b"another-secret-another-secret-xx",
-                    claims(json!({})),
-                ),
-                AuthError::BadSignature,
-            ),
-            (
-                sign(Some("nope"), SECRET, claims(json!({}))),
-                AuthError::UnknownKeyId,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))),
-                AuthError::Expired,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"exp": null}))),
-                AuthError::MissingExpiry,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))),
-                AuthError::NotYetValid,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"iss": "evil"}))),
-                AuthError::WrongIssuer,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"iss": null}))),
-                AuthError::WrongIssuer,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))),
-                AuthError::WrongAudience,
-            ),
-            (
-                sign(None, SECRET, claims(json!({"sub": ""}))),
-                AuthError::MissingSubject,
-            ),
+            (sign(Some("k1"), b"another-secret-another-secret-xx", claims(json!({}))), AuthError::BadSignature),
+            (sign(Some("nope"), SECRET, claims(json!({}))), AuthError::UnknownKeyId),
+            (sign(None, SECRET, claims(json!({"exp": 1_799_999_000}))), AuthError::Expired),
+            (sign(None, SECRET, claims(json!({"exp": null}))), AuthError::MissingExpiry),
+            (sign(None, SECRET, claims(json!({"nbf": 1_800_000_100}))), AuthError::NotYetValid),
+            (sign(None, SECRET, claims(json!({"iss": "evil"}))), AuthError::WrongIssuer),
+            (sign(None, SECRET, claims(json!({"iss": null}))), AuthError::WrongIssuer),
+            (sign(None, SECRET, claims(json!({"aud": ["x", "y"]}))), AuthError::WrongAudience),
+            (sign(None, SECRET, claims(json!({"sub": ""}))), AuthError::MissingSubject),
             ("not.a.jwt".into(), AuthError::Malformed),
             ("a".repeat(5000), AuthError::TooLarge { limit: 4096 }),
             (String::new(), AuthError::EmptyToken),
         ];
         for (token, expected) in cases {
-            assert_eq!(
-                verify(&v, &token),
-                Err(Verdict::Invalid(expected.clone())),
-                "{expected}"
-            );
+            assert_eq!(verify(&v, &token), Err(Verdict::Invalid(expected.clone())), "{expected}");
         }
     }
 
     #[test]
     fn leeway_applies_to_exp_and_nbf() {
         let v = verifier();
-        assert!(verify(
-            &v,
-            &sign(None, SECRET, claims(json!({"exp": 1_799_999_970})))
-        )
-        .is_ok());
-        assert!(verify(
-            &v,
-            &sign(None, SECRET, claims(json!({"nbf": 1_800_000_030})))
-        )
-        .is_ok());
+        assert!(verify(&v, &sign(None, SECRET, claims(json!({"exp": 1_799_999_970})))).is_ok());
+        assert!(verify(&v, &sign(None, SECRET, claims(json!({"nbf": 1_800_000_030})))).is_ok());
     }
 
     #[test]
@@ -944,20 +787,10 @@ mod tests {
         let payload = valid.split('.').nth(1).unwrap();
         // {"alg":"none"}
         let none = format!("eyJhbGciOiJub25lIn0.{payload}.");
-        assert_eq!(
-            verify(&v, &none),
-            Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed(
-                "none".into()
-            )))
-        );
+        assert_eq!(verify(&v, &none), Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed("none".into()))));
         // {"alg":"RS256"} against a provider allowing only HS256.
         let rs = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.AAAA");
-        assert_eq!(
-            verify(&v, &rs),
-            Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed(
-                "RS256".into()
-            )))
-        );
+        assert_eq!(verify(&v, &rs), Err(Verdict::Invalid(AuthError::AlgorithmNotAllowed("RS256".into()))));
     }
 
     #[test]
@@ -974,26 +807,10 @@ mod tests {
         });
         let t = sign(Some("k2"), SECRET, claims(json!({})));
         let mut s = store();
-        assert_eq!(
-            v.verify(&t, now(), &mut s),
-            Err(Verdict::NoKeysYet { provider: 0 })
-        );
-        s.install(
-            0,
-            KeySet {
-                keys: vec![Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap()],
-            },
-        );
-        assert_eq!(
-            v.verify(&t, now(), &mut s),
-            Err(Verdict::UnknownKid { provider: 0 })
-        );
-        s.install(
-            0,
-            KeySet {
-                keys: vec![Key::from_secret(Some("k2".into()), Alg::Hs256, SECRET).unwrap()],
-            },
-        );
+        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::NoKeysYet { provider: 0 }));
+        s.install(0, KeySet { keys: vec![Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap()] });
+        assert_eq!(v.verify(&t, now(), &mut s), Err(Verdict::UnknownKid { provider: 0 }));
+        s.install(0, KeySet { keys: vec![Key::from_secret(Some("k2".into()), Alg::Hs256, SECRET).unwrap()] });
         assert!(v.verify(&t, now(), &mut s).is_ok());
     }
 
@@ -1011,10 +828,7 @@ mod tests {
         assert!(v.verify(&t, later, &mut s).is_ok());
         assert_eq!(s.cache.hits, 1);
         let much_later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_001_000);
-        assert_eq!(
-            v.verify(&t, much_later, &mut s),
-            Err(Verdict::Invalid(AuthError::Expired))
-        );
+        assert_eq!(v.verify(&t, much_later, &mut s), Err(Verdict::Invalid(AuthError::Expired)));
     }
 
     #[test]
@@ -1039,8 +853,7 @@ mod tests {
             {"kty": "EC", "crv": "P-256", "kid": "s",
              "x": "lIVJwqNELuRbCGOV8X8PuX5lK0N2HgUQfUoBHChYo9Q", "y": "XK1Zown3qyfKHp-qNqCiXFW6K883AKFMzW4TfILUqyA"},
         ]});
-        let (set, skipped) =
-            KeySet::from_jwks(jwks.to_string().as_bytes(), &Alg::ASYMMETRIC).unwrap();
+        let (set, skipped) = KeySet::from_jwks(jwks.to_string().as_bytes(), &Alg::ASYMMETRIC).unwrap();
         assert_eq!(set.keys.len(), 1, "{skipped:?}");
         assert_eq!(set.keys[0].kid(), Some("s"));
         assert_eq!(set.keys[0].alg(), Alg::Es256);

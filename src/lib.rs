@@ -14,8 +14,11 @@ pub mod headers;
 pub mod jsonrpc;
 pub mod jwks;
 pub mod jwt;
+pub mod listing;
+pub mod normalize;
 pub mod rbac;
 pub mod reject;
+pub mod resource;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -36,6 +36,15 @@ pub enum Refusal {
     BodyTooLarge {
         limit: usize,
     },
+    /// A tool the caller may not use, answered as if it did not exist.
+    UnknownTool {
+        name: String,
+        denial: Denial,
+    },
+    /// `Mcp-Method` / `Mcp-Name` disagree with the body.
+    HeaderMismatch {
+        header: &'static str,
+    },
     /// The token lacks scopes every request needs.
     InsufficientScope {
         required: Vec<String>,
@@ -63,6 +72,8 @@ impl fmt::Display for Refusal {
             Refusal::KeysUnavailable { provider } => {
                 write!(f, "no signing keys loaded for provider {provider:?}")
             }
+            Refusal::UnknownTool { denial, .. } => write!(f, "forbidden (hidden as unknown tool): {denial}"),
+            Refusal::HeaderMismatch { header } => write!(f, "{header} header disagrees with the body"),
         }
     }
 }
@@ -95,10 +106,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -111,48 +119,30 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         Refusal::Parse(e @ (ParseError::NotJson(_) | ParseError::Empty)) => {
             (400, code::PARSE_ERROR, format!("Parse error: {e}"))
         }
-        Refusal::Parse(e @ ParseError::InvalidParams(_)) => {
-            (400, code::INVALID_PARAMS, format!("Invalid params: {e}"))
-        }
+        Refusal::Parse(e @ ParseError::InvalidParams(_)) => (400, code::INVALID_PARAMS, format!("Invalid params: {e}")),
         Refusal::Parse(e) => (400, code::INVALID_REQUEST, format!("Invalid Request: {e}")),
-        Refusal::Forbidden(_) => (
-            403,
-            code::FORBIDDEN,
-            "Forbidden: not permitted by gateway policy".to_owned(),
-        ),
-        Refusal::UnknownServer => (
-            404,
-            code::NOT_FOUND,
-            "Not Found: no MCP server at this path".to_owned(),
-        ),
-        Refusal::HttpMethod(m) => (
-            405,
-            code::INVALID_REQUEST,
-            format!("Method Not Allowed: {m}; MCP uses POST, GET and DELETE"),
-        ),
-        Refusal::ContentType => (
-            415,
-            code::INVALID_REQUEST,
-            "Unsupported Media Type: POST bodies must be application/json".to_owned(),
-        ),
-        Refusal::BodyTooLarge { limit } => (
-            413,
-            code::INVALID_REQUEST,
-            format!("Payload Too Large: request body exceeds {limit} bytes"),
-        ),
-        Refusal::InsufficientScope { required } => (
-            403,
-            code::FORBIDDEN,
-            format!(
-                "Forbidden: token lacks required scope {:?}",
-                required.join(" ")
-            ),
-        ),
-        Refusal::KeysUnavailable { .. } => (
-            503,
-            code::UNAVAILABLE,
-            "Service Unavailable: cannot verify tokens yet, retry shortly".to_owned(),
-        ),
+        Refusal::Forbidden(_) => (403, code::FORBIDDEN, "Forbidden: not permitted by gateway policy".to_owned()),
+        Refusal::UnknownServer => (404, code::NOT_FOUND, "Not Found: no MCP server at this path".to_owned()),
+        Refusal::HttpMethod(m) => {
+            (405, code::INVALID_REQUEST, format!("Method Not Allowed: {m}; MCP uses POST, GET and DELETE"))
+        }
+        Refusal::ContentType => {
+            (415, code::INVALID_REQUEST, "Unsupported Media Type: POST bodies must be application/json".to_owned())
+        }
+        Refusal::BodyTooLarge { limit } => {
+            (413, code::INVALID_REQUEST, format!("Payload Too Large: request body exceeds {limit} bytes"))
+        }
+        Refusal::InsufficientScope { required } => {
+            (403, code::FORBIDDEN, format!("Forbidden: token lacks required scope {:?}", required.join(" ")))
+        }
+        // What an MCP server says for a tool it does not have (HTTP 200, -32602).
+        Refusal::UnknownTool { name, .. } => (200, code::INVALID_PARAMS, format!("Unknown tool: {name}")),
+        Refusal::HeaderMismatch { header } => {
+            (400, code::INVALID_REQUEST, format!("Invalid Request: {header} header does not match the request body"))
+        }
+        Refusal::KeysUnavailable { .. } => {
+            (503, code::UNAVAILABLE, "Service Unavailable: cannot verify tokens yet, retry shortly".to_owned())
+        }
     };
     let body = json!({
         "jsonrpc": "2.0",
@@ -160,9 +150,7 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         "error": {"code": code, "message": message},
     });
     let mut headers = vec![("content-type", "application/json".to_owned())];
-    let metadata = metadata_url
-        .map(|url| format!(", resource_metadata=\"{url}\""))
-        .unwrap_or_default();
+    let metadata = metadata_url.map(|url| format!(", resource_metadata=\"{url}\"")).unwrap_or_default();
     match refusal {
         Refusal::Auth(e) => headers.push(("www-authenticate", format!("{}{metadata}", www_authenticate(e)))),
         Refusal::InsufficientScope { required } => headers.push((
@@ -178,11 +166,7 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
     if let Refusal::HttpMethod(_) = refusal {
         headers.push(("allow", "POST, GET, DELETE".to_owned()));
     }
-    Reply {
-        status,
-        headers,
-        body: serde_json::to_vec(&body).unwrap_or_default(),
-    }
+    Reply { status, headers, body: serde_json::to_vec(&body).unwrap_or_default() }
 }
 
 /// RFC 6750 section 3: no error code when no credentials were sent at all.
@@ -209,44 +193,20 @@ mod tests {
     #[test]
     fn statuses_and_codes() {
         let table: Vec<(Refusal, u32, i64)> = vec![
-            (
-                Refusal::Auth(AuthError::MissingToken),
-                401,
-                code::UNAUTHORIZED,
-            ),
+            (Refusal::Auth(AuthError::MissingToken), 401, code::UNAUTHORIZED),
             (Refusal::Parse(ParseError::NotJson("x".into())), 400, -32700),
             (Refusal::Parse(ParseError::Empty), 400, -32700),
             (Refusal::Parse(ParseError::Batch), 400, -32600),
             (Refusal::Parse(ParseError::Invalid("x")), 400, -32600),
-            (
-                Refusal::Parse(ParseError::TooDeep { limit: 3 }),
-                400,
-                -32600,
-            ),
+            (Refusal::Parse(ParseError::TooDeep { limit: 3 }), 400, -32600),
             (Refusal::Parse(ParseError::InvalidParams("x")), 400, -32602),
-            (
-                Refusal::Forbidden(Denial::NoKnownRole),
-                403,
-                code::FORBIDDEN,
-            ),
+            (Refusal::Forbidden(Denial::NoKnownRole), 403, code::FORBIDDEN),
             (Refusal::UnknownServer, 404, code::NOT_FOUND),
             (Refusal::HttpMethod("PUT".into()), 405, -32600),
             (Refusal::ContentType, 415, -32600),
             (Refusal::BodyTooLarge { limit: 10 }, 413, -32600),
-            (
-                Refusal::InsufficientScope {
-                    required: vec!["mcp".into()],
-                },
-                403,
-                code::FORBIDDEN,
-            ),
-            (
-                Refusal::KeysUnavailable {
-                    provider: "idp".into(),
-                },
-                503,
-                code::UNAVAILABLE,
-            ),
+            (Refusal::InsufficientScope { required: vec!["mcp".into()] }, 403, code::FORBIDDEN),
+            (Refusal::KeysUnavailable { provider: "idp".into() }, 503, code::UNAVAILABLE),
         ];
         for (refusal, status, code) in table {
             let r = reply(&refusal, None, None);
@@ -260,10 +220,7 @@ mod tests {
     #[test]
     fn forbidden_carries_the_id_and_hides_the_rule() {
         let r = reply(
-            &Refusal::Forbidden(Denial::TargetNotAllowed {
-                method: "tools/call".into(),
-                name: "create_issue".into(),
-            }),
+            &Refusal::Forbidden(Denial::TargetNotAllowed { method: "tools/call".into(), name: "create_issue".into() }),
             Some(json!(42)),
             None,
         );
@@ -274,15 +231,9 @@ mod tests {
     #[test]
     fn unauthorized_asks_for_a_bearer_token() {
         let r = reply(&Refusal::Auth(AuthError::MissingToken), None, None);
-        assert_eq!(
-            r.header("www-authenticate"),
-            Some("Bearer realm=\"mcp-gateway\"")
-        );
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"mcp-gateway\""));
         let r = reply(&Refusal::Auth(AuthError::Expired), None, None);
-        assert!(r
-            .header("www-authenticate")
-            .unwrap()
-            .contains("error=\"invalid_token\""));
+        assert!(r.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
         assert_eq!(body(&r)["id"], Value::Null);
     }
 
@@ -295,18 +246,12 @@ mod tests {
             Some(format!("Bearer realm=\"mcp-gateway\", resource_metadata=\"{url}\"").as_str())
         );
         let r = reply(
-            &Refusal::InsufficientScope {
-                required: vec!["mcp:read".into(), "mcp:write".into()],
-            },
+            &Refusal::InsufficientScope { required: vec!["mcp:read".into(), "mcp:write".into()] },
             Some(json!(3)),
             Some(url),
         );
         let h = r.header("www-authenticate").unwrap();
-        assert!(
-            h.contains("error=\"insufficient_scope\"")
-                && h.contains("scope=\"mcp:read mcp:write\""),
-            "{h}"
-        );
+        assert!(h.contains("error=\"insufficient_scope\"") && h.contains("scope=\"mcp:read mcp:write\""), "{h}");
         assert!(h.contains(url));
         assert_eq!(body(&r)["id"], 3);
     }

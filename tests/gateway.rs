@@ -2,12 +2,7 @@
 //! servers (rmcp) behind it.
 
 // Integration tests: failing loudly is the point.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -22,13 +17,8 @@ use std::time::Duration;
 async fn allowed_tool_call_end_to_end() {
     let gw = Gateway::start().await;
     let token = gw.token("alice", &["developer"]);
-    let client = connect(&gw.url("github"), Some(&token))
-        .await
-        .expect("MCP handshake through the gateway");
-    let result = client
-        .call_tool("get_repository", json!({"repository": "acme/website"}))
-        .await
-        .expect("tool call");
+    let client = connect(&gw.url("github"), Some(&token)).await.expect("MCP handshake through the gateway");
+    let result = client.call_tool("get_repository", json!({"repository": "acme/website"})).await.expect("tool call");
     assert_ne!(result.is_error, Some(true), "{result:?}");
     assert!(text(&result).contains("acme/website"), "{}", text(&result));
 
@@ -46,24 +36,11 @@ async fn allowed_tool_call_end_to_end() {
     assert_eq!(call.header("x-mcp-user-id"), Some("alice"));
     assert_eq!(call.header("x-mcp-roles"), Some("developer"));
     assert_eq!(call.header("x-mcp-server"), Some("github"));
-    assert!(call
-        .header("x-mcp-request-id")
-        .is_some_and(|id| !id.is_empty()));
-    assert!(
-        call.header("x-mcp-session-id")
-            .is_some_and(|id| !id.is_empty()),
-        "session id not propagated"
-    );
-    assert_eq!(
-        call.header("authorization"),
-        None,
-        "the client's token reached the upstream"
-    );
+    assert!(call.header("x-mcp-request-id").is_some_and(|id| !id.is_empty()));
+    assert!(call.header("x-mcp-session-id").is_some_and(|id| !id.is_empty()), "session id not propagated");
+    assert_eq!(call.header("authorization"), None, "the client's token reached the upstream");
 
-    let rec = gw
-        .envoy
-        .wait_for_audit(|r| r["target"] == "get_repository" && r["decision"] == "allow")
-        .await;
+    let rec = gw.envoy.wait_for_audit(|r| r["target"] == "get_repository" && r["decision"] == "allow").await;
     assert_eq!(rec["user_id"], "alice");
     assert_eq!(rec["server"], "github");
     assert_eq!(rec["method"], "tools/call");
@@ -80,30 +57,16 @@ async fn readonly_caller_is_refused_by_a_real_client() {
     let token = gw.token("bob", &["readonly"]);
     let client = connect(&gw.url("github"), Some(&token)).await.unwrap();
     let err = client
-        .call_tool(
-            "create_issue",
-            json!({"repository": "acme/website", "title": "nope"}),
-        )
+        .call_tool("create_issue", json!({"repository": "acme/website", "title": "nope"}))
         .await
         .expect_err("readonly must not create issues");
     assert!(format!("{err:#}").contains("403"), "{err:#}");
-    let reached = gw
-        .github
-        .requests
-        .all()
-        .iter()
-        .any(|r| r.rpc_name().as_deref() == Some("create_issue"));
+    let reached = gw.github.requests.all().iter().any(|r| r.rpc_name().as_deref() == Some("create_issue"));
     assert!(!reached, "denied call reached the upstream");
     // Still usable for what the role allows.
-    let ok = client
-        .call_tool("list_issues", json!({"repository": "acme/website"}))
-        .await
-        .unwrap();
+    let ok = client.call_tool("list_issues", json!({"repository": "acme/website"})).await.unwrap();
     assert_ne!(ok.is_error, Some(true));
-    assert!(
-        connect(&gw.url("github"), None).await.is_err(),
-        "handshake without a token succeeded"
-    );
+    assert!(connect(&gw.url("github"), None).await.is_err(), "handshake without a token succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,50 +92,23 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
-    let seen = gw
-        .test
-        .requests
-        .last()
-        .expect("request reached the upstream");
-    let identity: Vec<_> = seen
-        .headers
-        .iter()
-        .filter(|(n, _)| n.starts_with("x-mcp-"))
-        .collect();
+    let seen = gw.test.requests.last().expect("request reached the upstream");
+    let identity: Vec<_> = seen.headers.iter().filter(|(n, _)| n.starts_with("x-mcp-")).collect();
     assert_eq!(seen.header("x-mcp-user-id"), Some("alice"), "{identity:?}");
-    assert_eq!(
-        seen.header("x-mcp-roles"),
-        Some("developer"),
-        "{identity:?}"
-    );
+    assert_eq!(seen.header("x-mcp-roles"), Some("developer"), "{identity:?}");
     assert_ne!(seen.header("x-mcp-request-id"), Some("forged"));
     for (name, value) in &seen.headers {
-        assert!(
-            !["mallory", "admin", "root", "spoof", "forged"].contains(&value.as_str()),
-            "{name}: {value} leaked"
-        );
+        assert!(!["mallory", "admin", "root", "spoof", "forged"].contains(&value.as_str()), "{name}: {value} leaked");
     }
-    assert_eq!(
-        identity
-            .iter()
-            .filter(|(n, _)| n == "x-mcp-user-id")
-            .count(),
-        1
-    );
-    assert_eq!(
-        identity.iter().filter(|(n, _)| n == "x-mcp-roles").count(),
-        1
-    );
+    assert_eq!(identity.iter().filter(|(n, _)| n == "x-mcp-user-id").count(), 1);
+    assert_eq!(identity.iter().filter(|(n, _)| n == "x-mcp-roles").count(), 1);
 
     // The same through a real client: the upstream's own view of its request headers.
     let token = gw.token("carol", &["developer"]);
     let client = connect(&gw.url("test"), Some(&token)).await.unwrap();
     let whoami = text(&client.call_tool("whoami", json!({})).await.unwrap());
     assert!(whoami.contains("carol"), "{whoami}");
-    assert!(
-        !whoami.to_ascii_lowercase().contains("bearer"),
-        "token reached the upstream: {whoami}"
-    );
+    assert!(!whoami.to_ascii_lowercase().contains("bearer"), "token reached the upstream: {whoami}");
     client.close().await.ok();
 }
 
@@ -181,8 +117,7 @@ async fn sse_progress_notifications_stream_one_by_one() {
     let gw = Gateway::start().await;
     let token = gw.token("alice", &["developer"]);
     let client = connect(&gw.url("test"), Some(&token)).await.unwrap();
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<rmcp::model::ProgressNotificationParam>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rmcp::model::ProgressNotificationParam>();
     let steps = 3u32;
     let gate = gw.test.gate.clone();
     // The server sends notification i, then waits for the test to open the gate. The
@@ -198,11 +133,9 @@ async fn sse_progress_notifications_stream_one_by_one() {
         seen
     };
     let call = client.call_tool_with_progress("stepped", json!({"steps": steps}), tx);
-    let (seen, result) = tokio::time::timeout(Duration::from_secs(20), async {
-        tokio::join!(receiver, call)
-    })
-    .await
-    .expect("progress did not stream through the gateway (buffered?)");
+    let (seen, result) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(receiver, call) })
+        .await
+        .expect("progress did not stream through the gateway (buffered?)");
     assert_eq!(seen, vec![1.0, 2.0, 3.0]);
     assert_eq!(text(&result.expect("stepped result")), "done");
     client.close().await.ok();
@@ -215,19 +148,11 @@ async fn audit_lines_are_written_and_hold_no_secret() {
     let client = connect(&gw.url("test"), Some(&token)).await.unwrap();
     let secret = "hunter2-very-secret";
     client
-        .call_tool(
-            "echo",
-            json!({"text": "hello", "password": secret, "nested": {"api_key": secret}}),
-        )
+        .call_tool("echo", json!({"text": "hello", "password": secret, "nested": {"api_key": secret}}))
         .await
         .expect("echo");
     // A denied call with a secret in its arguments is audited too.
-    let r = post_json(
-        &gw.url("test"),
-        Some(&token),
-        &tool_call(77, "delete_item", json!({"token": secret})),
-    )
-    .await;
+    let r = post_json(&gw.url("test"), Some(&token), &tool_call(77, "delete_item", json!({"token": secret}))).await;
     r.assert_rpc_error(403, -32003);
 
     let allowed = gw.envoy.wait_for_audit(|r| r["target"] == "echo").await;
@@ -247,74 +172,45 @@ async fn audit_lines_are_written_and_hold_no_secret() {
         "client_ip",
         "session_id",
     ] {
-        assert!(
-            !allowed[field].is_null(),
-            "audit record lacks {field}: {allowed}"
-        );
+        assert!(!allowed[field].is_null(), "audit record lacks {field}: {allowed}");
     }
     let denied = gw.envoy.wait_for_audit(|r| r["jsonrpc_id"] == 77).await;
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["status"], 403);
 
     let log = gw.envoy.log();
-    assert!(
-        !log.contains(secret),
-        "a secret argument reached Envoy's log"
-    );
-    assert!(
-        !log.contains(&token),
-        "the bearer token reached Envoy's log"
-    );
+    assert!(!log.contains(secret), "a secret argument reached Envoy's log");
+    assert!(!log.contains(&token), "the bearer token reached Envoy's log");
     let signature = token.rsplit('.').next().unwrap();
-    assert!(
-        !log.contains(signature),
-        "the token signature reached Envoy's log"
-    );
+    assert!(!log.contains(signature), "the token signature reached Envoy's log");
     client.close().await.ok();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_configuration_is_refused_naming_the_field() {
     let cases = [
-        (
-            "jwt.providers[0].keys[0].alg",
-            json!({"alg": "none", "jwk_env": JWK_ENV}),
-        ),
-        (
-            "jwt.providers[0].keys[0].jwk_env",
-            json!({"alg": "ES256", "jwk_env": "MCPGW_NOT_SET"}),
-        ),
+        ("jwt.providers[0].keys[0].alg", json!({"alg": "none", "jwk_env": JWK_ENV})),
+        ("jwt.providers[0].keys[0].jwk_env", json!({"alg": "ES256", "jwk_env": "MCPGW_NOT_SET"})),
     ];
     for (field, key) in cases {
         let mut config = plugin_config();
         config["jwt"]["providers"][0]["keys"][0] = key;
         let log = Envoy::expect_refusal(EnvoyOptions {
             plugin_config: config,
-            upstreams: vec![(
-                "test".into(),
-                "/mcp/test".into(),
-                "127.0.0.1:9".parse().unwrap(),
-            )],
+            upstreams: vec![("test".into(), "/mcp/test".into(), "127.0.0.1:9".parse().unwrap())],
             env: vec![(JWK_ENV.into(), "{}".into())],
             clusters: vec![],
         })
         .await
         .expect("envoy must refuse the configuration");
-        assert!(
-            log.contains(&format!("`{field}`")),
-            "log does not name {field}:\n{log}"
-        );
+        assert!(log.contains(&format!("`{field}`")), "log does not name {field}:\n{log}");
     }
 
     let mut config = plugin_config();
     config["rbac"]["roles"]["developer"]["toolz"] = json!(["*"]);
     let log = Envoy::expect_refusal(EnvoyOptions {
         plugin_config: config,
-        upstreams: vec![(
-            "test".into(),
-            "/mcp/test".into(),
-            "127.0.0.1:9".parse().unwrap(),
-        )],
+        upstreams: vec![("test".into(), "/mcp/test".into(), "127.0.0.1:9".parse().unwrap())],
         env: vec![(JWK_ENV.into(), "{}".into())],
         clusters: vec![],
     })
@@ -331,21 +227,11 @@ fn demo_envoy_config_validates() {
     let _ = common::envoy::wasm_path();
     let out = Command::new(envoy_binary())
         .current_dir(root())
-        .args([
-            "--mode",
-            "validate",
-            "-c",
-            "envoy/demo.yaml",
-            "--use-dynamic-base-id",
-        ])
+        .args(["--mode", "validate", "-c", "envoy/demo.yaml", "--use-dynamic-base-id"])
         .env("MCPGW_DEMO_JWK", jwk)
         .output()
         .unwrap();
-    let log =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{log}");
-    assert!(
-        log.contains("configured 2 servers"),
-        "the filter did not load its configuration:\n{log}"
-    );
+    assert!(log.contains("configured 2 servers"), "the filter did not load its configuration:\n{log}");
 }

@@ -3,20 +3,15 @@
 //! resource metadata, scopes, and upstream credentials.
 
 // Integration tests: failing loudly is the point.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
 use common::{post_json, send, Gateway};
 use mcpgw::testing::jwks::{JwksServer, JWKS_PATH};
 use mcpgw::testing::keys::{
-    alg_none, b64url, forge, padded, replace_segment, standard_claims, tamper_payload, Alg,
-    ConfusionSecret, ForgedSignature, Segment, TestKey,
+    alg_none, b64url, forge, padded, replace_segment, standard_claims, tamper_payload, Alg, ConfusionSecret,
+    ForgedSignature, Segment, TestKey,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -35,9 +30,7 @@ fn claims(sub: &str, roles: &[&str]) -> Value {
 
 /// An identity provider serving `keys`, and a gateway whose provider fetches them.
 async fn start(keys: &[&TestKey], edit: impl FnOnce(&mut Value)) -> (Gateway, JwksServer) {
-    let idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .await
-        .unwrap();
+    let idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     idp.set_keys(keys);
     let gw = start_with_idp(&idp, edit).await;
     (gw, idp)
@@ -66,23 +59,15 @@ async fn start_with_idp(idp: &JwksServer, edit: impl FnOnce(&mut Value)) -> Gate
 
 /// `initialize` through the gateway: 200 means the token was accepted.
 async fn status_with(gw: &Gateway, token: &str) -> u16 {
-    post_json(&gw.url("test"), Some(token), &initialize())
-        .await
-        .status
+    post_json(&gw.url("test"), Some(token), &initialize()).await.status
 }
 
 fn assert_401_with_metadata(r: &common::Raw, what: &str) {
-    assert_eq!(
-        r.status,
-        401,
-        "{what}: {:?}",
-        String::from_utf8_lossy(&r.body)
-    );
+    assert_eq!(r.status, 401, "{what}: {:?}", String::from_utf8_lossy(&r.body));
     r.assert_rpc_error(401, -32001);
     let challenge = r.header("www-authenticate").unwrap_or_default();
     assert!(
-        challenge.starts_with("Bearer ")
-            && challenge.contains("resource_metadata=\"http://127.0.0.1:"),
+        challenge.starts_with("Bearer ") && challenge.contains("resource_metadata=\"http://127.0.0.1:"),
         "{what}: {challenge}"
     );
 }
@@ -111,11 +96,7 @@ async fn keys_rotate_while_a_client_keeps_calling() {
         }
     }
     let failed: Vec<_> = statuses.iter().filter(|(_, s)| *s != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "requests failed across the rotation: {failed:?} of {}",
-        statuses.len()
-    );
+    assert!(failed.is_empty(), "requests failed across the rotation: {failed:?} of {}", statuses.len());
     assert!(statuses.iter().filter(|(p, _)| *p == 1).count() > 3);
     // A retired key no longer works once the gateway has refreshed (refresh is 2 s).
     let old = a.sign(&claims("late", &["developer"]));
@@ -133,9 +114,7 @@ async fn keys_rotate_while_a_client_keeps_calling() {
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_provider_down_at_start_then_up() {
     let key = TestKey::generate(Alg::Es256, "k1").unwrap();
-    let mut idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .await
-        .unwrap();
+    let mut idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     idp.set_keys(&[&key]);
     idp.stop().await.unwrap();
     let gw = start_with_idp(&idp, |_| {}).await;
@@ -155,17 +134,10 @@ async fn identity_provider_down_at_start_then_up() {
             break;
         }
         assert_eq!(s, 503, "unexpected status while keys load");
-        assert!(
-            Instant::now() < deadline,
-            "never served after the IdP came up:\n{}",
-            gw.envoy.log()
-        );
+        assert!(Instant::now() < deadline, "never served after the IdP came up:\n{}", gw.envoy.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        gw.envoy.log().contains("JWKS fetch failed"),
-        "the failure was not logged"
-    );
+    assert!(gw.envoy.log().contains("JWKS fetch failed"), "the failure was not logged");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -179,30 +151,19 @@ async fn identity_provider_down_mid_run_keeps_last_good_keys() {
     // Refresh is every 2 s: wait until a refresh has failed, and keep calling.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !gw.envoy.log().contains("keeping the last good keys") {
-        assert!(
-            Instant::now() < deadline,
-            "no failed refresh logged:\n{}",
-            gw.envoy.log()
-        );
+        assert!(Instant::now() < deadline, "no failed refresh logged:\n{}", gw.envoy.log());
         let fresh = key.sign(&claims("bob", &["developer"]));
         assert_eq!(status_with(&gw, &fresh).await, 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let fresh = key.sign(&claims("carol", &["developer"]));
-    assert_eq!(
-        status_with(&gw, &fresh).await,
-        200,
-        "last good keys stopped serving"
-    );
-    let stats = reqwest::get(format!(
-        "http://127.0.0.1:{}/stats?filter=jwks_fetch",
-        gw.envoy.admin_port
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    assert_eq!(status_with(&gw, &fresh).await, 200, "last good keys stopped serving");
+    let stats = reqwest::get(format!("http://127.0.0.1:{}/stats?filter=jwks_fetch", gw.envoy.admin_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let failures: u64 = stats
         .lines()
         .find(|l| l.contains("jwks_fetch_failure"))
@@ -216,9 +177,7 @@ async fn identity_provider_down_mid_run_keeps_last_good_keys() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_unknown_kids_cannot_amplify_into_fetches() {
     let key = TestKey::generate(Alg::Es256, "real").unwrap();
-    let idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .await
-        .unwrap();
+    let idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     idp.set_keys(&[&key]);
     let gw = start_with_idp(&idp, |c| {
         c["jwt"]["providers"][0]["jwks"]["min_refetch_secs"] = json!(30);
@@ -231,13 +190,9 @@ async fn a_flood_of_unknown_kids_cannot_amplify_into_fetches() {
     let attacker = TestKey::generate(Alg::Es256, "x").unwrap();
     let mut tasks = Vec::new();
     for i in 0..40 {
-        let token = attacker
-            .with_kid(format!("random-{i}"))
-            .sign(&claims("mallory", &["admin"]));
+        let token = attacker.with_kid(format!("random-{i}")).sign(&claims("mallory", &["admin"]));
         let url = gw.url("test");
-        tasks.push(tokio::spawn(async move {
-            post_json(&url, Some(&token), &initialize()).await.status
-        }));
+        tasks.push(tokio::spawn(async move { post_json(&url, Some(&token), &initialize()).await.status }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 401);
@@ -262,39 +217,11 @@ async fn token_attacks_are_rejected_and_never_reach_the_upstream() {
     wrong_kid_header["kid"] = json!(ec.kid());
     let mut attacks: Vec<(&str, String)> = vec![
         ("alg none", alg_none(&good_claims)),
-        (
-            "HS256 keyed with the RSA PEM",
-            rsa.confusion_token(&good_claims, ConfusionSecret::SpkiPem)
-                .unwrap(),
-        ),
-        (
-            "HS256 keyed with the RSA modulus",
-            rsa.confusion_token(&good_claims, ConfusionSecret::Modulus)
-                .unwrap(),
-        ),
-        (
-            "HS256 keyed with the RSA JWK",
-            rsa.confusion_token(&good_claims, ConfusionSecret::JwkJson)
-                .unwrap(),
-        ),
-        (
-            "kid of an EC key, alg RS256",
-            forge(
-                &wrong_kid_header,
-                &good_claims,
-                ForgedSignature::SignedBy(&rsa),
-            ),
-        ),
-        (
-            "expired",
-            rsa.sign(&standard_claims(
-                ISSUER,
-                AUDIENCE,
-                "alice",
-                &["admin"],
-                -3600,
-            )),
-        ),
+        ("HS256 keyed with the RSA PEM", rsa.confusion_token(&good_claims, ConfusionSecret::SpkiPem).unwrap()),
+        ("HS256 keyed with the RSA modulus", rsa.confusion_token(&good_claims, ConfusionSecret::Modulus).unwrap()),
+        ("HS256 keyed with the RSA JWK", rsa.confusion_token(&good_claims, ConfusionSecret::JwkJson).unwrap()),
+        ("kid of an EC key, alg RS256", forge(&wrong_kid_header, &good_claims, ForgedSignature::SignedBy(&rsa))),
+        ("expired", rsa.sign(&standard_claims(ISSUER, AUDIENCE, "alice", &["admin"], -3600))),
         (
             "nbf in the future",
             rsa.sign(&{
@@ -303,63 +230,22 @@ async fn token_attacks_are_rejected_and_never_reach_the_upstream() {
                 c
             }),
         ),
-        (
-            "wrong iss",
-            rsa.sign(&standard_claims(
-                "https://evil.test",
-                AUDIENCE,
-                "alice",
-                &["admin"],
-                600,
-            )),
-        ),
-        (
-            "wrong aud",
-            rsa.sign(&standard_claims(
-                ISSUER,
-                "another-api",
-                "alice",
-                &["admin"],
-                600,
-            )),
-        ),
-        (
-            "tampered payload",
-            tamper_payload(&good, &claims("alice", &["admin", "root"])),
-        ),
+        ("wrong iss", rsa.sign(&standard_claims("https://evil.test", AUDIENCE, "alice", &["admin"], 600))),
+        ("wrong aud", rsa.sign(&standard_claims(ISSUER, "another-api", "alice", &["admin"], 600))),
+        ("tampered payload", tamper_payload(&good, &claims("alice", &["admin", "root"]))),
         ("tampered signature", {
             let mut t = good.clone();
             let last = t.pop().unwrap();
             t.push(if last == 'A' { 'B' } else { 'A' });
             t
         }),
-        (
-            "bad base64 header",
-            replace_segment(&good, Segment::Header, "!!!"),
-        ),
-        (
-            "bad base64 payload",
-            replace_segment(&good, Segment::Payload, "%%%"),
-        ),
-        (
-            "bad base64 signature",
-            replace_segment(&good, Segment::Signature, "***"),
-        ),
-        (
-            "non-JSON header",
-            replace_segment(&good, Segment::Header, &b64url("not json")),
-        ),
-        (
-            "non-JSON payload",
-            replace_segment(&good, Segment::Payload, &b64url("not json")),
-        ),
+        ("bad base64 header", replace_segment(&good, Segment::Header, "!!!")),
+        ("bad base64 payload", replace_segment(&good, Segment::Payload, "%%%")),
+        ("bad base64 signature", replace_segment(&good, Segment::Signature, "***")),
+        ("non-JSON header", replace_segment(&good, Segment::Header, &b64url("not json"))),
+        ("non-JSON payload", replace_segment(&good, Segment::Payload, &b64url("not json"))),
         ("oversized", rsa.sign(&padded(&good_claims, 20_000))),
-        (
-            "signed by an unpublished key",
-            TestKey::generate(Alg::Es256, "ec-1")
-                .unwrap()
-                .sign(&good_claims),
-        ),
+        ("signed by an unpublished key", TestKey::generate(Alg::Es256, "ec-1").unwrap().sign(&good_claims)),
     ];
     attacks.push(("empty", String::new()));
     for (what, token) in &attacks {
@@ -367,10 +253,7 @@ async fn token_attacks_are_rejected_and_never_reach_the_upstream() {
         let r = send(
             "POST",
             &gw.url("test"),
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &auth),
-            ],
+            &[("content-type", "application/json"), ("authorization", &auth)],
             initialize().to_string(),
         )
         .await;
@@ -389,20 +272,12 @@ async fn token_attacks_are_rejected_and_never_reach_the_upstream() {
     let r = send(
         "POST",
         &gw.url("test"),
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &auth),
-            ("authorization", &auth),
-        ],
+        &[("content-type", "application/json"), ("authorization", &auth), ("authorization", &auth)],
         initialize().to_string(),
     )
     .await;
     assert_401_with_metadata(&r, "two Authorization headers");
-    assert_eq!(
-        gw.upstream_requests(),
-        before,
-        "an attack reached the upstream"
-    );
+    assert_eq!(gw.upstream_requests(), before, "an attack reached the upstream");
     assert!(!gw.envoy.log().contains(&good), "a token reached the log");
 }
 
@@ -410,56 +285,21 @@ async fn token_attacks_are_rejected_and_never_reach_the_upstream() {
 async fn a_real_client_discovers_the_protected_resource_metadata_after_a_401() {
     let key = TestKey::generate(Alg::Es256, "k1").unwrap();
     let (gw, idp) = start(&[&key], |_| {}).await;
-    let discovered = mcpgw::testing::discover(&gw.url("github"))
-        .await
-        .expect("rmcp discovery");
-    assert!(
-        discovered.challenge.contains("resource_metadata="),
-        "{}",
-        discovered.challenge
-    );
+    let discovered = mcpgw::testing::discover(&gw.url("github")).await.expect("rmcp discovery");
+    assert!(discovered.challenge.contains("resource_metadata="), "{}", discovered.challenge);
     assert_eq!(discovered.resource_metadata["resource"], gw.url("github"));
-    assert_eq!(
-        discovered.resource_metadata["authorization_servers"][0],
-        idp.url()
-    );
-    assert_eq!(
-        discovered.resource_metadata["scopes_supported"][0],
-        "mcp:tools"
-    );
-    assert!(
-        discovered.authorization_server.is_some(),
-        "the client did not reach the authorization server metadata"
-    );
+    assert_eq!(discovered.resource_metadata["authorization_servers"][0], idp.url());
+    assert_eq!(discovered.resource_metadata["scopes_supported"][0], "mcp:tools");
+    assert!(discovered.authorization_server.is_some(), "the client did not reach the authorization server metadata");
 
     // The documents, fetched directly: per server and for the whole gateway.
-    let r = send(
-        "GET",
-        &gw.envoy
-            .url("/.well-known/oauth-protected-resource/mcp/github"),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let r = send("GET", &gw.envoy.url("/.well-known/oauth-protected-resource/mcp/github"), &[], Vec::new()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["resource"], gw.url("github"));
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    let r = send(
-        "GET",
-        &gw.envoy.url("/.well-known/oauth-protected-resource"),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let r = send("GET", &gw.envoy.url("/.well-known/oauth-protected-resource"), &[], Vec::new()).await;
     assert_eq!(r.json()["resource"], gw.envoy.url(""));
-    let r = send(
-        "GET",
-        &gw.envoy
-            .url("/.well-known/oauth-protected-resource/mcp/nope"),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let r = send("GET", &gw.envoy.url("/.well-known/oauth-protected-resource/mcp/nope"), &[], Vec::new()).await;
     assert_eq!(r.status, 404);
     assert_eq!(gw.upstream_requests(), 0);
 }
@@ -475,10 +315,7 @@ async fn a_token_without_the_required_scope_gets_insufficient_scope() {
     let r = post_json(&gw.url("test"), Some(&without), &initialize()).await;
     r.assert_rpc_error(403, -32003);
     let challenge = r.header("www-authenticate").unwrap();
-    assert!(
-        challenge.contains("error=\"insufficient_scope\""),
-        "{challenge}"
-    );
+    assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
     assert!(challenge.contains("scope=\"mcp:tools\""), "{challenge}");
     assert!(challenge.contains("resource_metadata="), "{challenge}");
     let mut c = claims("alice", &["developer"]);
@@ -509,8 +346,7 @@ async fn upstream_credentials_are_injected_or_forwarded_only_when_configured() {
     let pat = "ghp_upstream-secret-1234567890";
     let gw = Gateway::start_full(
         |c| {
-            c["servers"][1]["upstream_auth"] =
-                json!({"header": "authorization", "value_env": "GITHUB_PAT"});
+            c["servers"][1]["upstream_auth"] = json!({"header": "authorization", "value_env": "GITHUB_PAT"});
             c["servers"][0]["upstream_auth"] = json!({"forward_client_token": true});
         },
         vec![],
@@ -518,41 +354,20 @@ async fn upstream_credentials_are_injected_or_forwarded_only_when_configured() {
     )
     .await;
     let token = gw.token("alice", &["developer"]);
-    assert_eq!(
-        post_json(&gw.url("github"), Some(&token), &initialize())
-            .await
-            .status,
-        200
-    );
+    assert_eq!(post_json(&gw.url("github"), Some(&token), &initialize()).await.status, 200);
     let seen = gw.github.requests.last().unwrap();
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {pat}").as_str())
-    );
-    assert_eq!(
-        post_json(&gw.url("test"), Some(&token), &initialize())
-            .await
-            .status,
-        200
-    );
+    assert_eq!(seen.header("authorization"), Some(format!("Bearer {pat}").as_str()));
+    assert_eq!(post_json(&gw.url("test"), Some(&token), &initialize()).await.status, 200);
     let seen = gw.test.requests.last().unwrap();
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {token}").as_str())
-    );
+    assert_eq!(seen.header("authorization"), Some(format!("Bearer {token}").as_str()));
     gw.envoy.wait_for_audit(|r| r["server"] == "github").await;
-    assert!(
-        !gw.envoy.log().contains(pat),
-        "the injected credential reached the log"
-    );
+    assert!(!gw.envoy.log().contains(pat), "the injected credential reached the log");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_wait_for_the_first_fetch_and_workers_share_it() {
     let key = TestKey::generate(Alg::Es256, "k1").unwrap();
-    let idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .await
-        .unwrap();
+    let idp = JwksServer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     idp.set_keys(&[&key]);
     // The IdP is slow: the first request arrives before the keys and must wait, not fail.
     idp.set_delay(Duration::from_millis(1500));
@@ -564,11 +379,7 @@ async fn requests_wait_for_the_first_fetch_and_workers_share_it() {
     .await;
     let token = key.sign(&claims("alice", &["developer"]));
     let started = Instant::now();
-    assert_eq!(
-        status_with(&gw, &token).await,
-        200,
-        "the first request failed instead of waiting"
-    );
+    assert_eq!(status_with(&gw, &token).await, 200, "the first request failed instead of waiting");
     assert!(idp.fetch_count() >= 1);
     // Envoy runs several VMs (2 workers and the main thread); they fetch once between them.
     tokio::time::sleep(Duration::from_millis(1000)).await;

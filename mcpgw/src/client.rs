@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context as _};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientRequest, ProgressNotificationParam, ProgressToken,
-    Request, ServerResult, Tool,
+    CallToolRequestParams, CallToolResult, ClientRequest, ProgressNotificationParam, ProgressToken, Request,
+    ServerResult, Tool,
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -37,14 +37,9 @@ pub async fn connect(url: &str, bearer: Option<&str>) -> anyhow::Result<McpClien
         config = config.auth_header(token.to_owned());
     }
     let transport = StreamableHttpClientTransport::from_config(config);
-    let service = ProgressRouter::default()
-        .serve(transport)
-        .await
-        .with_context(|| format!("MCP handshake with {url} failed"))?;
-    service
-        .peer()
-        .set_response_cache_config(ClientCacheConfig::disabled())
-        .await;
+    let service =
+        ProgressRouter::default().serve(transport).await.with_context(|| format!("MCP handshake with {url} failed"))?;
+    service.peer().set_response_cache_config(ClientCacheConfig::disabled()).await;
     Ok(McpClient { service })
 }
 
@@ -56,12 +51,7 @@ impl McpClient {
 
     /// Names of [`McpClient::list_tools`], sorted.
     pub async fn tool_names(&self) -> anyhow::Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .list_tools()
-            .await?
-            .into_iter()
-            .map(|tool| tool.name.into_owned())
-            .collect();
+        let mut names: Vec<String> = self.list_tools().await?.into_iter().map(|tool| tool.name.into_owned()).collect();
         names.sort();
         Ok(names)
     }
@@ -83,10 +73,7 @@ impl McpClient {
     ) -> anyhow::Result<CallToolResult> {
         let request = ClientRequest::CallToolRequest(Request::new(tool_call(name, args)?));
         // rmcp puts a fresh progressToken into the request's _meta.
-        let handle = self
-            .service
-            .send_cancellable_request(request, PeerRequestOptions::no_options())
-            .await?;
+        let handle = self.service.send_cancellable_request(request, PeerRequestOptions::no_options()).await?;
         let token = handle.progress_token.clone();
         let progress = self.service.service();
         progress.subscribe(token.clone(), tx);
@@ -149,9 +136,8 @@ struct Routes {
 impl ProgressRouter {
     fn subscribe(&self, token: ProgressToken, tx: UnboundedSender<ProgressNotificationParam>) {
         let mut routes = self.lock();
-        let (early, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut routes.unclaimed)
-            .into_iter()
-            .partition(|p| p.progress_token == token);
+        let (early, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut routes.unclaimed).into_iter().partition(|p| p.progress_token == token);
         routes.unclaimed = rest;
         for progress in early {
             let _ = tx.send(progress);
@@ -166,18 +152,12 @@ impl ProgressRouter {
     }
 
     fn lock(&self) -> MutexGuard<'_, Routes> {
-        self.routes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl ClientHandler for ProgressRouter {
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
         let mut routes = self.lock();
         if let Some(tx) = routes.subscribers.get(&params.progress_token) {
             let _ = tx.send(params);

@@ -13,11 +13,7 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "mcpgw",
-    version,
-    about = "Operator CLI for the MCP gateway for Envoy"
-)]
+#[command(name = "mcpgw", version, about = "Operator CLI for the MCP gateway for Envoy")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,43 +105,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen { dir } => keygen(&dir),
         Command::Token(args) => mint(args),
-        Command::Call {
-            token,
-            url,
-            tool,
-            arguments,
-        } => call(token.as_deref(), &url, &tool, &arguments).await,
-        Command::Demo {
-            filesystem,
-            github,
-            sandbox,
-        } => demo(filesystem, github, sandbox).await,
+        Command::Call { token, url, tool, arguments } => call(token.as_deref(), &url, &tool, &arguments).await,
+        Command::Demo { filesystem, github, sandbox } => demo(filesystem, github, sandbox).await,
     }
 }
 
 fn keygen(dir: &Path) -> anyhow::Result<()> {
     let files = token::keygen(dir)?;
-    let verb = if files.created {
-        "created"
-    } else {
-        "kept existing"
-    };
+    let verb = if files.created { "created" } else { "kept existing" };
     println!("{verb} signing key {}", files.signing_key.display());
-    println!(
-        "public key {} (kid {})",
-        files.public_key.display(),
-        files.kid
-    );
+    println!("public key {} (kid {})", files.public_key.display(), files.kid);
     Ok(())
 }
 
 fn mint(args: TokenArgs) -> anyhow::Result<()> {
-    let signing_jwk = std::fs::read_to_string(&args.key).with_context(|| {
-        format!(
-            "cannot read signing key {} (run `mcpgw keygen` first)",
-            args.key.display()
-        )
-    })?;
+    let signing_jwk = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("cannot read signing key {} (run `mcpgw keygen` first)", args.key.display()))?;
     let request = TokenRequest {
         sub: args.sub,
         roles: args.roles,
@@ -159,8 +134,7 @@ fn mint(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 async fn call(token: Option<&str>, url: &str, tool: &str, arguments: &str) -> anyhow::Result<()> {
-    let arguments: Value =
-        serde_json::from_str(arguments).context("tool arguments must be a JSON object")?;
+    let arguments: Value = serde_json::from_str(arguments).context("tool arguments must be a JSON object")?;
     if !arguments.is_object() {
         bail!("tool arguments must be a JSON object, got {arguments}");
     }
@@ -190,19 +164,9 @@ fn parse_claim(raw: &str) -> anyhow::Result<(String, Value)> {
 }
 
 async fn demo(filesystem: SocketAddr, github: SocketAddr, sandbox: PathBuf) -> anyhow::Result<()> {
-    let filesystem = start(
-        ServerKind::Filesystem {
-            sandbox: sandbox.clone(),
-        },
-        filesystem,
-    )
-    .await?;
+    let filesystem = start(ServerKind::Filesystem { sandbox: sandbox.clone() }, filesystem).await?;
     let github = start(ServerKind::Github, github).await?;
-    println!(
-        "filesystem MCP server on {} (sandbox {})",
-        filesystem.url(),
-        sandbox.display()
-    );
+    println!("filesystem MCP server on {} (sandbox {})", filesystem.url(), sandbox.display());
     println!("github MCP server on {}", github.url());
     println!("press Ctrl-C to stop");
 
@@ -212,9 +176,7 @@ async fn demo(filesystem: SocketAddr, github: SocketAddr, sandbox: PathBuf) -> a
 }
 
 async fn start(kind: ServerKind, addr: SocketAddr) -> anyhow::Result<RunningServer> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     mcpgw::spawn(kind, listener).await
 }
 
@@ -239,13 +201,8 @@ mod tests {
 
     #[test]
     fn token_defaults_match_the_demo_configuration() {
-        let cli = Cli::try_parse_from([
-            "mcpgw", "token", "--sub", "alice", "--roles", "a,b", "--roles", "c",
-        ])
-        .unwrap();
-        let Command::Token(args) = cli.command else {
-            unreachable!()
-        };
+        let cli = Cli::try_parse_from(["mcpgw", "token", "--sub", "alice", "--roles", "a,b", "--roles", "c"]).unwrap();
+        let Command::Token(args) = cli.command else { unreachable!() };
         assert_eq!(args.roles, ["a", "b", "c"]);
         assert_eq!(args.iss, "mcpgw-demo");
         assert_eq!(args.aud, "mcp-gateway");
@@ -256,18 +213,9 @@ mod tests {
     #[test]
     fn claims_are_json_when_they_parse_else_strings() {
         assert_eq!(parse_claim("n=3").unwrap(), ("n".into(), Value::from(3)));
-        assert_eq!(
-            parse_claim("t=acme").unwrap(),
-            ("t".into(), Value::from("acme"))
-        );
-        assert_eq!(
-            parse_claim("g=[\"x\"]").unwrap(),
-            ("g".into(), serde_json::json!(["x"]))
-        );
-        assert_eq!(
-            parse_claim("e=a=b").unwrap(),
-            ("e".into(), Value::from("a=b"))
-        );
+        assert_eq!(parse_claim("t=acme").unwrap(), ("t".into(), Value::from("acme")));
+        assert_eq!(parse_claim("g=[\"x\"]").unwrap(), ("g".into(), serde_json::json!(["x"])));
+        assert_eq!(parse_claim("e=a=b").unwrap(), ("e".into(), Value::from("a=b")));
         assert!(parse_claim("novalue").is_err());
         assert!(parse_claim("=x").is_err());
     }

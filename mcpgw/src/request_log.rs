@@ -29,10 +29,7 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// First value of a header (name compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body parsed as JSON, if it is JSON.
@@ -47,11 +44,7 @@ impl RecordedRequest {
 
     /// `params.name` of a `tools/call` (or `prompts/get`) body, if any.
     pub fn rpc_name(&self) -> Option<String> {
-        self.json()?
-            .get("params")?
-            .get("name")?
-            .as_str()
-            .map(str::to_owned)
+        self.json()?.get("params")?.get("name")?.as_str().map(str::to_owned)
     }
 }
 
@@ -95,9 +88,7 @@ impl RequestLog {
     /// Whether any request carried a header whose name starts with `prefix` (case-insensitive).
     pub fn any_header_with_prefix(&self, prefix: &str) -> bool {
         let prefix = prefix.to_ascii_lowercase();
-        self.lock()
-            .iter()
-            .any(|r| r.headers.iter().any(|(n, _)| n.starts_with(&prefix)))
+        self.lock().iter().any(|r| r.headers.iter().any(|(n, _)| n.starts_with(&prefix)))
     }
 
     /// Every value received for a header, across all requests.
@@ -112,19 +103,12 @@ impl RequestLog {
 
     /// Requests whose JSON-RPC body names this method (e.g. `tools/call`).
     pub fn with_rpc_method(&self, method: &str) -> Vec<RecordedRequest> {
-        self.lock()
-            .iter()
-            .filter(|r| r.rpc_method().as_deref() == Some(method))
-            .cloned()
-            .collect()
+        self.lock().iter().filter(|r| r.rpc_method().as_deref() == Some(method)).cloned().collect()
     }
 
     /// `tools/call` requests for this tool.
     pub fn tool_calls(&self, tool: &str) -> Vec<RecordedRequest> {
-        self.with_rpc_method("tools/call")
-            .into_iter()
-            .filter(|r| r.rpc_name().as_deref() == Some(tool))
-            .collect()
+        self.with_rpc_method("tools/call").into_iter().filter(|r| r.rpc_name().as_deref() == Some(tool)).collect()
     }
 
     fn push(&self, request: RecordedRequest) {
@@ -133,9 +117,7 @@ impl RequestLog {
 
     fn lock(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
         // A panicking test thread must not hide the log from the others.
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -147,25 +129,12 @@ pub async fn record(State(log): State<RequestLog>, request: Request, next: Next)
         Ok(body) => body,
         Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let headers = parts
         .headers
         .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
-    log.push(RecordedRequest {
-        method: parts.method.to_string(),
-        path,
-        headers,
-        body: body.clone(),
-    });
+    log.push(RecordedRequest { method: parts.method.to_string(), path, headers, body: body.clone() });
     next.run(Request::from_parts(parts, Body::from(body))).await
 }

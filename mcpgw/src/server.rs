@@ -94,18 +94,8 @@ pub async fn spawn(kind: ServerKind, listener: TcpListener) -> anyhow::Result<Ru
         let _ = stream.set_nodelay(true);
     });
     let shutdown = cancel.clone().cancelled_owned();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
-    Ok(RunningServer {
-        addr,
-        requests,
-        gate,
-        cancel,
-        task: Some(task),
-    })
+    let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
+    Ok(RunningServer { addr, requests, gate, cancel, task: Some(task) })
 }
 
 /// The HTTP application of one server: the MCP service at [`MCP_PATH`] behind the request log.
@@ -120,8 +110,8 @@ pub fn router(
         ServerKind::Filesystem { sandbox } => {
             filesystem::ensure_sandbox(sandbox)
                 .with_context(|| format!("cannot create sandbox {}", sandbox.display()))?;
-            let server = FilesystemServer::new(sandbox)
-                .with_context(|| format!("cannot open sandbox {}", sandbox.display()))?;
+            let server =
+                FilesystemServer::new(sandbox).with_context(|| format!("cannot open sandbox {}", sandbox.display()))?;
             mcp_router(move || server.clone(), cancel)
         }
         ServerKind::Github => {
@@ -130,16 +120,10 @@ pub fn router(
         }
         ServerKind::Test => mcp_router(move || TestServer::new(gate.clone()), cancel),
     };
-    Ok(app.layer(axum::middleware::from_fn_with_state(
-        requests,
-        request_log::record,
-    )))
+    Ok(app.layer(axum::middleware::from_fn_with_state(requests, request_log::record)))
 }
 
-fn mcp_router<S>(
-    new_session: impl Fn() -> S + Send + Sync + 'static,
-    cancel: CancellationToken,
-) -> Router
+fn mcp_router<S>(new_session: impl Fn() -> S + Send + Sync + 'static, cancel: CancellationToken) -> Router
 where
     S: ServerHandler + Send + 'static,
 {
@@ -148,10 +132,7 @@ where
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(["localhost", "127.0.0.1", "::1"])
         .with_cancellation_token(cancel);
-    let service = StreamableHttpService::new(
-        move || Ok(new_session()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let service =
+        StreamableHttpService::new(move || Ok(new_session()), Arc::new(LocalSessionManager::default()), config);
     Router::new().route_service(MCP_PATH, service)
 }

@@ -27,8 +27,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, RequestMetaObject,
-    ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, RequestMetaObject, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::{tool, tool_handler, tool_router, Peer, RoleServer, ServerHandler};
 use serde::Deserialize;
@@ -69,10 +69,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn new(gate: Arc<Semaphore>) -> Self {
-        Self {
-            gate,
-            tool_router: Self::tool_router(),
-        }
+        Self { gate, tool_router: Self::tool_router() }
     }
 }
 

@@ -32,10 +32,7 @@ pub const ALGORITHM: &str = "ES256";
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("cannot access {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("signing key is not a valid P-256 JWK: {0}")]
     InvalidKey(String),
     #[error("signing key has no private part (d)")]
@@ -81,12 +78,7 @@ pub fn keygen(dir: &Path) -> Result<KeyFiles, TokenError> {
     if !public_path.exists() {
         write_new(&public_path, &jwk_json(&signing_key, false)?, 0o644)?;
     }
-    Ok(KeyFiles {
-        signing_key: signing_path,
-        public_key: public_path,
-        kid: key_id(&signing_key),
-        created,
-    })
+    Ok(KeyFiles { signing_key: signing_path, public_key: public_path, kid: key_id(&signing_key), created })
 }
 
 /// What a minted token asserts.
@@ -126,11 +118,8 @@ impl TokenRequest {
 pub fn mint(signing_jwk: &str, request: &TokenRequest) -> Result<String, TokenError> {
     let key = parse_signing_key(signing_jwk)?;
     let now = chrono::Utc::now().timestamp();
-    let ttl =
-        i64::try_from(request.ttl.as_secs()).map_err(|_| TokenError::TtlTooLong(request.ttl))?;
-    let exp = now
-        .checked_add(ttl)
-        .ok_or(TokenError::TtlTooLong(request.ttl))?;
+    let ttl = i64::try_from(request.ttl.as_secs()).map_err(|_| TokenError::TtlTooLong(request.ttl))?;
+    let exp = now.checked_add(ttl).ok_or(TokenError::TtlTooLong(request.ttl))?;
 
     let mut payload = Map::new();
     payload.insert("iss".into(), request.iss.clone().into());
@@ -147,9 +136,7 @@ pub fn mint(signing_jwk: &str, request: &TokenRequest) -> Result<String, TokenEr
     // All claims, registered ones included, travel in the custom map so that extra claims can
     // replace them without producing duplicate JSON keys.
     let header = Header::empty().with_key_id(key_id(&key));
-    Es256
-        .token(&header, &Claims::new(payload), &key)
-        .map_err(|e| TokenError::Sign(e.to_string()))
+    Es256.token(&header, &Claims::new(payload), &key).map_err(|e| TokenError::Sign(e.to_string()))
 }
 
 /// The public JWK (with `kid`, `alg`, `use`) matching a private JWK given as JSON text.
@@ -158,8 +145,7 @@ pub fn public_jwk(signing_jwk: &str) -> Result<String, TokenError> {
 }
 
 fn parse_signing_key(text: &str) -> Result<SigningKey, TokenError> {
-    let jwk: JsonWebKey<'_> =
-        serde_json::from_str(text).map_err(|e| TokenError::InvalidKey(e.to_string()))?;
+    let jwk: JsonWebKey<'_> = serde_json::from_str(text).map_err(|e| TokenError::InvalidKey(e.to_string()))?;
     if !jwk.is_signing_key() {
         return Err(TokenError::NotASigningKey);
     }
@@ -173,11 +159,7 @@ fn key_id(key: &SigningKey) -> String {
 }
 
 fn jwk_json(key: &SigningKey, private: bool) -> Result<String, TokenError> {
-    let jwk = if private {
-        JsonWebKey::from(key)
-    } else {
-        JsonWebKey::from(key.verifying_key())
-    };
+    let jwk = if private { JsonWebKey::from(key) } else { JsonWebKey::from(key.verifying_key()) };
     let mut value = serde_json::to_value(&jwk)?;
     if let Value::Object(fields) = &mut value {
         fields.insert("kid".into(), key_id(key).into());
@@ -190,21 +172,13 @@ fn jwk_json(key: &SigningKey, private: bool) -> Result<String, TokenError> {
 }
 
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), TokenError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| io_error(path, e))?;
-    file.write_all(contents.as_bytes())
-        .map_err(|e| io_error(path, e))
+    let mut file =
+        fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| io_error(path, e))?;
+    file.write_all(contents.as_bytes()).map_err(|e| io_error(path, e))
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> TokenError {
-    TokenError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    TokenError::Io { path: path.to_owned(), source }
 }
 
 #[cfg(test)]
@@ -220,17 +194,13 @@ mod tests {
     }
 
     fn verify(public_path: &Path, token: &str) -> Claims<Map<String, Value>> {
-        let public: Value =
-            serde_json::from_str(&fs::read_to_string(public_path).unwrap()).unwrap();
+        let public: Value = serde_json::from_str(&fs::read_to_string(public_path).unwrap()).unwrap();
         let jwk: JsonWebKey<'_> = serde_json::from_value(public.clone()).unwrap();
         let key = VerifyingKey::try_from(&jwk).unwrap();
         let untrusted = UntrustedToken::new(token).unwrap();
         assert_eq!(untrusted.algorithm(), "ES256");
         assert_eq!(untrusted.header().key_id.as_deref(), public["kid"].as_str());
-        let token = Es256
-            .validator::<Map<String, Value>>(&key)
-            .validate(&untrusted)
-            .unwrap();
+        let token = Es256.validator::<Map<String, Value>>(&key).validate(&untrusted).unwrap();
         token.claims().clone()
     }
 
@@ -238,10 +208,7 @@ mod tests {
     fn keygen_writes_private_key_readable_only_by_owner() {
         use std::os::unix::fs::PermissionsExt;
         let (_dir, files) = keys();
-        let mode = fs::metadata(&files.signing_key)
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(&files.signing_key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(files.created);
     }
@@ -249,8 +216,7 @@ mod tests {
     #[test]
     fn public_key_has_kid_alg_and_use_but_no_private_part() {
         let (_dir, files) = keys();
-        let public: Value =
-            serde_json::from_str(&fs::read_to_string(&files.public_key).unwrap()).unwrap();
+        let public: Value = serde_json::from_str(&fs::read_to_string(&files.public_key).unwrap()).unwrap();
         assert_eq!(public["kty"], "EC");
         assert_eq!(public["crv"], "P-256");
         assert_eq!(public["alg"], "ES256");
@@ -287,10 +253,7 @@ mod tests {
         assert_eq!(custom["tenant"], "acme");
         let iat = claims.issued_at.unwrap();
         assert_eq!(claims.not_before, Some(iat));
-        assert_eq!(
-            claims.expiration,
-            Some(iat + chrono::Duration::seconds(3600))
-        );
+        assert_eq!(claims.expiration, Some(iat + chrono::Duration::seconds(3600)));
         let time = TimeOptions::new(chrono::Duration::seconds(5), chrono::Utc::now);
         claims.validate_expiration(&time).unwrap();
     }
@@ -320,9 +283,6 @@ mod tests {
     fn public_jwk_matches_written_public_key() {
         let (_dir, files) = keys();
         let signing = fs::read_to_string(&files.signing_key).unwrap();
-        assert_eq!(
-            public_jwk(&signing).unwrap(),
-            fs::read_to_string(&files.public_key).unwrap()
-        );
+        assert_eq!(public_jwk(&signing).unwrap(), fs::read_to_string(&files.public_key).unwrap());
     }
 }

@@ -21,18 +21,11 @@ async fn call(client: &Client, tool: &'static str, args: Value) -> anyhow::Resul
     let Value::Object(args) = args else {
         anyhow::bail!("arguments must be an object");
     };
-    Ok(client
-        .call_tool(CallToolRequestParams::new(tool).with_arguments(args))
-        .await?)
+    Ok(client.call_tool(CallToolRequestParams::new(tool).with_arguments(args)).await?)
 }
 
 fn text(result: &CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text())
-        .map(|t| t.text.clone())
-        .collect()
+    result.content.iter().filter_map(|c| c.as_text()).map(|t| t.text.clone()).collect()
 }
 
 /// Sends an `initialize` POST with the given `Host` and returns the HTTP status code.
@@ -53,43 +46,26 @@ async fn initialize_status(server: &RunningServer, host: &str) -> anyhow::Result
     stream.write_all(request.as_bytes()).await?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).await?;
-    let status = std::str::from_utf8(&head)?
-        .get(9..12)
-        .ok_or_else(|| anyhow::anyhow!("short status line"))?;
+    let status = std::str::from_utf8(&head)?.get(9..12).ok_or_else(|| anyhow::anyhow!("short status line"))?;
     Ok(status.parse()?)
 }
 
 #[tokio::test]
 async fn filesystem_reads_lists_and_writes_inside_the_sandbox() -> anyhow::Result<()> {
     let sandbox = tempfile::tempdir()?;
-    let (server, client) = start(ServerKind::Filesystem {
-        sandbox: sandbox.path().join("box"),
-    })
-    .await?;
+    let (server, client) = start(ServerKind::Filesystem { sandbox: sandbox.path().join("box") }).await?;
 
-    let readme = call(
-        &client,
-        "read_file",
-        json!({"file_path": "/public/readme.md"}),
-    )
-    .await?;
+    let readme = call(&client, "read_file", json!({"file_path": "/public/readme.md"})).await?;
     assert_eq!(readme.is_error, Some(false));
     assert!(text(&readme).contains("Acme handbook"));
 
     let root = call(&client, "list_directory", json!({"file_path": "/"})).await?;
     assert_eq!(text(&root), "private/\npublic/\nuser/");
 
-    let written = call(
-        &client,
-        "write_file",
-        json!({"file_path": "/user/alice/todo.md", "content": "ship it"}),
-    )
-    .await?;
+    let written =
+        call(&client, "write_file", json!({"file_path": "/user/alice/todo.md", "content": "ship it"})).await?;
     assert_eq!(written.is_error, Some(false));
-    assert_eq!(
-        std::fs::read_to_string(sandbox.path().join("box/user/alice/todo.md"))?,
-        "ship it"
-    );
+    assert_eq!(std::fs::read_to_string(sandbox.path().join("box/user/alice/todo.md"))?, "ship it");
 
     client.cancel().await?;
     server.shutdown().await
@@ -99,17 +75,9 @@ async fn filesystem_reads_lists_and_writes_inside_the_sandbox() -> anyhow::Resul
 async fn filesystem_refuses_escapes_with_a_tool_error() -> anyhow::Result<()> {
     let sandbox = tempfile::tempdir()?;
     std::fs::write(sandbox.path().join("outside.txt"), "secret")?;
-    let (server, client) = start(ServerKind::Filesystem {
-        sandbox: sandbox.path().join("box"),
-    })
-    .await?;
+    let (server, client) = start(ServerKind::Filesystem { sandbox: sandbox.path().join("box") }).await?;
 
-    let escaped = call(
-        &client,
-        "read_file",
-        json!({"file_path": "/../outside.txt"}),
-    )
-    .await?;
+    let escaped = call(&client, "read_file", json!({"file_path": "/../outside.txt"})).await?;
     assert_eq!(escaped.is_error, Some(true));
     assert!(text(&escaped).contains("escapes the sandbox"));
     assert!(!text(&escaped).contains("secret"));
@@ -122,21 +90,11 @@ async fn filesystem_refuses_escapes_with_a_tool_error() -> anyhow::Result<()> {
 async fn github_keeps_created_issues_across_sessions() -> anyhow::Result<()> {
     let (server, client) = start(ServerKind::Github).await?;
 
-    let payroll = call(
-        &client,
-        "get_repository",
-        json!({"repository": "acme/payroll"}),
-    )
-    .await?;
+    let payroll = call(&client, "get_repository", json!({"repository": "acme/payroll"})).await?;
     let payroll: Value = serde_json::from_str(&text(&payroll))?;
     assert_eq!(payroll["private"], true);
 
-    let created = call(
-        &client,
-        "create_issue",
-        json!({"repository": "acme/website", "title": "Typo"}),
-    )
-    .await?;
+    let created = call(&client, "create_issue", json!({"repository": "acme/website", "title": "Typo"})).await?;
     let created: Value = serde_json::from_str(&text(&created))?;
     assert_eq!(created["number"], 3);
 
@@ -163,17 +121,8 @@ async fn request_log_records_every_request_with_headers_and_body() -> anyhow::Re
     assert_eq!(echo.method, "POST");
     assert_eq!(echo.path, "/mcp");
     assert!(echo.header("Mcp-Session-Id").is_some());
-    assert_eq!(
-        echo.json()
-            .map(|b| b["params"]["arguments"]["text"].clone()),
-        Some(json!("hello"))
-    );
-    assert_eq!(
-        server.requests.with_rpc_method("initialize").len(),
-        1,
-        "{:?}",
-        server.requests.all()
-    );
+    assert_eq!(echo.json().map(|b| b["params"]["arguments"]["text"].clone()), Some(json!("hello")));
+    assert_eq!(server.requests.with_rpc_method("initialize").len(), 1, "{:?}", server.requests.all());
     assert!(!server.requests.any_header("x-mcp-user"));
 
     server.requests.clear();
@@ -185,12 +134,7 @@ async fn request_log_records_every_request_with_headers_and_body() -> anyhow::Re
 #[tokio::test]
 async fn loopback_hosts_with_any_port_are_accepted_others_are_refused() -> anyhow::Result<()> {
     let server = spawn(ServerKind::Test, TcpListener::bind("127.0.0.1:0").await?).await?;
-    for host in [
-        "127.0.0.1:10000",
-        "localhost:10000",
-        "127.0.0.1",
-        "[::1]:8080",
-    ] {
+    for host in ["127.0.0.1:10000", "localhost:10000", "127.0.0.1", "[::1]:8080"] {
         assert_eq!(initialize_status(&server, host).await?, 200, "{host}");
     }
     assert_eq!(initialize_status(&server, "evil.example:10000").await?, 403);

@@ -17,14 +17,8 @@ pub fn root() -> &'static Path {
 
 /// The Envoy binary: `$ENVOY`, or the one `make envoy` puts in `.envoy/`.
 pub fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".envoy/bin/envoy"));
-    assert!(
-        path.exists(),
-        "no Envoy at {}: run `make envoy` or set ENVOY",
-        path.display()
-    );
+    let path = std::env::var_os("ENVOY").map(PathBuf::from).unwrap_or_else(|| root().join(".envoy/bin/envoy"));
+    assert!(path.exists(), "no Envoy at {}: run `make envoy` or set ENVOY", path.display());
     path
 }
 
@@ -39,14 +33,7 @@ pub fn wasm_path() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(root())
-            .args([
-                "build",
-                "--quiet",
-                "--target",
-                "wasm32-wasip1",
-                "--release",
-                "--lib",
-            ])
+            .args(["build", "--quiet", "--target", "wasm32-wasip1", "--release", "--lib"])
             .status()
             .expect("run cargo to build the wasm filter");
         assert!(status.success(), "building the wasm filter failed");
@@ -175,13 +162,7 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args([
-                "--use-dynamic-base-id",
-                "--log-level",
-                "info",
-                "--concurrency",
-                "2",
-            ])
+            .args(["--use-dynamic-base-id", "--log-level", "info", "--concurrency", "2"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -189,43 +170,24 @@ impl Envoy {
             cmd.env(k, v);
         }
         let child = cmd.spawn().context("spawn envoy")?;
-        let mut envoy = Envoy {
-            child,
-            port: 0,
-            admin_port: 0,
-            log_path,
-            _dir: dir,
-        };
+        let mut envoy = Envoy { child, port: 0, admin_port: 0, log_path, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = envoy.child.try_wait()? {
-                bail!(
-                    "envoy exited with {status} before becoming ready:\n{}",
-                    envoy.log()
-                );
+                bail!("envoy exited with {status} before becoming ready:\n{}", envoy.log());
             }
             if Instant::now() > deadline {
                 bail!("envoy not ready after 30s:\n{}", envoy.log());
             }
             if envoy.admin_port == 0 {
                 if let Ok(addr) = std::fs::read_to_string(&admin_path) {
-                    envoy.admin_port = addr
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(0);
+                    envoy.admin_port = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
                 }
             }
             if envoy.admin_port != 0 && envoy.port == 0 {
                 envoy.port = envoy.listener_port().await.unwrap_or(0);
             }
-            if envoy.port != 0
-                && envoy
-                    .admin_get("/ready")
-                    .await
-                    .is_ok_and(|r| r.trim() == "LIVE")
-            {
+            if envoy.port != 0 && envoy.admin_get("/ready").await.is_ok_and(|r| r.trim() == "LIVE") {
                 return Ok(envoy);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -235,10 +197,7 @@ impl Envoy {
     /// Runs Envoy expecting it to refuse the configuration; returns its log.
     pub async fn expect_refusal(opts: EnvoyOptions) -> Result<String> {
         match Envoy::start(opts).await {
-            Ok(envoy) => Err(anyhow!(
-                "envoy started although it should have refused:\n{}",
-                envoy.log()
-            )),
+            Ok(envoy) => Err(anyhow!("envoy started although it should have refused:\n{}", envoy.log())),
             Err(e) => Ok(e.to_string()),
         }
     }
@@ -249,8 +208,7 @@ impl Envoy {
     }
 
     async fn listener_port(&self) -> Result<u16> {
-        let listeners: Value =
-            serde_json::from_str(&self.admin_get("/listeners?format=json").await?)?;
+        let listeners: Value = serde_json::from_str(&self.admin_get("/listeners?format=json").await?)?;
         listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
@@ -284,11 +242,7 @@ impl Envoy {
             if let Some(r) = self.audit_records().into_iter().find(|r| pred(r)) {
                 return r;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no matching audit record in:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "no matching audit record in:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -2,12 +2,7 @@
 //! built filter, a signing key, and helpers to talk to the gateway over raw HTTP.
 #![allow(dead_code)] // each test binary uses a different subset
 // Test support: failing loudly is the point.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod envoy;
 
@@ -59,9 +54,7 @@ pub struct Gateway {
 }
 
 async fn loopback_listener() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback")
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback")
 }
 
 impl Gateway {
@@ -84,12 +77,8 @@ impl Gateway {
         let files = keygen(keys.path()).expect("keygen");
         let signing_jwk = std::fs::read_to_string(&files.signing_key).expect("signing key");
         let public_jwk = std::fs::read_to_string(&files.public_key).expect("public key");
-        let test = spawn(ServerKind::Test, loopback_listener().await)
-            .await
-            .expect("test server");
-        let github = spawn(ServerKind::Github, loopback_listener().await)
-            .await
-            .expect("github server");
+        let test = spawn(ServerKind::Test, loopback_listener().await).await.expect("test server");
+        let github = spawn(ServerKind::Github, loopback_listener().await).await.expect("github server");
         let mut config = plugin_config();
         edit(&mut config);
         let envoy = Envoy::start(EnvoyOptions {
@@ -98,21 +87,12 @@ impl Gateway {
                 ("test".into(), "/mcp/test".into(), test.addr),
                 ("github".into(), "/mcp/github".into(), github.addr),
             ],
-            env: std::iter::once((JWK_ENV.into(), public_jwk.clone()))
-                .chain(env)
-                .collect(),
+            env: std::iter::once((JWK_ENV.into(), public_jwk.clone())).chain(env).collect(),
             clusters,
         })
         .await
         .expect("start envoy");
-        Gateway {
-            envoy,
-            test,
-            github,
-            signing_jwk,
-            public_jwk,
-            _keys: keys,
-        }
+        Gateway { envoy, test, github, signing_jwk, public_jwk, _keys: keys }
     }
 
     pub fn public_jwk(&self) -> &str {
@@ -148,12 +128,8 @@ pub struct Raw {
 
 impl Raw {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -162,33 +138,18 @@ impl Raw {
 
     /// Asserts a JSON-RPC error reply with this HTTP status and error code.
     pub fn assert_rpc_error(&self, status: u16, code: i64) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "body: {:?}",
-            String::from_utf8_lossy(&self.body)
-        );
+        assert_eq!(self.status, status, "body: {:?}", String::from_utf8_lossy(&self.body));
         let body = self.json();
         assert_eq!(body["jsonrpc"], "2.0", "{body}");
         assert_eq!(body["error"]["code"], code, "{body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{body}"
-        );
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
         assert_eq!(self.header("content-type"), Some("application/json"));
         body
     }
 }
 
 /// Sends one HTTP request with exactly these headers (repeats allowed).
-pub async fn send(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<reqwest::Body>,
-) -> Raw {
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Raw {
     let mut map = HeaderMap::new();
     for (n, v) in headers {
         map.append(
@@ -207,20 +168,13 @@ pub async fn send(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.expect("read body").to_vec();
-    Raw {
-        status,
-        headers,
-        body,
-    }
+    Raw { status, headers, body }
 }
 
 /// A JSON POST as an MCP client sends it, with an optional bearer token.
 pub async fn post_json(url: &str, token: Option<&str>, body: &Value) -> Raw {
     let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-    ];
+    let mut headers = vec![("content-type", "application/json"), ("accept", "application/json, text/event-stream")];
     if let Some(auth) = &auth {
         headers.push(("authorization", auth.as_str()));
     }

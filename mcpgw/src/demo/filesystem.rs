@@ -18,26 +18,11 @@ use super::tool_error;
 
 /// Files a fresh sandbox starts with: public docs, a private file, per-user homes.
 const SEED_FILES: &[(&str, &str)] = &[
-    (
-        "public/readme.md",
-        "# Acme handbook\n\nWelcome to Acme. Start with the guide in /public/guide.md.\n",
-    ),
-    (
-        "public/guide.md",
-        "# Guide\n\n1. Read the handbook.\n2. Ask your manager for access.\n",
-    ),
-    (
-        "private/salaries.csv",
-        "name,salary\nalice,120000\nbob,95000\n",
-    ),
-    (
-        "user/alice/notes.md",
-        "# Alice's notes\n\nShip the gateway.\n",
-    ),
-    (
-        "user/bob/notes.md",
-        "# Bob's notes\n\nReview the RBAC policy.\n",
-    ),
+    ("public/readme.md", "# Acme handbook\n\nWelcome to Acme. Start with the guide in /public/guide.md.\n"),
+    ("public/guide.md", "# Guide\n\n1. Read the handbook.\n2. Ask your manager for access.\n"),
+    ("private/salaries.csv", "name,salary\nalice,120000\nbob,95000\n"),
+    ("user/alice/notes.md", "# Alice's notes\n\nShip the gateway.\n"),
+    ("user/bob/notes.md", "# Bob's notes\n\nReview the RBAC policy.\n"),
 ];
 
 /// Creates the sandbox directory and any missing seed file; existing files are left alone.
@@ -78,10 +63,7 @@ pub struct FilesystemServer {
 impl FilesystemServer {
     /// `root` must exist (see [`ensure_sandbox`]).
     pub fn new(root: &Path) -> io::Result<Self> {
-        Ok(Self {
-            root: root.canonicalize()?,
-            tool_router: Self::tool_router(),
-        })
+        Ok(Self { root: root.canonicalize()?, tool_router: Self::tool_router() })
     }
 
     /// Maps a sandbox path to a host path, or explains why it is refused.
@@ -106,9 +88,7 @@ impl FilesystemServer {
         // Follow symlinks through the deepest part that exists already, so neither a read nor
         // a write (which creates directories) can leave the sandbox through a link.
         if let Some(existing) = host_path.ancestors().find(|p| p.exists()) {
-            let real = existing
-                .canonicalize()
-                .map_err(|e| format!("cannot resolve {file_path}: {e}"))?;
+            let real = existing.canonicalize().map_err(|e| format!("cannot resolve {file_path}: {e}"))?;
             if !real.starts_with(&self.root) {
                 return Err(format!("path escapes the sandbox: {file_path}"));
             }
@@ -119,9 +99,7 @@ impl FilesystemServer {
 
 #[tool_router]
 impl FilesystemServer {
-    #[tool(
-        description = "Read a text file. Paths are absolute within the sandbox, e.g. /public/readme.md."
-    )]
+    #[tool(description = "Read a text file. Paths are absolute within the sandbox, e.g. /public/readme.md.")]
     async fn read_file(&self, Parameters(args): Parameters<PathArgs>) -> CallToolResult {
         let path = match self.resolve(&args.file_path) {
             Ok(path) => path,
@@ -173,9 +151,7 @@ impl ServerHandler for FilesystemServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("filesystem", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Files of the Acme demo sandbox. Paths are absolute, e.g. /public/readme.md.",
-            )
+            .with_instructions("Files of the Acme demo sandbox. Paths are absolute, e.g. /public/readme.md.")
     }
 }
 
@@ -215,24 +191,14 @@ mod tests {
             ("/user/alice/new.md", "user/alice/new.md"),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                server.resolve(input).unwrap(),
-                server.root.join(expected),
-                "{input}"
-            );
+            assert_eq!(server.resolve(input).unwrap(), server.root.join(expected), "{input}");
         }
     }
 
     #[test]
     fn paths_that_escape_or_are_relative_are_refused() {
         let (_dir, server) = server();
-        for input in [
-            "/..",
-            "/../etc/passwd",
-            "/public/../../x",
-            "public/readme.md",
-            "",
-        ] {
+        for input in ["/..", "/../etc/passwd", "/public/../../x", "public/readme.md", ""] {
             assert!(server.resolve(input).is_err(), "{input}");
         }
     }

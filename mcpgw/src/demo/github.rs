@@ -35,30 +35,20 @@ pub struct GithubData {
 
 impl Default for GithubData {
     fn default() -> Self {
-        let issue = |number, title: &str| Issue {
-            number,
-            title: title.to_owned(),
-            state: "open".to_owned(),
-        };
+        let issue = |number, title: &str| Issue { number, title: title.to_owned(), state: "open".to_owned() };
         Self {
             repositories: Arc::new(Mutex::new(vec![
                 Repository {
                     name: "acme/website".to_owned(),
                     description: "Public website of Acme".to_owned(),
                     private: false,
-                    issues: vec![
-                        issue(1, "Broken link on the home page"),
-                        issue(2, "Add dark mode"),
-                    ],
+                    issues: vec![issue(1, "Broken link on the home page"), issue(2, "Add dark mode")],
                 },
                 Repository {
                     name: "acme/payroll".to_owned(),
                     description: "Salary computation (confidential)".to_owned(),
                     private: true,
-                    issues: vec![
-                        issue(1, "Bonus rounding error"),
-                        issue(2, "Rotate the bank API key"),
-                    ],
+                    issues: vec![issue(1, "Bonus rounding error"), issue(2, "Rotate the bank API key")],
                 },
             ])),
         }
@@ -67,9 +57,7 @@ impl Default for GithubData {
 
 impl GithubData {
     fn lock(&self) -> MutexGuard<'_, Vec<Repository>> {
-        self.repositories
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.repositories.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -94,10 +82,7 @@ pub struct GithubServer {
 
 impl GithubServer {
     pub fn new(data: GithubData) -> Self {
-        Self {
-            data,
-            tool_router: Self::tool_router(),
-        }
+        Self { data, tool_router: Self::tool_router() }
     }
 }
 
@@ -132,18 +117,8 @@ impl GithubServer {
         let Some(repository) = repositories.iter_mut().find(|r| r.name == args.repository) else {
             return not_found(&args.repository);
         };
-        let number = repository
-            .issues
-            .iter()
-            .map(|i| i.number)
-            .max()
-            .unwrap_or(0)
-            + 1;
-        repository.issues.push(Issue {
-            number,
-            title: args.title,
-            state: "open".to_owned(),
-        });
+        let number = repository.issues.iter().map(|i| i.number).max().unwrap_or(0) + 1;
+        repository.issues.push(Issue { number, title: args.title, state: "open".to_owned() });
         json_result(&serde_json::json!({ "repository": repository.name, "number": number }))
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use rmcp::transport::auth::{
-    default_oauth_http_client, AuthError, AuthorizationManager, AuthorizationMetadataSource,
-    OAuthHttpClient, OAuthHttpClientFuture, OAuthHttpRequest, WWWAuthenticateParams,
+    default_oauth_http_client, AuthError, AuthorizationManager, AuthorizationMetadataSource, OAuthHttpClient,
+    OAuthHttpClientFuture, OAuthHttpRequest, WWWAuthenticateParams,
 };
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ServiceExt as _;
@@ -57,26 +57,16 @@ pub async fn discover(mcp_url: &str) -> anyhow::Result<Discovery> {
         .with_context(|| format!("401 challenge names no usable resource_metadata: {challenge}"))?;
 
     let exchanges = Arc::new(Mutex::new(Vec::new()));
-    let recorder = Recorder {
-        inner: default_oauth_http_client()?,
-        exchanges: exchanges.clone(),
-    };
+    let recorder = Recorder { inner: default_oauth_http_client()?, exchanges: exchanges.clone() };
     let manager = AuthorizationManager::new_with_oauth_http_client(mcp_url, Arc::new(recorder))
         .await
         .context("cannot create rmcp authorization manager")?;
-    let resolved = manager
-        .resolve_metadata_from_challenge(Some(&challenge))
-        .await;
+    let resolved = manager.resolve_metadata_from_challenge(Some(&challenge)).await;
     let authorization_server = match resolved {
-        Ok(resolution)
-            if resolution.source == AuthorizationMetadataSource::ProtectedResourceMetadata =>
-        {
+        Ok(resolution) if resolution.source == AuthorizationMetadataSource::ProtectedResourceMetadata => {
             Some(serde_json::to_value(resolution.metadata)?)
         }
-        Ok(resolution) => bail!(
-            "rmcp found no protected resource metadata (fell back to {:?})",
-            resolution.source
-        ),
+        Ok(resolution) => bail!("rmcp found no protected resource metadata (fell back to {:?})", resolution.source),
         // Both come after rmcp accepted the document; which one depends on whether the
         // authorization server was unreachable or answered without metadata.
         Err(AuthError::AuthorizationServersUnavailable { .. }) => None,
@@ -85,17 +75,11 @@ pub async fn discover(mcp_url: &str) -> anyhow::Result<Discovery> {
     };
 
     let exchanges = exchanges.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(exchange) = exchanges
-        .iter()
-        .find(|exchange| exchange.url == resource_metadata_url)
-    else {
+    let Some(exchange) = exchanges.iter().find(|exchange| exchange.url == resource_metadata_url) else {
         bail!("rmcp never fetched {resource_metadata_url}");
     };
     if exchange.status != 200 {
-        bail!(
-            "{resource_metadata_url} answered {} (rmcp found metadata elsewhere)",
-            exchange.status
-        );
+        bail!("{resource_metadata_url} answered {} (rmcp found metadata elsewhere)", exchange.status);
     }
     let resource_metadata = serde_json::from_slice(&exchange.body)
         .with_context(|| format!("{resource_metadata_url} did not serve JSON"))?;
@@ -145,14 +129,11 @@ impl<C: OAuthHttpClient> OAuthHttpClient for Recorder<C> {
         Box::pin(async move {
             let response = self.inner.execute(request).await?;
             if let Ok(url) = url {
-                self.exchanges
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(Exchange {
-                        url,
-                        status: response.status().as_u16(),
-                        body: response.body().clone(),
-                    });
+                self.exchanges.lock().unwrap_or_else(PoisonError::into_inner).push(Exchange {
+                    url,
+                    status: response.status().as_u16(),
+                    body: response.body().clone(),
+                });
             }
             Ok(response)
         })
@@ -206,9 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn finds_metadata_and_authorization_server_through_the_challenge() {
-        let idp = JwksServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap())
-            .await
-            .unwrap();
+        let idp = JwksServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
         let issuer = idp.url();
         let url = stub(challenge_to, |base| {
             json!({
@@ -221,18 +200,12 @@ mod tests {
 
         let discovery = discover(&url).await.unwrap();
         assert_eq!(discovery.resource_metadata["resource"], url.as_str());
-        assert_eq!(
-            discovery.resource_metadata["bearer_methods_supported"],
-            json!(["header"])
-        );
+        assert_eq!(discovery.resource_metadata["bearer_methods_supported"], json!(["header"]));
         assert!(discovery.resource_metadata_url.ends_with(METADATA_PATH));
         assert!(discovery.challenge.starts_with("Bearer resource_metadata="));
         let authorization_server = discovery.authorization_server.unwrap();
         assert_eq!(authorization_server["jwks_uri"], idp.jwks_url());
-        assert_eq!(
-            discover_resource_metadata(&url).await.unwrap(),
-            discovery.resource_metadata
-        );
+        assert_eq!(discover_resource_metadata(&url).await.unwrap(), discovery.resource_metadata);
     }
 
     #[tokio::test]
@@ -274,12 +247,8 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_a_server_that_needs_no_token() {
-        let server = crate::spawn(
-            crate::ServerKind::Test,
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        )
-        .await
-        .unwrap();
+        let server =
+            crate::spawn(crate::ServerKind::Test, TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
         let error = format!("{:#}", discover(&server.url()).await.unwrap_err());
         assert!(error.contains("without a token"), "{error}");
     }

@@ -62,9 +62,7 @@ struct Shared {
 impl Shared {
     fn publication(&self) -> MutexGuard<'_, Publication> {
         // The lock is never held across a panic that matters: every writer sets plain fields.
-        self.publication
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.publication.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -91,20 +89,11 @@ pub struct JwksServer {
 impl JwksServer {
     /// Serves on `listener` (bind it to loopback, e.g. `127.0.0.1:0`).
     pub async fn start(listener: TcpListener) -> anyhow::Result<JwksServer> {
-        let addr = listener
-            .local_addr()
-            .context("listener has no local address")?;
+        let addr = listener.local_addr().context("listener has no local address")?;
         let (fetches, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            addr,
-            publication: Mutex::new(Publication::default()),
-            fetches,
-        });
+        let shared = Arc::new(Shared { addr, publication: Mutex::new(Publication::default()), fetches });
         let serving = serve(shared.clone(), listener);
-        Ok(JwksServer {
-            shared,
-            serving: Some(serving),
-        })
+        Ok(JwksServer { shared, serving: Some(serving) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -164,10 +153,7 @@ impl JwksServer {
         match reached {
             Ok(Ok(n)) => Ok(*n),
             Ok(Err(_)) => bail!("JWKS server is gone"),
-            Err(_) => bail!(
-                "JWKS was fetched {} times within {timeout:?}, expected {count}",
-                self.fetch_count()
-            ),
+            Err(_) => bail!("JWKS was fetched {} times within {timeout:?}, expected {count}", self.fetch_count()),
         }
     }
 
@@ -199,21 +185,11 @@ impl JwksServer {
             bail!("JWKS server is already running");
         }
         let addr = self.shared.addr;
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .context("cannot create socket")?;
-        socket
-            .set_reuseaddr(true)
-            .context("cannot set SO_REUSEADDR")?;
-        socket
-            .bind(addr)
-            .with_context(|| format!("cannot bind {addr} again"))?;
-        let listener = socket
-            .listen(LISTEN_BACKLOG)
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let socket =
+            if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.context("cannot create socket")?;
+        socket.set_reuseaddr(true).context("cannot set SO_REUSEADDR")?;
+        socket.bind(addr).with_context(|| format!("cannot bind {addr} again"))?;
+        let listener = socket.listen(LISTEN_BACKLOG).with_context(|| format!("cannot listen on {addr}"))?;
         self.serving = Some(serve(self.shared.clone(), listener));
         Ok(())
     }
@@ -232,16 +208,9 @@ fn serve(shared: Arc<Shared>, listener: TcpListener) -> Serving {
     let app = Router::new()
         .route(JWKS_PATH, get(jwks))
         .route(METADATA_PATH, get(metadata))
-        .with_state(AppState {
-            shared,
-            cancel: cancel.clone(),
-        });
+        .with_state(AppState { shared, cancel: cancel.clone() });
     let shutdown = cancel.clone().cancelled_owned();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
     Serving { cancel, task }
 }
 
@@ -253,12 +222,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
             Some(raw) => raw.clone(),
             None => json!({ "keys": publication.keys }).to_string(),
         };
-        (
-            publication.delay,
-            publication.failing,
-            body,
-            publication.max_age,
-        )
+        (publication.delay, publication.failing, body, publication.max_age)
     };
     if !delay.is_zero() {
         tokio::select! {
@@ -269,11 +233,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
         }
     }
     if failing {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "identity provider unavailable",
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, "identity provider unavailable").into_response();
     }
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Some(max_age) = max_age {
@@ -312,12 +272,7 @@ mod tests {
     }
 
     fn kids(document: &Value) -> Vec<&str> {
-        document["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|key| key["kid"].as_str().unwrap())
-            .collect()
+        document["keys"].as_array().unwrap().iter().map(|key| key["kid"].as_str().unwrap()).collect()
     }
 
     #[tokio::test]
@@ -359,28 +314,16 @@ mod tests {
         assert_eq!(fetch(&server).await.unwrap().status(), 503);
         server.set_failing(false);
         assert_eq!(fetch(&server).await.unwrap().status(), 200);
-        assert_eq!(
-            server
-                .wait_for_fetches(2, Duration::from_secs(1))
-                .await
-                .unwrap(),
-            2
-        );
+        assert_eq!(server.wait_for_fetches(2, Duration::from_secs(1)).await.unwrap(), 2);
     }
 
     #[tokio::test]
     async fn serves_a_raw_body_until_keys_are_set_again() {
         let server = server().await;
         server.set_raw_body(Some("{\"keys\": 1}".into()));
-        assert_eq!(
-            fetch(&server).await.unwrap().text().await.unwrap(),
-            "{\"keys\": 1}"
-        );
+        assert_eq!(fetch(&server).await.unwrap().text().await.unwrap(), "{\"keys\": 1}");
         server.set_keys(&[]);
-        assert_eq!(
-            fetch(&server).await.unwrap().text().await.unwrap(),
-            "{\"keys\":[]}"
-        );
+        assert_eq!(fetch(&server).await.unwrap().text().await.unwrap(), "{\"keys\":[]}");
     }
 
     #[tokio::test]
@@ -398,10 +341,7 @@ mod tests {
         let addr = server.addr();
         // A kept-alive connection must not outlive the stop.
         let client = reqwest::Client::new();
-        assert_eq!(
-            client.get(server.jwks_url()).send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(client.get(server.jwks_url()).send().await.unwrap().status(), 200);
 
         server.stop().await.unwrap();
         assert!(!server.is_running());
@@ -411,10 +351,7 @@ mod tests {
 
         server.restart().await.unwrap();
         assert_eq!(server.addr(), addr);
-        assert_eq!(
-            client.get(server.jwks_url()).send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(client.get(server.jwks_url()).send().await.unwrap().status(), 200);
         assert!(server.restart().await.is_err());
         assert_eq!(server.fetch_count(), 2);
     }
@@ -425,10 +362,7 @@ mod tests {
         server.set_delay(Duration::from_secs(30));
         let url = server.jwks_url();
         let pending = tokio::spawn(async move { reqwest::get(url).await });
-        server
-            .wait_for_fetches(1, Duration::from_secs(5))
-            .await
-            .unwrap();
+        server.wait_for_fetches(1, Duration::from_secs(5)).await.unwrap();
         let started = std::time::Instant::now();
         server.stop().await.unwrap();
         assert!(started.elapsed() < STOP_GRACE);
@@ -439,12 +373,8 @@ mod tests {
     #[tokio::test]
     async fn publishes_authorization_server_metadata_naming_itself() {
         let server = server().await;
-        let metadata: Value = reqwest::get(format!("{}{METADATA_PATH}", server.url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let metadata: Value =
+            reqwest::get(format!("{}{METADATA_PATH}", server.url())).await.unwrap().json().await.unwrap();
         assert_eq!(metadata["issuer"], server.url());
         assert_eq!(metadata["jwks_uri"], server.jwks_url());
         assert_eq!(server.fetch_count(), 0);

@@ -84,10 +84,7 @@ pub struct TestKey {
 
 impl fmt::Debug for TestKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TestKey")
-            .field("alg", &self.alg().name())
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("TestKey").field("alg", &self.alg().name()).field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -96,9 +93,7 @@ impl TestKey {
     pub fn generate(alg: Alg, kid: impl Into<String>) -> anyhow::Result<Self> {
         let material = match alg {
             Alg::Rs256 | Alg::Ps256 => Material::Rsa {
-                key: Box::new(
-                    RsaPrivateKey::new(&mut OsRng, RSA_BITS).context("cannot generate RSA key")?,
-                ),
+                key: Box::new(RsaPrivateKey::new(&mut OsRng, RSA_BITS).context("cannot generate RSA key")?),
                 pss: alg == Alg::Ps256,
             },
             Alg::Es256 => Material::Ec(EcSigningKey::random(&mut OsRng)),
@@ -112,46 +107,30 @@ impl TestKey {
                 Material::Hmac(secret)
             }
         };
-        Ok(Self {
-            kid: kid.into(),
-            material,
-            jwk_alg: true,
-        })
+        Ok(Self { kid: kid.into(), material, jwk_alg: true })
     }
 
     /// An HS256 key with a chosen secret (say, one the gateway's config also holds).
     pub fn hs256_with_secret(kid: impl Into<String>, secret: impl Into<Vec<u8>>) -> Self {
-        Self {
-            kid: kid.into(),
-            material: Material::Hmac(secret.into()),
-            jwk_alg: true,
-        }
+        Self { kid: kid.into(), material: Material::Hmac(secret.into()), jwk_alg: true }
     }
 
     /// The same key material under another algorithm of its key type (RS256 <-> PS256), which
     /// saves generating a second RSA key.
     pub fn with_alg(&self, alg: Alg) -> anyhow::Result<Self> {
         let material = match (&self.material, alg) {
-            (Material::Rsa { key, .. }, Alg::Rs256 | Alg::Ps256) => Material::Rsa {
-                key: key.clone(),
-                pss: alg == Alg::Ps256,
-            },
+            (Material::Rsa { key, .. }, Alg::Rs256 | Alg::Ps256) => {
+                Material::Rsa { key: key.clone(), pss: alg == Alg::Ps256 }
+            }
             (material, alg) if alg == self.alg() => material.clone(),
             _ => bail!("a {} key cannot sign {alg}", self.alg()),
         };
-        Ok(Self {
-            kid: self.kid.clone(),
-            material,
-            jwk_alg: self.jwk_alg,
-        })
+        Ok(Self { kid: self.kid.clone(), material, jwk_alg: self.jwk_alg })
     }
 
     /// The same key under another `kid`.
     pub fn with_kid(&self, kid: impl Into<String>) -> Self {
-        Self {
-            kid: kid.into(),
-            ..self.clone()
-        }
+        Self { kid: kid.into(), ..self.clone() }
     }
 
     /// Whether the published JWK names its `alg` (default: yes).
@@ -222,10 +201,9 @@ impl TestKey {
     /// newline), as an operator would paste it into a config. RSA keys only.
     pub fn public_pem(&self) -> anyhow::Result<String> {
         match &self.material {
-            Material::Rsa { key, .. } => key
-                .to_public_key()
-                .to_public_key_pem(LineEnding::LF)
-                .context("cannot encode RSA public key as PEM"),
+            Material::Rsa { key, .. } => {
+                key.to_public_key().to_public_key_pem(LineEnding::LF).context("cannot encode RSA public key as PEM")
+            }
             _ => bail!("public_pem needs an RSA key, not {}", self.alg()),
         }
     }
@@ -256,11 +234,7 @@ impl TestKey {
     /// Algorithm confusion: an `HS256` token with this key's `kid`, its HMAC keyed with public
     /// material of this RSA key. A verifier that picks the algorithm from the token and feeds
     /// "the key" to HMAC accepts it.
-    pub fn confusion_token(
-        &self,
-        claims: &Value,
-        secret: ConfusionSecret,
-    ) -> anyhow::Result<String> {
+    pub fn confusion_token(&self, claims: &Value, secret: ConfusionSecret) -> anyhow::Result<String> {
         let Material::Rsa { key, .. } = &self.material else {
             bail!("confusion tokens need an RSA key, not {}", self.alg());
         };
@@ -302,11 +276,7 @@ pub enum ForgedSignature<'a> {
 /// `base64url(header) . base64url(claims) . base64url(signature)`, with the JSON exactly as
 /// given (compact). Nothing is checked: the header may name any algorithm or key.
 pub fn forge(header: &Value, claims: &Value, signature: ForgedSignature<'_>) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        b64url(header.to_string()),
-        b64url(claims.to_string())
-    );
+    let signing_input = format!("{}.{}", b64url(header.to_string()), b64url(claims.to_string()));
     let signature = match signature {
         ForgedSignature::SignedBy(key) => key.signature(signing_input.as_bytes()),
         ForgedSignature::Hs256(secret) => hs256(secret, signing_input.as_bytes()),
@@ -318,11 +288,7 @@ pub fn forge(header: &Value, claims: &Value, signature: ForgedSignature<'_>) -> 
 
 /// An unsigned token: header `{"alg":"none","typ":"JWT"}` and an empty signature.
 pub fn alg_none(claims: &Value) -> String {
-    forge(
-        &json!({ "alg": "none", "typ": "JWT" }),
-        claims,
-        ForgedSignature::Empty,
-    )
+    forge(&json!({ "alg": "none", "typ": "JWT" }), claims, ForgedSignature::Empty)
 }
 
 /// The three dot-separated parts of a compact JWT.
@@ -383,10 +349,7 @@ pub fn b64url(bytes: impl AsRef<[u8]>) -> String {
 }
 
 fn hs256(secret: &[u8], message: &[u8]) -> Vec<u8> {
-    Hs256
-        .sign(&Hs256Key::new(secret), message)
-        .as_bytes()
-        .into_owned()
+    Hs256.sign(&Hs256Key::new(secret), message).as_bytes().into_owned()
 }
 
 #[cfg(test)]
@@ -403,13 +366,7 @@ mod tests {
     }
 
     fn claims() -> Value {
-        standard_claims(
-            "https://idp.test",
-            "mcp-gateway",
-            "alice",
-            &["developer"],
-            300,
-        )
+        standard_claims("https://idp.test", "mcp-gateway", "alice", &["developer"], 300)
     }
 
     /// Verifies with jwt-compact, the key parsed from the published JWK.
@@ -419,9 +376,7 @@ mod tests {
         let claims = match untrusted.algorithm() {
             "RS256" | "PS256" => {
                 let key = jwt_compact::alg::RsaPublicKey::try_from(&jwk).unwrap();
-                Rsa::with_name(untrusted.algorithm())
-                    .validator::<Value>(&key)
-                    .validate(&untrusted)
+                Rsa::with_name(untrusted.algorithm()).validator::<Value>(&key).validate(&untrusted)
             }
             "ES256" => {
                 let key = p256::ecdsa::VerifyingKey::try_from(&jwk).unwrap();
@@ -458,10 +413,7 @@ mod tests {
         for key in &keys {
             let token = key.sign(&claims);
             assert!(verifies(&token, &key.public_jwk()), "{key:?}");
-            assert_eq!(
-                decode_segment(&token, 0),
-                json!({ "alg": key.alg().name(), "kid": key.kid(), "typ": "JWT" })
-            );
+            assert_eq!(decode_segment(&token, 0), json!({ "alg": key.alg().name(), "kid": key.kid(), "typ": "JWT" }));
             assert_eq!(decode_segment(&token, 1), claims);
             let jwk = key.public_jwk();
             assert_eq!(jwk["kid"], key.kid());
@@ -486,9 +438,7 @@ mod tests {
 
     #[test]
     fn alg_can_be_left_out_of_the_published_jwk() {
-        let key = TestKey::generate(Alg::Es256, "ec")
-            .unwrap()
-            .publish_alg(false);
+        let key = TestKey::generate(Alg::Es256, "ec").unwrap().publish_alg(false);
         assert!(key.public_jwk().get("alg").is_none());
         assert!(verifies(&key.sign(&claims()), &key.public_jwk()));
     }
@@ -498,12 +448,8 @@ mod tests {
         let key = TestKey::generate(Alg::Hs256, "hs").unwrap();
         assert!(key.secret().unwrap().len() >= 32);
         assert!(rsa().secret().is_none());
-        let chosen =
-            TestKey::hs256_with_secret("cfg", b"0123456789abcdef0123456789abcdef".to_vec());
-        assert_eq!(
-            chosen.public_jwk()["k"],
-            b64url(b"0123456789abcdef0123456789abcdef")
-        );
+        let chosen = TestKey::hs256_with_secret("cfg", b"0123456789abcdef0123456789abcdef".to_vec());
+        assert_eq!(chosen.public_jwk()["k"], b64url(b"0123456789abcdef0123456789abcdef"));
     }
 
     #[test]
@@ -519,19 +465,14 @@ mod tests {
         let token = alg_none(&claims());
         assert!(token.ends_with('.'));
         assert_eq!(decode_segment(&token, 0)["alg"], "none");
-        assert!(UntrustedToken::new(&token)
-            .unwrap()
-            .signature_bytes()
-            .is_empty());
+        assert!(UntrustedToken::new(&token).unwrap().signature_bytes().is_empty());
     }
 
     #[test]
     fn confusion_tokens_are_hmacs_keyed_with_public_material() {
         let pem = rsa().public_pem().unwrap();
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
-        let n = URL_SAFE_NO_PAD
-            .decode(rsa().public_jwk()["n"].as_str().unwrap())
-            .unwrap();
+        let n = URL_SAFE_NO_PAD.decode(rsa().public_jwk()["n"].as_str().unwrap()).unwrap();
         let jwk_text = rsa().public_jwk().to_string();
         for (kind, secret) in [
             (ConfusionSecret::SpkiPem, pem.into_bytes()),
@@ -545,9 +486,7 @@ mod tests {
             assert!(verifies(&token, &oct), "{kind:?}");
         }
         let ec = TestKey::generate(Alg::Es256, "ec").unwrap();
-        assert!(ec
-            .confusion_token(&claims(), ConfusionSecret::Modulus)
-            .is_err());
+        assert!(ec.confusion_token(&claims(), ConfusionSecret::Modulus).is_err());
     }
 
     #[test]
@@ -569,21 +508,14 @@ mod tests {
         admin["roles"] = json!(["admin"]);
         let tampered = tamper_payload(&token, &admin);
         assert_eq!(decode_segment(&tampered, 1)["roles"], json!(["admin"]));
-        assert_eq!(
-            tampered.rsplit('.').next(),
-            token.rsplit('.').next(),
-            "signature kept"
-        );
+        assert_eq!(tampered.rsplit('.').next(), token.rsplit('.').next(), "signature kept");
         assert!(!verifies(&tampered, &key.public_jwk()));
     }
 
     #[test]
     fn segments_can_be_replaced_verbatim() {
         let token = "aaa.bbb.ccc";
-        assert_eq!(
-            replace_segment(token, Segment::Header, "!!!"),
-            "!!!.bbb.ccc"
-        );
+        assert_eq!(replace_segment(token, Segment::Header, "!!!"), "!!!.bbb.ccc");
         assert_eq!(replace_segment(token, Segment::Payload, "x"), "aaa.x.ccc");
         assert_eq!(replace_segment(token, Segment::Signature, ""), "aaa.bbb.");
         assert_eq!(replace_segment("only", Segment::Signature, "s"), "only..s");
@@ -602,10 +534,7 @@ mod tests {
         let claims = standard_claims("iss", "aud", "bob", &["a", "b"], -60);
         assert_eq!(claims["roles"], json!(["a", "b"]));
         assert_eq!(claims["iat"], claims["nbf"]);
-        assert_eq!(
-            claims["exp"].as_i64().unwrap(),
-            claims["iat"].as_i64().unwrap() - 60
-        );
+        assert_eq!(claims["exp"].as_i64().unwrap(), claims["iat"].as_i64().unwrap() - 60);
     }
 
     #[test]

@@ -1,0 +1,387 @@
+//! Resource-level policies: which files, repositories or URIs a caller may touch.
+//!
+//! Each server may have an ordered list of rules on the resources a request names (a
+//! `resources/read` URI, or configured tool arguments). Resources are normalized first
+//! (see [`crate::normalize`]); the first rule whose pattern matches decides; no match
+//! denies. Patterns may name the caller: `/user/{user_id}/**`, `{claims.tenant}/**`.
+
+use crate::jsonrpc::{Message, Target};
+use crate::jwt::Principal;
+use crate::normalize::{normalize, resource_of_uri, NormalizeError};
+use glob::{MatchOptions, Pattern};
+use serde_json::Value;
+use std::fmt;
+
+/// Where in a tool call's arguments a resource is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// A top-level argument name (`file_path`).
+    Key(String),
+    /// A JSON pointer into the arguments (`/source/path`).
+    Pointer(String),
+}
+
+/// A claim that must hold the given value (or contain it, when it is an array).
+#[derive(Debug, Clone)]
+pub struct ClaimCondition {
+    pub path: Vec<String>,
+    /// May use `{resource}`, `{user_id}` and `{claims.<path>}`.
+    pub value: String,
+}
+
+/// One ordered rule.
+#[derive(Debug, Clone)]
+pub struct ResourceRule {
+    /// The pattern as configured (lowercased when the policy folds case).
+    pub pattern: String,
+    /// Precompiled when the pattern has no placeholders.
+    pub compiled: Option<Pattern>,
+    /// Roles that may (`*`: any authenticated caller).
+    pub roles: Vec<String>,
+    /// User ids that may (placeholders allowed).
+    pub users: Vec<String>,
+    pub claim: Option<ClaimCondition>,
+    /// Record a denial by this rule as `would_deny` and let the request through.
+    pub shadow: bool,
+}
+
+/// A server's resource policy.
+#[derive(Debug, Clone)]
+pub struct ResourcePolicy {
+    pub arguments: Vec<Selector>,
+    pub case_fold: bool,
+    pub rules: Vec<ResourceRule>,
+}
+
+/// Why a resource was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceReason {
+    Unnormalizable(NormalizeError),
+    NoRule,
+    Rule { index: usize, pattern: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceDenial {
+    /// The resource as normalized (or as sent, when it could not be).
+    pub resource: String,
+    pub reason: ResourceReason,
+    pub shadow: bool,
+}
+
+impl fmt::Display for ResourceDenial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let resource: String = self.resource.chars().take(256).collect();
+        match &self.reason {
+            ResourceReason::Unnormalizable(e) => write!(f, "resource {resource:?} refused: {e}"),
+            ResourceReason::NoRule => write!(f, "no resource rule matches {resource:?}"),
+            ResourceReason::Rule { index, pattern } => {
+                write!(f, "resource {resource:?} matched rule {index} ({pattern:?}), which does not allow the caller")
+            }
+        }
+    }
+}
+
+const MATCH: MatchOptions =
+    MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+
+/// Placeholders a pattern or value may use.
+pub fn check_placeholders(template: &str, allow_resource: bool) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let after = rest.get(start + 1..).unwrap_or_default();
+        let end = after.find('}').ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
+        let name = after.get(..end).unwrap_or_default();
+        let ok = name == "user_id"
+            || (allow_resource && name == "resource")
+            || name.strip_prefix("claims.").is_some_and(|p| !p.is_empty() && p.split('.').all(|s| !s.is_empty()));
+        if !ok {
+            return Err(format!("unknown placeholder {{{name}}} in {template:?}"));
+        }
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+fn claim<'a>(principal: &'a Principal, path: &[&str]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter().try_fold(principal.claims.get(*first)?, |v, seg| v.get(seg))
+}
+
+/// Fills placeholders. Values go in escaped for glob matching when `for_glob`; a value
+/// holding `/` (or empty) makes the template unusable, so a claim can never widen a
+/// pattern across directories.
+fn substitute(template: &str, principal: &Principal, resource: Option<&str>, for_glob: bool) -> Option<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(rest.get(..start)?);
+        let after = rest.get(start + 1..)?;
+        let end = after.find('}')?;
+        let name = after.get(..end)?;
+        let value = match name {
+            "user_id" => principal.user_id.clone(),
+            "resource" => resource?.to_owned(),
+            _ => {
+                let path: Vec<&str> = name.strip_prefix("claims.")?.split('.').collect();
+                match claim(principal, &path)? {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return None,
+                }
+            }
+        };
+        if for_glob {
+            if value.is_empty() || value.contains('/') {
+                return None;
+            }
+            out.push_str(&Pattern::escape(&value));
+        } else {
+            out.push_str(&value);
+        }
+        rest = after.get(end + 1..)?;
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+impl ResourceRule {
+    fn matches(&self, principal: &Principal, resource: &str, case_fold: bool) -> bool {
+        if let Some(p) = &self.compiled {
+            return p.matches_with(resource, MATCH);
+        }
+        let Some(mut pattern) = substitute(&self.pattern, principal, None, true) else { return false };
+        if case_fold {
+            pattern = pattern.to_lowercase();
+        }
+        Pattern::new(&pattern).is_ok_and(|p| p.matches_with(resource, MATCH))
+    }
+
+    fn allows(&self, principal: &Principal, resource: &str) -> bool {
+        let by_role = self.roles.iter().any(|r| r == "*" || principal.roles.contains(r));
+        let by_user =
+            self.users.iter().any(|u| substitute(u, principal, None, false).is_some_and(|u| u == principal.user_id));
+        let by_claim = self.claim.as_ref().is_some_and(|c| {
+            let Some(want) = substitute(&c.value, principal, Some(resource), false) else { return false };
+            let path: Vec<&str> = c.path.iter().map(String::as_str).collect();
+            match claim(principal, &path) {
+                Some(Value::String(s)) => *s == want,
+                Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(want.as_str())),
+                _ => false,
+            }
+        });
+        by_role || by_user || by_claim
+    }
+}
+
+impl ResourcePolicy {
+    /// The resources a message names: a resource URI, or the configured arguments of a
+    /// tool call (strings, or arrays of strings).
+    pub fn resources(&self, message: &Message) -> Vec<String> {
+        match &message.target {
+            Some(Target::Resource(uri)) => vec![resource_of_uri(uri).to_owned()],
+            Some(Target::Tool(_)) => {
+                let Some(args) = &message.arguments else { return Vec::new() };
+                let mut found = Vec::new();
+                for selector in &self.arguments {
+                    let value = match selector {
+                        Selector::Key(k) => args.get(k),
+                        Selector::Pointer(p) => args.pointer(p),
+                    };
+                    match value {
+                        Some(Value::String(s)) => found.push(s.clone()),
+                        Some(Value::Array(items)) => {
+                            found.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+                        }
+                        _ => {}
+                    }
+                }
+                found
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Decides one resource; on success explains which rule allowed it.
+    pub fn check(&self, principal: &Principal, raw: &str) -> Result<String, ResourceDenial> {
+        let resource = normalize(raw, self.case_fold).map_err(|e| ResourceDenial {
+            resource: raw.to_owned(),
+            reason: ResourceReason::Unnormalizable(e),
+            shadow: false,
+        })?;
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !rule.matches(principal, &resource, self.case_fold) {
+                continue;
+            }
+            if rule.allows(principal, &resource) {
+                return Ok(format!("resource {resource:?}: rule {index} ({:?})", rule.pattern));
+            }
+            return Err(ResourceDenial {
+                resource,
+                reason: ResourceReason::Rule { index, pattern: rule.pattern.clone() },
+                shadow: rule.shadow,
+            });
+        }
+        Err(ResourceDenial { resource, reason: ResourceReason::NoRule, shadow: false })
+    }
+
+    /// Decides every resource a message names; the first denial wins.
+    pub fn check_message(&self, principal: &Principal, message: &Message) -> Result<Vec<String>, ResourceDenial> {
+        self.resources(message).iter().map(|r| self.check(principal, r)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jsonrpc::parse;
+    use serde_json::{json, Map};
+
+    fn principal(user: &str, roles: &[&str], claims: Value) -> Principal {
+        let mut c: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
+        c.insert("sub".into(), json!(user));
+        Principal {
+            user_id: user.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            scopes: vec![],
+            provider: "p".into(),
+            claims: c,
+        }
+    }
+
+    fn rule(pattern: &str, roles: &[&str]) -> ResourceRule {
+        let compiled = if pattern.contains('{') { None } else { Some(Pattern::new(pattern).unwrap()) };
+        ResourceRule {
+            pattern: pattern.into(),
+            compiled,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            users: vec![],
+            claim: None,
+            shadow: false,
+        }
+    }
+
+    /// The demo's filesystem policy.
+    fn filesystem() -> ResourcePolicy {
+        let mut own = rule("/user/{user_id}/**", &[]);
+        own.users = vec!["{user_id}".into()];
+        ResourcePolicy {
+            arguments: vec![Selector::Key("file_path".into()), Selector::Pointer("/options/target".into())],
+            case_fold: false,
+            rules: vec![
+                rule("/public", &["*"]),
+                rule("/public/**", &["*"]),
+                rule("/private/**", &["admin"]),
+                own,
+                rule("/user/**", &["admin"]),
+            ],
+        }
+    }
+
+    /// The demo's github policy: public repositories for everyone, private ones for
+    /// whoever the token names as a collaborator.
+    fn github() -> ResourcePolicy {
+        let mut private = rule("acme/payroll", &["admin"]);
+        private.claim = Some(ClaimCondition { path: vec!["repos".into()], value: "{resource}".into() });
+        ResourcePolicy {
+            arguments: vec![Selector::Key("repository".into())],
+            case_fold: true,
+            rules: vec![rule("acme/website", &["*"]), private],
+        }
+    }
+
+    #[test]
+    fn filesystem_table() {
+        let p = filesystem();
+        let alice = principal("alice", &["developer"], json!({}));
+        let admin = principal("root", &["admin"], json!({}));
+        let table: &[(&Principal, &str, bool)] = &[
+            (&alice, "/public/readme.md", true),
+            (&alice, "/public/docs/deep/file.md", true),
+            (&alice, "/public", true),
+            (&alice, "/private/salaries.csv", false),
+            (&admin, "/private/salaries.csv", true),
+            (&alice, "/user/alice/notes.md", true),
+            (&alice, "/user/alice/sub/dir/x", true),
+            (&alice, "/user/bob/notes.md", false),
+            (&admin, "/user/bob/notes.md", true),
+            (&alice, "/etc/passwd", false),
+            // Traversal and encodings are normalized before matching.
+            (&alice, "/public/../private/salaries.csv", false),
+            (&alice, "/public/%2e%2e/private/salaries.csv", false),
+            (&alice, "/public/%252e%252e/private/salaries.csv", false),
+            (&alice, "/public//..//private/x", false),
+            (&alice, "\\public\\..\\private\\x", false),
+            (&alice, "/user/alice/../bob/notes.md", false),
+            (&alice, "/public/../../etc/passwd", false),
+            (&alice, "/user/bob/../alice/notes.md", true),
+        ];
+        for (who, path, allowed) in table {
+            let d = p.check(who, path);
+            assert_eq!(d.is_ok(), *allowed, "{} {path}: {d:?}", who.user_id);
+        }
+    }
+
+    #[test]
+    fn a_user_id_cannot_widen_its_own_pattern() {
+        let p = filesystem();
+        for sneaky in ["*", "**", "..", "bob/..", "[ab]*"] {
+            let who = principal(sneaky, &["developer"], json!({}));
+            assert!(p.check(&who, "/user/bob/notes.md").is_err(), "user id {sneaky:?} reached bob's files");
+        }
+        let star = principal("*", &["developer"], json!({}));
+        assert!(p.check(&star, "/user/*/notes.md").is_ok(), "a literal '*' folder is still its own");
+    }
+
+    #[test]
+    fn github_private_repository_needs_the_claim() {
+        let p = github();
+        let dev = principal("alice", &["developer"], json!({}));
+        let collaborator = principal("carol", &["developer"], json!({"repos": ["acme/payroll"]}));
+        assert!(p.check(&dev, "acme/website").is_ok());
+        assert!(p.check(&dev, "ACME/Website").is_ok(), "case folded");
+        let denied = p.check(&dev, "acme/payroll").unwrap_err();
+        assert_eq!(denied.reason, ResourceReason::Rule { index: 1, pattern: "acme/payroll".into() });
+        assert!(p.check(&collaborator, "acme/payroll").is_ok());
+        assert!(p.check(&collaborator, "acme/website/../payroll").is_ok());
+        assert!(matches!(p.check(&dev, "acme/unknown").unwrap_err().reason, ResourceReason::NoRule));
+    }
+
+    #[test]
+    fn resources_come_from_arguments_and_uris() {
+        let p = filesystem();
+        let m = parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"copy","arguments":{"file_path":["/public/a","/private/b"],"options":{"target":"/user/x"}}}}"#, 16).unwrap();
+        assert_eq!(p.resources(&m), vec!["/public/a", "/private/b", "/user/x"]);
+        let alice = principal("alice", &["developer"], json!({}));
+        assert!(p.check_message(&alice, &m).is_err(), "every resource must be allowed");
+        let m =
+            parse(br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///public/a.txt"}}"#, 16)
+                .unwrap();
+        assert_eq!(p.resources(&m), vec!["/public/a.txt"]);
+        assert!(p.check_message(&alice, &m).is_ok());
+    }
+
+    #[test]
+    fn placeholders_are_validated() {
+        assert!(check_placeholders("/user/{user_id}/**", false).is_ok());
+        assert!(check_placeholders("/t/{claims.org.id}/*", false).is_ok());
+        assert!(check_placeholders("{resource}", true).is_ok());
+        assert!(check_placeholders("{resource}", false).is_err());
+        assert!(check_placeholders("/user/{email}", false).is_err());
+        assert!(check_placeholders("/user/{user_id", false).is_err());
+    }
+
+    #[test]
+    fn claims_can_name_the_folder() {
+        let p = ResourcePolicy {
+            arguments: vec![],
+            case_fold: false,
+            rules: vec![rule("/tenants/{claims.org.id}/**", &["*"])],
+        };
+        let who = principal("a", &["developer"], json!({"org": {"id": "acme"}}));
+        assert!(p.check(&who, "/tenants/acme/x").is_ok());
+        assert!(p.check(&who, "/tenants/other/x").is_err());
+        let nobody = principal("b", &["developer"], json!({}));
+        assert!(p.check(&nobody, "/tenants/acme/x").is_err());
+    }
+}
