@@ -95,6 +95,8 @@ struct Vm {
     waiters: Vec<Waiter>,
     /// Tool operations learned from tools/list replies.
     catalog: Catalog,
+    /// CAS of the shared catalog last merged.
+    catalog_cas: Option<u32>,
     metrics: Metrics,
 }
 
@@ -345,6 +347,7 @@ impl RootContext for Root {
                     config: Rc::new(config),
                     waiters: Vec::new(),
                     catalog: Catalog::default(),
+                    catalog_cas: None,
                     metrics: Metrics::define(),
                 };
                 let remote = vm.config.verifier.providers.iter().any(|p| p.jwks.is_some());
@@ -517,11 +520,45 @@ fn act(
 }
 
 fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> Step {
+    sync_catalog(vm);
     let vm = vm.borrow();
     let mut r = request.borrow_mut();
     match r.exchange.as_mut() {
         Some(ex) => ex.on_request_body(&vm.config, &vm.catalog, body),
         None => Step::Continue,
+    }
+}
+
+const CATALOG_KEY: &str = "mcp_gateway/catalog";
+
+/// Takes in tool operations other workers learned.
+fn sync_catalog(vm: &SharedVm) {
+    let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(CATALOG_KEY) else { return };
+    let mut vm = vm.borrow_mut();
+    if cas.is_some() && cas == vm.catalog_cas {
+        return;
+    }
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        vm.catalog.merge_json(&json);
+    }
+    vm.catalog_cas = cas;
+}
+
+/// Shares what this worker learned (merging with what others stored meanwhile).
+fn publish_catalog(vm: &SharedVm) {
+    for _ in 0..4 {
+        sync_catalog(vm);
+        let (bytes, cas) = {
+            let vm = vm.borrow();
+            (serde_json::to_vec(&vm.catalog.to_json()).unwrap_or_default(), vm.catalog_cas)
+        };
+        if hostcalls::set_shared_data(CATALOG_KEY, Some(&bytes), cas).is_ok() {
+            // Our own write bumps the CAS; read it back so we do not re-merge ourselves.
+            if let Ok((_, cas)) = hostcalls::get_shared_data(CATALOG_KEY) {
+                vm.borrow_mut().catalog_cas = cas;
+            }
+            return;
+        }
     }
 }
 
@@ -627,13 +664,18 @@ impl HttpContext for Filter {
         }
         let Some(vm) = self.vm.clone() else { return Action::Continue };
         let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-        let rewritten = {
+        let (rewritten, learned) = {
             let mut vmb = vm.borrow_mut();
             let Vm { config, catalog, .. } = &mut *vmb;
             let config = config.clone();
+            let before = catalog.generation;
             let mut r = self.request.borrow_mut();
-            r.exchange.as_mut().and_then(|ex| ex.on_response_body(&config, catalog, &content_type, &body))
+            let out = r.exchange.as_mut().and_then(|ex| ex.on_response_body(&config, catalog, &content_type, &body));
+            (out, catalog.generation != before)
         };
+        if learned {
+            publish_catalog(&vm);
+        }
         // A reply that cannot be read is not passed on (fail closed).
         let replacement = rewritten.unwrap_or_else(|| {
             log(LogLevel::Warn, "mcp-gateway: list reply not understood; dropping it");

@@ -167,10 +167,13 @@ fn first_match<'a>(patterns: &'a [Pattern], value: &str) -> Option<&'a Pattern> 
     patterns.iter().find(|p| p.matches(value))
 }
 
-/// Operations learned from tools/list replies, per server and tool. Bounded.
+/// Operations learned from tools/list replies, per server and tool. Bounded. Workers
+/// share it (the adapter stores [`Catalog::to_json`] in shared data).
 #[derive(Debug, Default)]
 pub struct Catalog {
     ops: HashMap<(String, String), Operation>,
+    /// Bumped on every change, so the adapter knows when to publish.
+    pub generation: u64,
 }
 
 /// Most tools remembered per worker.
@@ -184,15 +187,46 @@ impl Catalog {
             else {
                 continue;
             };
-            if self.ops.len() >= CATALOG_CAPACITY && !self.ops.contains_key(&(server.to_owned(), name.to_owned())) {
-                continue;
-            }
-            self.ops.insert((server.to_owned(), name.to_owned()), op);
+            self.insert(server, name, op);
+        }
+    }
+
+    fn insert(&mut self, server: &str, tool: &str, op: Operation) {
+        let key = (server.to_owned(), tool.to_owned());
+        if self.ops.len() >= CATALOG_CAPACITY && !self.ops.contains_key(&key) {
+            return;
+        }
+        if self.ops.insert(key, op) != Some(op) {
+            self.generation += 1;
         }
     }
 
     pub fn operation(&self, server: &str, tool: &str) -> Option<Operation> {
         self.ops.get(&(server.to_owned(), tool.to_owned())).copied()
+    }
+
+    /// `{"server": {"tool": "read", ...}, ...}`
+    pub fn to_json(&self) -> Value {
+        let mut servers = serde_json::Map::new();
+        for ((server, tool), op) in &self.ops {
+            let entry = servers.entry(server.clone()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(tools) = entry {
+                tools.insert(tool.clone(), Value::String(op.name().to_owned()));
+            }
+        }
+        Value::Object(servers)
+    }
+
+    /// Adds what another worker learned.
+    pub fn merge_json(&mut self, json: &Value) {
+        let Some(servers) = json.as_object() else { return };
+        for (server, tools) in servers {
+            for (tool, op) in tools.as_object().into_iter().flatten() {
+                if let Some(op) = op.as_str().and_then(Operation::parse) {
+                    self.insert(server, tool, op);
+                }
+            }
+        }
     }
 }
 
@@ -441,6 +475,10 @@ mod tests {
         assert_eq!(catalog.operation("github", "rename"), Some(Operation::Write));
         assert_eq!(catalog.operation("github", "plain"), None);
         assert_eq!(catalog.operation("gitlab", "search"), None, "annotations are per server");
+        let mut other = Catalog::default();
+        other.merge_json(&catalog.to_json());
+        assert_eq!(other.operation("github", "purge"), Some(Operation::Delete));
+        assert_eq!(other.generation, 3);
         // Configuration wins over what a server claims.
         p.operations = vec![(Operation::Delete, pats(&["search"]))];
         assert!(p.allows_message(&reader, "github", &call("search"), &catalog).is_err());

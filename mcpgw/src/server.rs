@@ -37,6 +37,9 @@ pub enum ServerKind {
     Github,
     /// The integration-test server (see [`crate::testing`]).
     Test,
+    /// The test server without sessions, answering plain `application/json` where it can
+    /// (as MCP servers without streaming do).
+    TestJson,
 }
 
 /// A server running in the background. Dropping it stops it too; [`RunningServer::shutdown`]
@@ -119,6 +122,7 @@ pub fn router(
             mcp_router(move || GithubServer::new(data.clone()), cancel)
         }
         ServerKind::Test => mcp_router(move || TestServer::new(gate.clone()), cancel),
+        ServerKind::TestJson => mcp_router_with(move || TestServer::new(gate.clone()), cancel, true),
     };
     Ok(app.layer(axum::middleware::from_fn_with_state(requests, request_log::record)))
 }
@@ -127,11 +131,24 @@ fn mcp_router<S>(new_session: impl Fn() -> S + Send + Sync + 'static, cancel: Ca
 where
     S: ServerHandler + Send + 'static,
 {
+    mcp_router_with(new_session, cancel, false)
+}
+
+/// `json`: no sessions, and `application/json` replies instead of SSE when possible.
+fn mcp_router_with<S>(
+    new_session: impl Fn() -> S + Send + Sync + 'static,
+    cancel: CancellationToken,
+    json: bool,
+) -> Router
+where
+    S: ServerHandler + Send + 'static,
+{
     // rmcp rejects a `Host` outside this list with 403 (DNS-rebinding defence). Entries without
     // a port match any port, so `127.0.0.1:10000` (the gateway keeps the client's Host) passes.
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(["localhost", "127.0.0.1", "::1"])
         .with_cancellation_token(cancel);
+    let config = if json { config.with_legacy_session_mode(false).with_json_response(true) } else { config };
     let service =
         StreamableHttpService::new(move || Ok(new_session()), Arc::new(LocalSessionManager::default()), config);
     Router::new().route_service(MCP_PATH, service)

@@ -151,6 +151,18 @@ impl TestServer {
     fn delete_item(&self, Parameters(args): Parameters<ItemArgs>) -> String {
         format!("deleted item {}", args.id)
     }
+
+    /// Named so no operation glob matches: its operation comes from its annotations.
+    #[tool(description = "Search items.", annotations(read_only_hint = true))]
+    fn search_items(&self) -> String {
+        "item 1".to_owned()
+    }
+
+    /// Destructive by annotation only.
+    #[tool(description = "Remove every item.", annotations(read_only_hint = false, destructive_hint = true))]
+    fn purge_items(&self) -> String {
+        "purged".to_owned()
+    }
 }
 
 #[tool_handler(router = self.tool_router)]

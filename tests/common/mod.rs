@@ -22,7 +22,9 @@ pub fn plugin_config() -> Value {
         "max_json_depth": 32,
         "servers": [
             {"name": "test", "path_prefix": "/mcp/test"},
-            {"name": "github", "path_prefix": "/mcp/github"}
+            {"name": "github", "path_prefix": "/mcp/github"},
+            {"name": "filesystem", "path_prefix": "/mcp/filesystem"},
+            {"name": "testjson", "path_prefix": "/mcp/testjson"}
         ],
         "jwt": {
             "providers": [{
@@ -48,6 +50,9 @@ pub struct Gateway {
     pub envoy: Envoy,
     pub test: RunningServer,
     pub github: RunningServer,
+    pub filesystem: RunningServer,
+    /// The test server answering `application/json` (no sessions).
+    pub testjson: RunningServer,
     signing_jwk: String,
     public_jwk: String,
     _keys: tempfile::TempDir,
@@ -79,6 +84,10 @@ impl Gateway {
         let public_jwk = std::fs::read_to_string(&files.public_key).expect("public key");
         let test = spawn(ServerKind::Test, loopback_listener().await).await.expect("test server");
         let github = spawn(ServerKind::Github, loopback_listener().await).await.expect("github server");
+        let testjson = spawn(ServerKind::TestJson, loopback_listener().await).await.expect("json test server");
+        let sandbox = keys.path().join("sandbox");
+        let filesystem =
+            spawn(ServerKind::Filesystem { sandbox }, loopback_listener().await).await.expect("filesystem server");
         let mut config = plugin_config();
         edit(&mut config);
         let envoy = Envoy::start(EnvoyOptions {
@@ -86,13 +95,15 @@ impl Gateway {
             upstreams: vec![
                 ("test".into(), "/mcp/test".into(), test.addr),
                 ("github".into(), "/mcp/github".into(), github.addr),
+                ("filesystem".into(), "/mcp/filesystem".into(), filesystem.addr),
+                ("testjson".into(), "/mcp/testjson".into(), testjson.addr),
             ],
             env: std::iter::once((JWK_ENV.into(), public_jwk.clone())).chain(env).collect(),
             clusters,
         })
         .await
         .expect("start envoy");
-        Gateway { envoy, test, github, signing_jwk, public_jwk, _keys: keys }
+        Gateway { envoy, test, github, filesystem, testjson, signing_jwk, public_jwk, _keys: keys }
     }
 
     pub fn public_jwk(&self) -> &str {
@@ -114,7 +125,7 @@ impl Gateway {
 
     /// Total requests that reached any upstream.
     pub fn upstream_requests(&self) -> usize {
-        self.test.requests.len() + self.github.requests.len()
+        [&self.test, &self.github, &self.filesystem, &self.testjson].iter().map(|s| s.requests.len()).sum()
     }
 }
 
