@@ -285,18 +285,15 @@ impl Exchange {
                 Step::Continue
             }
             Err(denial) => {
-                let shadow = config.policy.shadow || matches!(&denial, Denial::Resource(d) if d.shadow);
-                if shadow {
-                    self.record.decision = Some(Outcome::WouldDeny);
-                    self.record.reason = Some(format!("shadow: {denial}"));
-                    return Step::Continue;
+                let id = message.id.clone();
+                match refusal_for(config, &message, denial) {
+                    Ok(shadowed) => {
+                        self.record.decision = Some(Outcome::WouldDeny);
+                        self.record.reason = Some(format!("shadow: {shadowed}"));
+                        Step::Continue
+                    }
+                    Err(refusal) => Step::Reply(self.refuse(&refusal, id)),
                 }
-                let hide = config.policy.hide_denied_tools && denial.hides_tool();
-                let refusal = match (&message.target, hide) {
-                    (Some(Target::Tool(name)), true) => Refusal::UnknownTool { name: name.clone(), denial },
-                    _ => Refusal::Forbidden(denial),
-                };
-                Step::Reply(self.refuse(&refusal, message.id))
             }
         }
     }
@@ -371,9 +368,10 @@ impl Exchange {
         self.record
     }
 
-    fn allow(&mut self, role: String) {
+    /// `rule` explains what allowed the request (`role developer: tool create_* (write)`).
+    fn allow(&mut self, rule: String) {
         self.record.decision = Some(Outcome::Allow);
-        self.record.reason = Some(format!("role {role}"));
+        self.record.reason = Some(rule);
     }
 
     fn refuse(&mut self, refusal: &Refusal, id: Option<Value>) -> Reply {
@@ -438,6 +436,21 @@ pub fn decide(
         }
     }
     Ok(rule)
+}
+
+/// What the filter does with a body-time denial: `Ok` gives it back when shadow mode lets
+/// the request through; `Err` is the refusal the client gets (an unknown tool, when
+/// hiding). `mcpgw explain` uses this too.
+pub fn refusal_for(config: &Config, message: &Message, denial: Denial) -> Result<Denial, Refusal> {
+    let shadow = config.policy.shadow || matches!(&denial, Denial::Resource(d) if d.shadow);
+    if shadow {
+        return Ok(denial);
+    }
+    let hide = config.policy.hide_denied_tools && denial.hides_tool();
+    Err(match (&message.target, hide) {
+        (Some(Target::Tool(name)), true) => Refusal::UnknownTool { name: name.clone(), denial },
+        _ => Refusal::Forbidden(denial),
+    })
 }
 
 /// Whether a list item (tool, prompt, resource) is one the caller may use: the same

@@ -41,7 +41,7 @@ impl ListKind {
 
     /// The item member that names it, the same thing policies match against
     /// (`tools/call` name, `prompts/get` name, `resources/read` URI).
-    fn key(self) -> &'static str {
+    pub fn key(self) -> &'static str {
         match self {
             ListKind::Tools | ListKind::Prompts => "name",
             ListKind::Resources => "uri",

@@ -261,3 +261,59 @@ async fn mcp_method_and_name_headers_must_agree_with_the_body() {
     send("POST", &url, &with(vec![("mcp-method", "tools/call"), ("mcp-name", "get_item")]), call).await;
     assert!(gw.testjson.requests.all().iter().any(|r| r.rpc_name().as_deref() == Some("get_item")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_agrees_with_what_the_filter_did() {
+    let mut plugin = common::plugin_config();
+    policy(&mut plugin);
+    let edited = plugin.clone();
+    let gw = Gateway::start_with(move |c| *c = edited).await;
+    let env = |name: &str| (name == common::JWK_ENV).then(|| gw.public_jwk().to_owned());
+    let config = mcpgw::explain::load_config(&plugin.to_string(), &env).unwrap();
+
+    let cases: Vec<(&str, &[&str], &str, &str, Value)> = vec![
+        ("alice", &["developer"], "filesystem", "read_file", json!({"file_path": "/user/alice/notes.md"})),
+        ("alice", &["developer"], "filesystem", "read_file", json!({"file_path": "/user/bob/notes.md"})),
+        (
+            "alice",
+            &["developer"],
+            "filesystem",
+            "read_file",
+            json!({"file_path": "/public/%2e%2e/private/salaries.csv"}),
+        ),
+        ("root", &["admin"], "filesystem", "read_file", json!({"file_path": "/private/salaries.csv"})),
+        ("dave", &["developer"], "github", "create_issue", json!({"repository": "acme/website", "title": "t"})),
+        ("dave", &["developer"], "github", "get_repository", json!({"repository": "acme/payroll"})),
+        ("rita", &["readonly"], "github", "create_issue", json!({"repository": "acme/website", "title": "t"})),
+        ("rita", &["readonly"], "testjson", "get_item", json!({"id": 1})),
+        ("cora", &["contractor"], "testjson", "create_item", json!({"name": "x"})),
+        ("cora", &["contractor"], "testjson", "delete_item", json!({"id": 2})),
+        ("ivan", &["intern"], "testjson", "get_item", json!({"id": 1})),
+    ];
+    for (i, (user, roles, server, tool, args)) in cases.into_iter().enumerate() {
+        let id = 100 + i64::try_from(i).unwrap();
+        let request = tool_call(id, tool, args);
+        let token = gw.token(user, roles);
+        let r = post_json(&gw.url(server), Some(&token), &request).await;
+        let filter_allowed = r.status != 403;
+        // Refusals at headers time (no known role) are audited before the body is read.
+        let audit = gw
+            .envoy
+            .wait_for_audit(|rec| rec["jsonrpc_id"] == id || (rec["user_id"] == *user && rec["method"].is_null()))
+            .await;
+
+        let claims = json!({"iss": "mcpgw-demo", "aud": "mcp-gateway", "sub": user, "roles": roles});
+        let principal = mcpgw::explain::principal_from_claims(&config, &claims, None).unwrap();
+        let message = mcp_gateway::jsonrpc::parse(request.to_string().as_bytes(), 32).unwrap();
+        let explained = mcpgw::explain::explain(&config, &principal, server, Some(&message), None).unwrap();
+        let explained_allowed = serde_json::to_value(explained.decision).unwrap() == "allow";
+        assert_eq!(
+            explained_allowed, filter_allowed,
+            "{user} {server} {tool}: filter {audit} vs explain {explained:?}"
+        );
+        assert_eq!(serde_json::to_value(explained.decision).unwrap(), audit["decision"], "{user} {tool}");
+        if let Some(reason) = &explained.reason {
+            assert!(audit["reason"].as_str().unwrap().contains(reason.as_str()), "audit {audit} vs explain {reason}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use mcp_gateway::audit::Outcome;
 use mcp_gateway::config::{Config, ConfigError};
 use mcp_gateway::gateway::{self, decide};
-use mcp_gateway::jsonrpc::{Kind, Message, ParseError, Target};
+use mcp_gateway::jsonrpc::{Kind, Message, ParseError};
 use mcp_gateway::jwt::{self, AuthError, KeyStore, Principal, Verdict};
 use mcp_gateway::listing::{self, ListKind};
 use mcp_gateway::rbac::{Catalog, Denial, Role};
@@ -28,7 +28,7 @@ const PLUGIN_NAME: &str = "mcp_gateway";
 /// Why an explanation could not be given (bad input, not a denial).
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("not plugin configuration JSON nor an Envoy YAML configuration: {0}")]
     Yaml(String),
@@ -177,21 +177,18 @@ pub fn explain(
     match decision(config, &catalog, principal, server, request) {
         Ok(rule) => explanation.rule = Some(rule),
         Err(Refused { denial, at_body }) => {
-            // As the filter: shadow mode applies to body decisions; server access is
-            // refused at headers time whatever the mode.
-            let shadow = at_body && (config.policy.shadow || matches!(&denial, Denial::Resource(d) if d.shadow));
-            if shadow {
-                explanation.decision = Outcome::WouldDeny;
-            } else {
-                explanation.decision = Outcome::Deny;
-                let hide = at_body && config.policy.hide_denied_tools && denial.hides_tool();
-                let refusal = match (request.and_then(|m| m.target.as_ref()), hide) {
-                    (Some(Target::Tool(name)), true) => {
-                        Refusal::UnknownTool { name: name.clone(), denial: denial.clone() }
-                    }
-                    _ => Refusal::Forbidden(denial.clone()),
-                };
-                explanation.client_sees = Some(client_reply(&refusal, request.and_then(|m| m.id.clone())));
+            // As the filter: shadow mode and hiding apply to body decisions; server access
+            // is refused at headers time whatever the mode.
+            let outcome = match request.filter(|_| at_body) {
+                Some(message) => gateway::refusal_for(config, message, denial.clone()),
+                None => Err(Refusal::Forbidden(denial.clone())),
+            };
+            match outcome {
+                Ok(_) => explanation.decision = Outcome::WouldDeny,
+                Err(refusal) => {
+                    explanation.decision = Outcome::Deny;
+                    explanation.client_sees = Some(client_reply(&refusal, request.and_then(|m| m.id.clone())));
+                }
             }
             explanation.reason = Some(denial.to_string());
             explanation.role_rules =
@@ -246,22 +243,17 @@ fn describe(message: &Message) -> String {
 
 /// The member of a list item policies match against (items without it never reach `keep`).
 fn item_name(kind: ListKind, item: &Value) -> String {
-    let key = match kind {
-        ListKind::Tools | ListKind::Prompts => "name",
-        ListKind::Resources => "uri",
-        ListKind::ResourceTemplates => "uriTemplate",
-    };
-    item.get(key).and_then(Value::as_str).unwrap_or(listing::MALFORMED).to_owned()
+    item.get(kind.key()).and_then(Value::as_str).unwrap_or(listing::MALFORMED).to_owned()
 }
 
 fn client_reply(refusal: &Refusal, id: Option<Value>) -> ClientReply {
     let reply = reply(refusal, id, None);
     let body: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-    let error = &body["error"];
+    let error = |field: &str| body.get("error").and_then(|e| e.get(field)).cloned().unwrap_or_default();
     ClientReply {
         status: reply.status,
-        code: error["code"].as_i64().unwrap_or_default(),
-        message: error["message"].as_str().unwrap_or_default().to_owned(),
+        code: error("code").as_i64().unwrap_or_default(),
+        message: error("message").as_str().unwrap_or_default().to_owned(),
     }
 }
 
@@ -408,6 +400,7 @@ pub fn plugin_configuration(yaml: &str) -> Result<String, ExplainError> {
     let document: serde_norway::Value = serde_norway::from_str(yaml).map_err(|e| ExplainError::Yaml(e.to_string()))?;
     let mut found = Vec::new();
     find_plugin_configurations(&document, &mut found);
+    found.sort_unstable();
     found.dedup();
     match found.as_slice() {
         [] => Err(ExplainError::NoGatewayFilter),

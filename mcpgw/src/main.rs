@@ -1,12 +1,16 @@
-//! `mcpgw`: the operator's CLI for the MCP gateway (dev keys, tokens, demo servers).
+//! `mcpgw`: the operator's CLI for the MCP gateway (dev keys, tokens, demo servers, explain).
 
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use mcp_gateway::audit::Outcome;
+use mcp_gateway::listing::ListKind;
+use mcpgw::explain::{self, Explanation};
 use mcpgw::token::{self, TokenRequest};
 use mcpgw::{RunningServer, ServerKind};
 use serde_json::{Map, Value};
@@ -61,6 +65,106 @@ enum Command {
         #[arg(long, default_value = ".dev/sandbox")]
         sandbox: PathBuf,
     },
+    /// Explain why the gateway allows or denies a request (offline, with the filter's own code).
+    ///
+    /// Runs the filter's decision code on its configuration for one identity, server and
+    /// (optionally) MCP message, and prints the decision with the rule that allowed it or the
+    /// reason it was denied, what the client receives, and what each of the caller's roles
+    /// allows. With --tools-list it also says which items of a list reply the caller sees.
+    ///
+    /// Exit status: 0 allowed (or would_deny in shadow mode), 1 denied, 2 bad input
+    /// (configuration, token, claims, request, list reply).
+    #[command(after_long_help = EXPLAIN_EXAMPLES)]
+    Explain(ExplainArgs),
+}
+
+const EXPLAIN_EXAMPLES: &str = "\
+Examples:
+  # May a readonly user create an issue on the demo's github server?
+  mcpgw explain --config envoy/demo.yaml --env MCPGW_DEMO_JWK=\"$(cat .dev/public-key.jwk)\" \\
+    --claims '{\"iss\":\"mcpgw-demo\",\"sub\":\"bob\",\"roles\":[\"readonly\"]}' \\
+    --path /mcp/github \\
+    --request '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"create_issue\"}}'
+
+  # Which tools of this tools/list reply does the token's holder see?
+  mcpgw explain --config gateway.json --token \"$TOKEN\" --server github --tools-list reply.sse --json";
+
+/// Inputs of `mcpgw explain`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("identity").required(true).args(["token", "claims"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["server", "path"])))]
+struct ExplainArgs {
+    /// Plugin configuration: its JSON, or an Envoy YAML configuration whose
+    /// `envoy.filters.http.wasm` filter with `config.name: mcp_gateway` holds it (as
+    /// `configuration.value`), such as envoy/demo.yaml.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Environment variable for `*_env` configuration fields (`jwk_env`, `secret_env`,
+    /// `value_env`), overriding this process's environment; repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Bearer token of the caller, verified as the gateway does (signature, issuer,
+    /// audience, expiry, now). Providers whose keys come from a JWKS fetch cannot verify
+    /// offline: use --claims for them.
+    #[arg(long, value_name = "JWT")]
+    token: Option<String>,
+    /// The caller's token claims (unverified), as JSON or @FILE; mapped to user and roles by
+    /// the claim mapping of the provider whose issuer is their `iss`.
+    #[arg(long, value_name = "JSON|@FILE")]
+    claims: Option<String>,
+    /// Provider whose claim mapping reads --claims (default: by `iss`, or the only one).
+    #[arg(long, value_name = "NAME", requires = "claims")]
+    provider: Option<String>,
+    /// Server name, as in the configuration's `servers[].name`.
+    #[arg(long, value_name = "NAME")]
+    server: Option<String>,
+    /// Request path (e.g. /mcp/github); the server is the one whose `path_prefix` it falls under.
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
+    /// One MCP JSON-RPC message, as JSON, @FILE, or - for standard input. Without it only
+    /// server access is checked (as for GET and DELETE requests).
+    #[arg(long, value_name = "JSON|@FILE|-")]
+    request: Option<String>,
+    /// A list reply as the server sends it (JSON or SSE body): prints which items the caller
+    /// sees and which the gateway removes. Tool annotations in a tools/list reply are learned
+    /// first (read, write, delete operations), as the gateway does.
+    #[arg(long, value_name = "FILE")]
+    tools_list: Option<PathBuf>,
+    /// What the --tools-list reply lists.
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = ListArg::Tools, requires = "tools_list")]
+    list_kind: ListArg,
+    /// Content type of the --tools-list reply (default: application/json when it starts with
+    /// `{`, else text/event-stream).
+    #[arg(long, value_name = "TYPE", requires = "tools_list")]
+    content_type: Option<String>,
+    /// Print one JSON object (decision, rule or reason, user_id, roles, server, visible,
+    /// hidden, ...) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The list a --tools-list reply answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ListArg {
+    /// tools/list
+    Tools,
+    /// prompts/list
+    Prompts,
+    /// resources/list
+    Resources,
+    /// resources/templates/list
+    ResourceTemplates,
+}
+
+impl From<ListArg> for ListKind {
+    fn from(arg: ListArg) -> ListKind {
+        match arg {
+            ListArg::Tools => ListKind::Tools,
+            ListArg::Prompts => ListKind::Prompts,
+            ListArg::Resources => ListKind::Resources,
+            ListArg::ResourceTemplates => ListKind::ResourceTemplates,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +196,7 @@ struct TokenArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse().command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // `{:#}` prints the context chain on one line, without a backtrace.
             eprintln!("mcpgw: {error:#}");
@@ -101,13 +205,24 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Keygen { dir } => keygen(&dir),
-        Command::Token(args) => mint(args),
-        Command::Call { token, url, tool, arguments } => call(token.as_deref(), &url, &tool, &arguments).await,
-        Command::Demo { filesystem, github, sandbox } => demo(filesystem, github, sandbox).await,
+        Command::Keygen { dir } => keygen(&dir)?,
+        Command::Token(args) => mint(args)?,
+        Command::Call { token, url, tool, arguments } => call(token.as_deref(), &url, &tool, &arguments).await?,
+        Command::Demo { filesystem, github, sandbox } => demo(filesystem, github, sandbox).await?,
+        // Its exit status tells allowed (0) from denied (1) and bad input (2).
+        Command::Explain(args) => {
+            return Ok(match explain_request(&args) {
+                Ok(explanation) => print_explanation(&explanation, args.json),
+                Err(error) => {
+                    eprintln!("mcpgw explain: {error:#}");
+                    ExitCode::from(2)
+                }
+            })
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn keygen(dir: &Path) -> anyhow::Result<()> {
@@ -150,6 +265,85 @@ async fn call(token: Option<&str>, url: &str, tool: &str, arguments: &str) -> an
         bail!("tool {tool} reported an error");
     }
     Ok(())
+}
+
+fn explain_request(args: &ExplainArgs) -> anyhow::Result<Explanation> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read configuration {}", args.config.display()))?;
+    let env = |name: &str| {
+        let set = args.env.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        set.or_else(|| std::env::var(name).ok())
+    };
+    let config = explain::load_config(&text, &env)?;
+    let principal = match (&args.token, &args.claims) {
+        (Some(token), _) => explain::principal_from_token(&config, token.trim(), SystemTime::now())?,
+        (None, Some(claims)) => {
+            let claims = read_input(claims, "--claims")?;
+            let claims = serde_json::from_slice(&claims).map_err(|e| explain::ExplainError::Claims(e.to_string()))?;
+            explain::principal_from_claims(&config, &claims, args.provider.as_deref())?
+        }
+        (None, None) => bail!("give --token or --claims"),
+    };
+    let server = match (&args.server, &args.path) {
+        (Some(name), _) => explain::server_named(&config, name)?,
+        (None, Some(path)) => explain::server_at(&config, path)?,
+        (None, None) => bail!("give --server or --path"),
+    };
+    let request = match &args.request {
+        Some(raw) => {
+            let body = read_input(raw, "--request")?;
+            Some(mcp_gateway::jsonrpc::parse(&body, config.max_json_depth).map_err(explain::ExplainError::Request)?)
+        }
+        None => None,
+    };
+    let list_body = match &args.tools_list {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?),
+        None => None,
+    };
+    let list = list_body.as_deref().map(|body| {
+        let guessed = if body.trim_ascii_start().starts_with(b"{") { "application/json" } else { "text/event-stream" };
+        (body, args.content_type.as_deref().unwrap_or(guessed), ListKind::from(args.list_kind))
+    });
+    Ok(explain::explain(&config, &principal, server, request.as_ref(), list)?)
+}
+
+/// Prints the explanation; the exit status says allowed (0) or denied (1).
+fn print_explanation(explanation: &Explanation, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string(explanation) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("mcpgw explain: cannot encode JSON: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{explanation}");
+    }
+    match explanation.decision {
+        Outcome::Allow | Outcome::WouldDeny => ExitCode::SUCCESS,
+        Outcome::Deny => ExitCode::FAILURE,
+    }
+}
+
+/// Inline text, `@FILE`, or `-` for standard input.
+fn read_input(raw: &str, flag: &str) -> anyhow::Result<Vec<u8>> {
+    if raw == "-" {
+        let mut input = Vec::new();
+        std::io::stdin().read_to_end(&mut input).with_context(|| format!("{flag}: cannot read standard input"))?;
+        Ok(input)
+    } else if let Some(path) = raw.strip_prefix('@') {
+        std::fs::read(path).with_context(|| format!("{flag}: cannot read {path}"))
+    } else {
+        Ok(raw.as_bytes().to_vec())
+    }
+}
+
+fn parse_env(raw: &str) -> anyhow::Result<(String, String)> {
+    match raw.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => bail!("expected NAME=VALUE, got {raw:?}"),
+    }
 }
 
 fn parse_claim(raw: &str) -> anyhow::Result<(String, Value)> {
