@@ -31,7 +31,7 @@ curl -fsS http://127.0.0.1:9901/ready >/dev/null || { echo "envoy did not become
 
 cat <<'MSG'
 
-MCP gateway ready on http://127.0.0.1:10000 (audit lines: grep mcp_audit .dev/envoy.log)
+MCP gateway ready on http://127.0.0.1:10000
   http://127.0.0.1:10000/mcp/filesystem   read_file, list_directory, write_file
   http://127.0.0.1:10000/mcp/github       get_repository, list_issues, create_issue
 
@@ -40,7 +40,12 @@ Call a tool through the gateway with a real MCP client (paste into another termi
   TOKEN=$(target/release/mcpgw token --sub alice --roles developer)
   target/release/mcpgw call --token "$TOKEN" http://127.0.0.1:10000/mcp/github get_repository '{"repository":"acme/website"}'
 
-Try --roles readonly with "create_issue" (403), or no token at all (401).
+Try what the gateway refuses:
+  - --roles readonly with create_issue (403: readonly may only read)
+  - alice reading /user/bob/notes.md or /public/../private/salaries.csv on /mcp/filesystem (403)
+  - no token at all (401)
+and ask why: target/release/mcpgw explain --help
+Audit lines: grep mcp_audit .dev/envoy.log
 Ctrl-C stops everything.
 MSG
 wait -n "${pids[@]}"

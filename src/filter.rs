@@ -244,7 +244,7 @@ impl Root {
                 let config = config.clone();
                 let mut request = w.request.borrow_mut();
                 match request.exchange.as_mut() {
-                    Some(ex) => ex.resume(&config, store, now, true),
+                    Some(ex) => ex.decide_head(&config, store, now, true),
                     None => continue,
                 }
             };
@@ -496,7 +496,7 @@ fn act(
                     let config = config.clone();
                     let mut r = request.borrow_mut();
                     match r.exchange.as_mut() {
-                        Some(ex) => ex.resume(&config, store, now(), true),
+                        Some(ex) => ex.decide_head(&config, store, now(), true),
                         None => return fail_closed(request, "waiting request without state"),
                     }
                 };

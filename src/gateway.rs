@@ -64,7 +64,7 @@ pub enum Step {
     /// Apply the edits and hold the request until the whole body is buffered.
     WaitForBody,
     /// Hold the request until the provider's keys change (or the wait times out), then
-    /// call [`Exchange::resume`]. `refetch` asks for a JWKS fetch (an unknown `kid`).
+    /// call [`Exchange::decide_head`] again. `refetch` asks for a JWKS fetch (an unknown `kid`).
     WaitForKeys { provider: usize, refetch: bool },
     /// Send this reply instead of forwarding the request.
     Reply(Reply),
@@ -117,19 +117,9 @@ impl Exchange {
         self.decide_head(config, store, now, false)
     }
 
-    /// Tries authentication again after the keys changed or the wait ran out
-    /// (`final_attempt`: no more waiting, refuse if keys are still missing).
-    pub fn resume(
-        &mut self,
-        config: &Config,
-        store: &mut KeyStore,
-        now: SystemTime,
-        final_attempt: bool,
-    ) -> (Step, HeaderEdits) {
-        self.decide_head(config, store, now, final_attempt)
-    }
-
-    fn decide_head(
+    /// Decides on the request head. Called again (by the adapter) after the keys changed
+    /// or the wait for them ran out; `final_attempt` then refuses if keys are still missing.
+    pub fn decide_head(
         &mut self,
         config: &Config,
         store: &mut KeyStore,
@@ -775,7 +765,7 @@ mod tests {
         let (step, edits) = ex.on_request_headers(&config, &mut store, head, false, now());
         assert_eq!(step, Step::WaitForKeys { provider: 0, refetch: false });
         assert_eq!(edits, HeaderEdits::default());
-        let (step, _) = ex.resume(&config, &mut store, now(), true);
+        let (step, _) = ex.decide_head(&config, &mut store, now(), true);
         assert_eq!(status(&step), Some(503));
         let Step::Reply(reply) = step else { unreachable!() };
         assert_eq!(reply.header("retry-after"), Some("1"));
