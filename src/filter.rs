@@ -33,6 +33,9 @@ proxy_wasm::main! {{
 /// How often the root context looks at shared keys and waiting requests.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
 /// Most requests one worker holds while waiting for keys.
 const MAX_WAITERS: usize = 1024;
 
@@ -273,9 +276,13 @@ impl Context for Root {
             .collect();
         let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         let status = header(":status").unwrap_or("none").to_owned();
-        let body =
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-        let parsed = if status == "200" {
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(MAX_JWKS_BYTES))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let parsed = if body_size > MAX_JWKS_BYTES {
+            Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"))
+        } else if status == "200" {
             KeySet::from_jwks(&body, &provider.algorithms).map(|(set, skipped)| (set.keys.len(), skipped))
         } else {
             Err(format!("HTTP status {status}"))
