@@ -37,9 +37,11 @@ run: wasm mcpgw envoy
 test: wasm envoy
 	cargo test --workspace --no-fail-fast
 
-## bench: JWT verification cost per algorithm, cold and cached, in wasm on V8 (node) and native
-bench:
+## bench: JWT verification cost per algorithm (wasm on V8 via node, and native), then the
+## gateway's end-to-end cost per MCP call through a real Envoy, against Envoy alone
+bench: wasm envoy
 	scripts/bench-jwt.sh
+	cargo test --release --test bench_gateway -- --ignored --nocapture
 
 ## lint: formatting and clippy, native and wasm
 lint:

@@ -43,7 +43,8 @@ pub fn wasm_path() -> &'static Path {
 
 /// What to run Envoy with.
 pub struct EnvoyOptions {
-    /// Plugin configuration (JSON) for the filter.
+    /// Plugin configuration (JSON) for the filter; `null` runs Envoy without the filter
+    /// (the baseline of the benchmark).
     pub plugin_config: Value,
     /// (server name, path prefix, upstream address). The route strips the prefix to `/mcp`.
     pub upstreams: Vec<(String, String, SocketAddr)>,
@@ -96,7 +97,6 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
             )
         })
         .collect();
-    let env_keys: Vec<String> = opts.env.iter().map(|(k, _)| yaml_string(k)).collect();
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -122,7 +122,23 @@ static_resources:
               domains: ["*"]
               routes:
 {routes}          http_filters:
-          - name: envoy.filters.http.wasm
+{gateway}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#,
+        gateway = gateway_filter(opts),
+    )
+}
+
+/// The gateway filter's entry in `http_filters` (nothing when the plugin config is null).
+fn gateway_filter(opts: &EnvoyOptions) -> String {
+    if opts.plugin_config.is_null() {
+        return String::new();
+    }
+    let env_keys: Vec<String> = opts.env.iter().map(|(k, _)| yaml_string(k)).collect();
+    format!(
+        r#"          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
@@ -137,11 +153,7 @@ static_resources:
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {config}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{clusters}"#,
+"#,
         wasm = yaml_string(&wasm_path().to_string_lossy()),
         env_keys = env_keys.join(", "),
         config = yaml_string(&opts.plugin_config.to_string()),
