@@ -7,12 +7,16 @@ WASM := target/wasm32-wasip1/release/mcp_gateway.wasm
 MCPGW := target/release/mcpgw
 export ENVOY
 
-.PHONY: all wasm mcpgw envoy run test bench lint fmt clean
+.PHONY: all toolchain wasm mcpgw envoy run test bench lint fmt clean
 
 all: wasm mcpgw
 
+## toolchain: install the Rust toolchain and wasm32-wasip1 target named in rust-toolchain.toml
+toolchain:
+	@if command -v rustup >/dev/null; then rustup toolchain install >/dev/null; fi
+
 ## wasm: build the filter (target/wasm32-wasip1/release/mcp_gateway.wasm)
-wasm:
+wasm: toolchain
 	cargo build --target wasm32-wasip1 --release --lib
 
 ## mcpgw: build the operator CLI / demo servers (target/release/mcpgw)
@@ -44,7 +48,7 @@ bench: wasm envoy
 	cargo test --release --test bench_gateway -- --ignored --nocapture
 
 ## lint: formatting and clippy, native and wasm
-lint:
+lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 --lib -- -D warnings

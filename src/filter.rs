@@ -238,6 +238,10 @@ impl Root {
                 still.push(w);
                 continue;
             }
+            // Refused meanwhile (e.g. its body grew past the limit): nothing to resume.
+            if w.request.borrow().phase != Phase::AwaitKeys {
+                continue;
+            }
             if hostcalls::set_effective_context(w.context_id).is_err() {
                 continue; // the request is gone
             }
