@@ -93,8 +93,9 @@ struct Waiter {
 struct Vm {
     config: Rc<Config>,
     store: KeyStore,
-    /// Per provider: the shared state as last read by this VM.
+    /// Per provider: the shared state as last read by this VM, and its CAS.
     states: Vec<FetchState>,
+    state_cas: Vec<Option<u32>>,
     waiters: Vec<Waiter>,
     /// Tool operations learned from tools/list replies.
     catalog: Catalog,
@@ -147,7 +148,17 @@ impl Root {
             let Some(source) = &provider.jwks else {
                 continue;
             };
-            let (state, _) = Root::read_state(&provider.name);
+            // Parse the shared state only when another VM changed it since the last tick.
+            let known_cas = vm.borrow().state_cas.get(index).copied().flatten();
+            let (state, cas) = match hostcalls::get_shared_data(&jwks::shared_key(&provider.name)) {
+                Ok((Some(_), Some(cas))) if Some(cas) == known_cas => {
+                    (vm.borrow().states.get(index).cloned().unwrap_or_default(), Some(cas))
+                }
+                _ => Root::read_state(&provider.name),
+            };
+            if let Some(slot) = vm.borrow_mut().state_cas.get_mut(index) {
+                *slot = cas;
+            }
             {
                 let mut vm = vm.borrow_mut();
                 let installed = vm.states.get(index).map_or(0, |s| s.version);
@@ -355,6 +366,7 @@ impl RootContext for Root {
                 let vm = Vm {
                     store: KeyStore::new(providers, config.cache_entries),
                     states: vec![FetchState::default(); providers],
+                    state_cas: vec![None; providers],
                     config: Rc::new(config),
                     waiters: Vec::new(),
                     catalog: Catalog::default(),
