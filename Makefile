@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/mcp_gateway.wasm
 MCPGW := target/release/mcpgw
 export ENVOY
 
-.PHONY: all toolchain wasm mcpgw envoy run test bench lint fmt clean
+.PHONY: all toolchain wasm mcpgw envoy interop run test bench lint fmt clean
 
 all: wasm mcpgw
 
@@ -37,8 +37,14 @@ $(CURDIR)/.envoy/bin/envoy:
 run: wasm mcpgw envoy
 	scripts/run-demo.sh
 
+## interop: third-party MCP peers for the tests (npm's server-everything) into tests/interop
+interop: tests/interop/node_modules/.package-lock.json
+
+tests/interop/node_modules/.package-lock.json: tests/interop/package.json tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+
 ## test: unit tests and integration tests against a real Envoy
-test: wasm envoy
+test: wasm envoy interop
 	cargo test --workspace --no-fail-fast
 
 ## bench: JWT verification cost per algorithm (wasm on V8 via node, and native), then the

@@ -78,6 +78,16 @@ impl Gateway {
         clusters: Vec<(String, std::net::SocketAddr)>,
         env: Vec<(String, String)>,
     ) -> Gateway {
+        Gateway::start_custom(edit, clusters, env, Vec::new()).await
+    }
+
+    /// Also with extra routed upstreams: (server name, path prefix, address).
+    pub async fn start_custom(
+        edit: impl FnOnce(&mut Value),
+        clusters: Vec<(String, std::net::SocketAddr)>,
+        env: Vec<(String, String)>,
+        upstreams: Vec<(String, String, std::net::SocketAddr)>,
+    ) -> Gateway {
         let keys = tempfile::tempdir().expect("tempdir");
         let files = keygen(keys.path()).expect("keygen");
         let signing_jwk = std::fs::read_to_string(&files.signing_key).expect("signing key");
@@ -97,7 +107,10 @@ impl Gateway {
                 ("github".into(), "/mcp/github".into(), github.addr),
                 ("filesystem".into(), "/mcp/filesystem".into(), filesystem.addr),
                 ("testjson".into(), "/mcp/testjson".into(), testjson.addr),
-            ],
+            ]
+            .into_iter()
+            .chain(upstreams)
+            .collect(),
             env: std::iter::once((JWK_ENV.into(), public_jwk.clone())).chain(env).collect(),
             clusters,
         })
