@@ -17,7 +17,7 @@ use crate::rbac::Catalog;
 use crate::reject::Reply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -116,7 +116,11 @@ struct Root {
 
 impl Root {
     fn read_state(provider: &str) -> (FetchState, Option<u32>) {
-        match hostcalls::get_shared_data(&jwks::shared_key(provider)) {
+        Root::parse_state(hostcalls::get_shared_data(&jwks::shared_key(provider)))
+    }
+
+    fn parse_state(read: Result<(Option<Vec<u8>>, Option<u32>), Status>) -> (FetchState, Option<u32>) {
+        match read {
             Ok((Some(bytes), cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
             Ok((None, cas)) => (FetchState::default(), cas),
             Err(_) => (FetchState::default(), None),
@@ -154,7 +158,7 @@ impl Root {
                 Ok((Some(_), Some(cas))) if Some(cas) == known_cas => {
                     (vm.borrow().states.get(index).cloned().unwrap_or_default(), Some(cas))
                 }
-                _ => Root::read_state(&provider.name),
+                other => Root::parse_state(other),
             };
             if let Some(slot) = vm.borrow_mut().state_cas.get_mut(index) {
                 *slot = cas;

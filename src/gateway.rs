@@ -78,6 +78,7 @@ pub struct Exchange {
     end_of_stream: bool,
     principal: Option<Principal>,
     server: Option<Server>,
+    /// RFC 9728 metadata URL for challenges (set when the head is refused).
     metadata_url: Option<String>,
     /// Set when the allowed request is a list whose reply gets filtered.
     list: Option<ListKind>,
@@ -132,7 +133,16 @@ impl Exchange {
                 (step, edits)
             }
             Ok(step) => (step, HeaderEdits::default()),
-            Err(refusal) => (Step::Reply(self.refuse(&refusal, None)), HeaderEdits::default()),
+            Err(refusal) => {
+                // Only challenges need the metadata URL: build it here, off the allowed path.
+                if let Some(md) = &config.resource_metadata {
+                    let path = self.head.path();
+                    let server = is_plain_path(path).then(|| config.server_for(path)).flatten();
+                    let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
+                    self.metadata_url = Some(discovery::metadata_url(&base, server));
+                }
+                (Step::Reply(self.refuse(&refusal, None)), HeaderEdits::default())
+            }
         }
     }
 
@@ -151,10 +161,6 @@ impl Exchange {
         // path that still holds dot segments or encoded separators is refused rather
         // than risking the router and the filter seeing different servers.
         let server = is_plain_path(&path).then(|| config.server_for(&path)).flatten();
-        if let Some(md) = &config.resource_metadata {
-            let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
-            self.metadata_url = Some(discovery::metadata_url(&base, server));
-        }
         let server = server.ok_or(Refusal::UnknownServer)?.clone();
         self.record.server = Some(server.name.clone());
         let is_post = match self.head.method() {
