@@ -6,6 +6,7 @@
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
 use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
+use crate::normalize::Mode;
 use crate::rbac::{DenyRules, Operation, Policy, Role};
 use crate::resource::{check_placeholders, ClaimCondition, ResourcePolicy, ResourceRule, Selector};
 use glob::Pattern;
@@ -285,9 +286,11 @@ pub struct RawRbac {
 pub struct RawRole {
     /// Server names this role may reach.
     pub servers: Vec<String>,
-    /// MCP methods this role may send (`initialize`, `tools/*`...). Defaults to all;
-    /// what a method acts on is then limited by `tools`, `resources`, `prompts`.
-    #[serde(default = "all")]
+    /// MCP methods this role may send (`initialize`, `tools/*`...). Defaults to the
+    /// methods of MCP's core features ([`DEFAULT_METHODS`]); what a method acts on is then
+    /// limited by `tools`, `resources`, `prompts`. Methods outside the list (`tasks/*`,
+    /// methods of later MCP versions) must be named.
+    #[serde(default = "default_methods")]
     pub methods: Vec<String>,
     /// Tool names this role may call (`tools/call`).
     #[serde(default)]
@@ -322,8 +325,26 @@ pub struct RawDeny {
     pub prompts: Vec<String>,
 }
 
-fn all() -> Vec<String> {
-    vec!["*".into()]
+/// The methods a role may send unless it names its own.
+pub const DEFAULT_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "notifications/*",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+];
+
+fn default_methods() -> Vec<String> {
+    DEFAULT_METHODS.iter().map(|m| m.to_string()).collect()
 }
 
 /// A server's resource policy.
@@ -331,14 +352,49 @@ fn all() -> Vec<String> {
 #[serde(deny_unknown_fields)]
 pub struct RawResourcePolicy {
     /// Tool arguments that name resources: argument names (`file_path`) or JSON
-    /// pointers (`/source/path`). `resources/read` URIs are always checked.
+    /// pointers (`/source/path`), or `{"argument": ..., "mode": ..., "optional": ...}`.
+    /// `resources/read` URIs are always checked.
     #[serde(default)]
-    pub arguments: Vec<String>,
+    pub arguments: Vec<RawSelector>,
     /// Compare resources and patterns case-insensitively.
     #[serde(default)]
     pub case_insensitive: bool,
     /// Ordered rules: the first whose pattern matches decides; none matching denies.
     pub rules: Vec<RawResourceRule>,
+}
+
+/// A tool argument that names a resource.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSelector {
+    /// Shorthand: a required argument read literally.
+    Argument(String),
+    Spec(RawSelectorSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelectorSpec {
+    /// Argument name or JSON pointer, as in the shorthand.
+    pub argument: String,
+    /// How the server reads the value: `literal` (a POSIX path: no percent-decoding,
+    /// `\` is an ordinary byte; the default) or `uri` (alias `percent`: decoded). Every
+    /// reading is checked either way; the mode says which one leads and whether bad
+    /// percent-encoding is refused.
+    #[serde(default)]
+    pub mode: RawMode,
+    /// Allow calls without this argument (by default they are denied).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMode {
+    #[default]
+    Literal,
+    #[serde(alias = "percent")]
+    Uri,
 }
 
 /// One resource rule. The caller passes when any of `roles`, `users`, `claim` holds.
@@ -842,10 +898,21 @@ fn compile_resource_policies(
                 .arguments
                 .iter()
                 .enumerate()
-                .map(|(i, a)| match a {
-                    a if a.is_empty() => Err(err(format!("{}[{i}]", at("arguments")), "must not be empty")),
-                    a if a.starts_with('/') => Ok(Selector::Pointer(a.clone())),
-                    a => Ok(Selector::Key(a.clone())),
+                .map(|(i, a)| {
+                    let (name, mode, optional) = match a {
+                        RawSelector::Argument(name) => (name, Mode::Literal, false),
+                        RawSelector::Spec(spec) => {
+                            let mode = match spec.mode {
+                                RawMode::Literal => Mode::Literal,
+                                RawMode::Uri => Mode::Uri,
+                            };
+                            (&spec.argument, mode, spec.optional)
+                        }
+                    };
+                    if name.is_empty() || name == "/" {
+                        return Err(err(format!("{}[{i}]", at("arguments")), "must name an argument"));
+                    }
+                    Ok(Selector { mode, optional, ..Selector::parse(name) })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if p.rules.is_empty() {
@@ -934,7 +1001,10 @@ mod tests {
         // HS256 joins the default allow-list because a secret is configured.
         assert!(c.verifier.providers[0].algorithms.contains(&Alg::Hs256));
         assert!(c.verifier.providers[0].algorithms.contains(&Alg::Rs256));
-        assert_eq!(c.policy.roles["developer"].methods.len(), 1);
+        let methods = &c.policy.roles["developer"].methods;
+        assert_eq!(methods.len(), DEFAULT_METHODS.len());
+        assert!(methods.iter().any(|m| m.matches("notifications/initialized")));
+        assert!(!methods.iter().any(|m| m.matches("tasks/get")), "an explicit list, not *");
     }
 
     #[test]

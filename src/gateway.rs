@@ -168,6 +168,14 @@ impl Exchange {
             "GET" | "DELETE" => false,
             other => return Err(Refusal::HttpMethod(other.chars().take(16).collect())),
         };
+        headers::check_request(&self.head.headers).map_err(Refusal::Header)?;
+        // A body the gateway never inspects must not reach a server that might read it.
+        let has_body = !self.end_of_stream
+            || self.head.header("transfer-encoding").is_some()
+            || self.head.header("content-length").is_some_and(|l| l.trim() != "0");
+        if !is_post && has_body {
+            return Err(Refusal::Header(headers::HeaderProblem::BodyNotAllowed(self.head.method().to_owned())));
+        }
         self.server = Some(server);
         let principal = match authenticate(config, store, &self.head, now) {
             Ok(p) => p,
@@ -267,7 +275,7 @@ impl Exchange {
         self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
         // MCP 2026-07-28 repeats the method and name in headers (for routing); they must
         // agree with the body, which is what authorization reads.
-        if let Some(header) = self.disagreeing_header(&message) {
+        if let Some(header) = self.disagreeing_header(config, &message) {
             return Step::Reply(self.refuse(&Refusal::HeaderMismatch { header }, message.id));
         }
         let (Some(principal), Some(server)) = (&self.principal, &self.server) else {
@@ -294,15 +302,40 @@ impl Exchange {
         }
     }
 
-    fn disagreeing_header(&self, message: &Message) -> Option<&'static str> {
-        if let Some(method) = self.head.header("mcp-method") {
-            if method.trim() != message.method {
-                return Some("Mcp-Method");
+    /// The first `Mcp-*` header that disagrees with the body (MCP 2026-07-28 repeats the
+    /// method, the name, and arguments marked for it in headers, so servers and proxies can
+    /// route without reading the body; values may be base64-wrapped). `Mcp-Param-*`
+    /// headers are compared when they mirror an argument the server's resource policy
+    /// reads, so a server that takes the header cannot act on another value.
+    fn disagreeing_header(&self, config: &Config, message: &Message) -> Option<String> {
+        let decoded = |name: &str| self.head.header(name).map(headers::decode_mcp_value);
+        if let Some(method) = decoded("mcp-method") {
+            if method.as_deref() != Some(message.method.as_str()) {
+                return Some("Mcp-Method".into());
             }
         }
-        if let Some(name) = self.head.header("mcp-name") {
-            if message.target.as_ref().map(Target::name) != Some(name.trim()) {
-                return Some("Mcp-Name");
+        if let Some(name) = decoded("mcp-name") {
+            if name.is_none() || message.target.as_ref().map(Target::name) != name.as_deref() {
+                return Some("Mcp-Name".into());
+            }
+        }
+        let policy = self.server.as_ref().and_then(|s| config.resource_policies.get(&s.name))?;
+        for (header, value) in &self.head.headers {
+            let Some(param) = header.get(..10).filter(|p| p.eq_ignore_ascii_case("mcp-param-")).and(header.get(10..))
+            else {
+                continue;
+            };
+            let Some(key) = policy.argument_named(param) else { continue };
+            let body = message.arguments.as_ref().and_then(|a| a.get(key));
+            let agrees = match (headers::decode_mcp_value(value), body) {
+                (Some(v), Some(Value::String(s))) => v == *s,
+                (Some(v), Some(other @ (Value::Number(_) | Value::Bool(_)))) => {
+                    serde_json::from_str::<Value>(&v).ok().as_ref() == Some(other)
+                }
+                _ => false,
+            };
+            if !agrees {
+                return Some(format!("Mcp-Param-{param}"));
             }
         }
         None
@@ -385,6 +418,10 @@ impl Exchange {
         let upstream_auth = self.server.as_ref().map(|s| &s.upstream_auth);
         if upstream_auth != Some(&UpstreamAuth::ForwardClientToken) {
             remove.push("authorization".into());
+        }
+        // Credentials for a proxy are never meant for the MCP server either.
+        if head.header("proxy-authorization").is_some() {
+            remove.push("proxy-authorization".into());
         }
         remove.dedup();
         let mut set = Vec::new();
@@ -490,11 +527,18 @@ fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemT
     config.verifier.verify(token, now, store)
 }
 
-/// `application/json`, with optional parameters such as `charset`.
+/// `application/json`, with optional parameters; a `charset` must be UTF-8 (JSON's only
+/// encoding, RFC 8259), since a server honouring another charset would read other text.
 fn is_json(content_type: Option<&str>) -> bool {
-    content_type
-        .and_then(|ct| ct.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+    let Some(content_type) = content_type else { return false };
+    let mut parts = content_type.split(';');
+    let media_ok = parts.next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    media_ok
+        && parts.all(|param| {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            !name.trim().eq_ignore_ascii_case("charset")
+                || matches!(value.trim().trim_matches('"').to_ascii_lowercase().as_str(), "utf-8" | "utf8")
+        })
 }
 
 /// No dot segments, backslashes or percent-encoded dots, slashes and backslashes.
@@ -669,6 +713,83 @@ mod tests {
             assert_eq!(status(&step), Some(expected), "{} {} {:?}", req.method, req.path, req.headers);
             assert_eq!(edits, HeaderEdits::default());
             assert_eq!(ex.finish(expected, now(), None).decision, Some(Outcome::Deny));
+        }
+    }
+
+    #[test]
+    fn refuses_heads_a_server_could_read_another_way() {
+        let ok = || request().by("alice", &["developer"]);
+        let cases: Vec<(Req, u32)> = vec![
+            (
+                Req { headers: vec![("content-type".into(), "application/json; charset=utf-16".into())], ..request() }
+                    .by("alice", &["developer"]),
+                415,
+            ),
+            (ok().header("content-type", "application/json"), 400),
+            (ok().header("mcp_session_id", "s"), 400),
+            (ok().header("mcp-name", "a").header("Mcp-Name", "b"), 400),
+            (ok().header("x-http-method-override", "DELETE"), 400),
+            (ok().method("GET").header("content-length", "5"), 400),
+            (ok().method("DELETE").header("transfer-encoding", "chunked"), 400),
+        ];
+        for (req, expected) in cases {
+            let mut ex = Exchange::new(now());
+            let (step, _) = req.headers_step(&mut ex);
+            assert_eq!(status(&step), Some(expected), "{} {:?}", req.method, req.headers);
+        }
+        // The charset may be spelled in any case, quoted or not.
+        for ct in ["application/json; charset=UTF-8", "application/json;charset=\"utf-8\"", "Application/JSON"] {
+            let mut ex = Exchange::new(now());
+            let req =
+                Req { headers: vec![("content-type".into(), ct.into())], ..request() }.by("alice", &["developer"]);
+            assert_eq!(req.headers_step(&mut ex).0, Step::WaitForBody, "{ct}");
+        }
+        // A GET whose stream does not end with the headers carries a body.
+        let mut ex = Exchange::new(now());
+        let head = ok().method("GET").head();
+        let (step, _) = ex.on_request_headers(&config(), &mut KeyStore::new(1, 8), head, false, now());
+        assert_eq!(status(&step), Some(400));
+    }
+
+    #[test]
+    fn underscore_identity_headers_and_proxy_credentials_are_removed() {
+        let req = request()
+            .by("alice", &["developer"])
+            .header("X_MCP_User_Id", "mallory")
+            .header("proxy-authorization", "Basic x");
+        let mut ex = Exchange::new(now());
+        let (_, edits) = req.headers_step(&mut ex);
+        assert!(edits.remove.contains(&"X_MCP_User_Id".to_string()));
+        assert!(edits.remove.contains(&"proxy-authorization".to_string()));
+    }
+
+    #[test]
+    fn mcp_headers_are_decoded_and_must_match_the_body() {
+        let body = |name: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#)
+                .into_bytes()
+        };
+        type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, Option<u32>);
+        let cases: Vec<Case> = vec![
+            (vec![("mcp-method", "tools/call"), ("mcp-name", "get_x")], "get_x", None),
+            (vec![("mcp-name", "=?base64?Z2V0X3jDvA==?=")], "get_xü", None),
+            (vec![("mcp-name", "get_x")], "get_y", Some(400)),
+            (vec![("mcp-method", "tools/list")], "get_x", Some(400)),
+            (vec![("mcp-name", "=?base64?!!!?=")], "get_x", Some(400)),
+            (vec![("mcp-name", "=?base64?Z2V0X3g=?=")], "get_x", None),
+        ];
+        for (headers, name, expected) in cases {
+            let mut req = request().by("alice", &["developer"]);
+            for (n, v) in &headers {
+                req = req.header(n, v);
+            }
+            let mut ex = Exchange::new(now());
+            assert_eq!(req.headers_step(&mut ex).0, Step::WaitForBody);
+            let step = ex.on_request_body(&config(), &Catalog::default(), &body(name));
+            assert_eq!(status(&step), expected, "{headers:?} {name}");
+            if expected.is_some() {
+                assert_eq!(body_of(&step)["error"]["code"], code::HEADER_MISMATCH, "{headers:?}");
+            }
         }
     }
 

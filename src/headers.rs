@@ -17,9 +17,103 @@ pub const REQUEST_ID: &str = "x-mcp-request-id";
 /// The W3C trace id from `traceparent`, or the request id when there is none.
 pub const TRACE_ID: &str = "x-mcp-trace-id";
 
-/// True for client headers that must not reach the upstream.
+/// True for client headers that must not reach the upstream: the identity prefix in any
+/// case, also spelled with `_` (WSGI, Rack and PHP servers read `X_MCP_User_Id` as
+/// `x-mcp-user-id`).
 pub fn is_spoofable(name: &str) -> bool {
-    name.get(..IDENTITY_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_PREFIX))
+    let dashed = dashed(name);
+    dashed.starts_with(IDENTITY_PREFIX)
+}
+
+/// A header name as CGI-style servers read it: lowercase, `_` as `-`.
+fn dashed(name: &str) -> String {
+    name.bytes().map(|b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect()
+}
+
+/// Headers the gateway reads: each must have one spelling, so the value checked is the
+/// value a server reads. The `mcp-` family (`Mcp-Param-*` included) counts too.
+const READ: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "last-event-id",
+    "traceparent",
+    "x-request-id",
+];
+
+/// Headers that must not repeat: a server might read either value.
+const SINGLE: &[&str] =
+    &["content-type", "mcp-session-id", "mcp-method", "mcp-name", "mcp-protocol-version", "last-event-id"];
+
+/// Headers some frameworks use to replace the HTTP method (a GET that runs as a POST).
+const METHOD_OVERRIDES: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Why the request headers have more than one reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderProblem {
+    /// A header the gateway reads, spelled with `_` (servers may merge it with the `-` one).
+    Underscore(String),
+    /// A header that must appear once appears several times.
+    Repeated(&'static str),
+    /// `X-HTTP-Method-Override` and friends.
+    MethodOverride(String),
+    /// A GET or DELETE with a body, which the gateway does not inspect.
+    BodyNotAllowed(String),
+}
+
+impl std::fmt::Display for HeaderProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderProblem::Underscore(name) => write!(f, "header {name:?} is spelled with '_'"),
+            HeaderProblem::Repeated(name) => write!(f, "header {name:?} appears more than once"),
+            HeaderProblem::MethodOverride(name) => write!(f, "header {name:?} overrides the HTTP method"),
+            HeaderProblem::BodyNotAllowed(method) => write!(f, "{method} requests must not have a body"),
+        }
+    }
+}
+
+/// Refuses request headers a server could read differently from the gateway. Pseudo
+/// headers (`:path`...) are Envoy's and skipped.
+pub fn check_request(headers: &[(String, String)]) -> Result<(), HeaderProblem> {
+    let mut seen: Vec<&'static str> = Vec::new();
+    for (name, _) in headers {
+        if name.starts_with(':') {
+            continue;
+        }
+        let dashed = dashed(name);
+        if METHOD_OVERRIDES.contains(&dashed.as_str()) {
+            return Err(HeaderProblem::MethodOverride(name.chars().take(64).collect()));
+        }
+        let read_by_us = dashed.starts_with("mcp-") || READ.contains(&dashed.as_str());
+        if name.contains('_') && read_by_us {
+            return Err(HeaderProblem::Underscore(name.chars().take(64).collect()));
+        }
+        if let Some(single) = SINGLE.iter().find(|s| name.eq_ignore_ascii_case(s)) {
+            if seen.contains(single) {
+                return Err(HeaderProblem::Repeated(single));
+            }
+            seen.push(single);
+        }
+    }
+    Ok(())
+}
+
+/// Decodes an MCP header value (2026-07-28): values that are not plain visible ASCII
+/// travel as `=?base64?<standard base64 of the UTF-8 bytes>?=`. `None` when the wrapped
+/// value is not valid base64 or not UTF-8.
+pub fn decode_mcp_value(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let value = value.trim_matches([' ', '\t']);
+    match value.strip_prefix("=?base64?").and_then(|rest| rest.strip_suffix("?=")) {
+        Some(encoded) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+            String::from_utf8(bytes).ok()
+        }
+        None => Some(value.to_owned()),
+    }
 }
 
 /// Makes a claim value safe to put in a header: visible ASCII and spaces pass, every
@@ -55,6 +149,52 @@ mod tests {
         for name in ["x-mc", "mcp-session-id", "x-request-id", "authorization", "é"] {
             assert!(!is_spoofable(name), "{name}");
         }
+    }
+
+    #[test]
+    fn underscore_spellings_of_identity_headers_are_spoofable() {
+        for name in ["x_mcp_user_id", "X_MCP_Roles", "x-mcp_user-id", "X_Mcp-Server"] {
+            assert!(is_spoofable(name), "{name}");
+        }
+        assert!(!is_spoofable("x_mc"));
+    }
+
+    fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn refuses_headers_with_two_readings() {
+        use HeaderProblem::*;
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<HeaderProblem>);
+        let cases: &[Case] = &[
+            (&[("content-type", "application/json"), ("mcp-method", "tools/call")], None),
+            (&[("x_mcp_user_id", "mallory")], None),
+            (&[("mcp_session_id", "s")], Some(Underscore("mcp_session_id".into()))),
+            (&[("Mcp_Name", "x")], Some(Underscore("Mcp_Name".into()))),
+            (&[("mcp_param_path", "x")], Some(Underscore("mcp_param_path".into()))),
+            (&[("content_type", "text/plain")], Some(Underscore("content_type".into()))),
+            (&[("proxy_authorization", "Bearer x")], Some(Underscore("proxy_authorization".into()))),
+            (&[("mcp-name", "a"), ("Mcp-Name", "b")], Some(Repeated("mcp-name"))),
+            (&[("mcp-method", "a"), ("mcp-method", "a")], Some(Repeated("mcp-method"))),
+            (&[("mcp-session-id", "a"), ("mcp-session-id", "b")], Some(Repeated("mcp-session-id"))),
+            (&[("X-HTTP-Method-Override", "DELETE")], Some(MethodOverride("X-HTTP-Method-Override".into()))),
+            (&[("x_http_method", "PUT")], Some(MethodOverride("x_http_method".into()))),
+            (&[("x-method-override", "PUT")], Some(MethodOverride("x-method-override".into()))),
+            (&[("user_agent", "curl")], None),
+        ];
+        for (list, want) in cases {
+            assert_eq!(check_request(&headers(list)).err(), want.clone(), "{list:?}");
+        }
+    }
+
+    #[test]
+    fn decodes_base64_wrapped_mcp_values() {
+        assert_eq!(decode_mcp_value("get_weather").as_deref(), Some("get_weather"));
+        assert_eq!(decode_mcp_value("=?base64?Z3LDvMOfZQ==?=").as_deref(), Some("grüße"));
+        assert_eq!(decode_mcp_value("=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?=").as_deref(), Some("=?base64?literal?="));
+        assert_eq!(decode_mcp_value("=?base64?not base64!?="), None);
+        assert_eq!(decode_mcp_value("=?base64?/w==?="), None, "not UTF-8");
     }
 
     #[test]

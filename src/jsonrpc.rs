@@ -4,9 +4,20 @@
 //! acts on (tool name, resource URI, prompt name). Anything that is not exactly one
 //! well-formed JSON-RPC message is refused: batches were removed from MCP in 2025-06-18
 //! and a gateway that checked only one element of a batch could be bypassed.
+//!
+//! Parsing is strict so that the message the gateway authorizes has one reading only:
+//! a key repeated in any object is refused (parsers disagree on which copy wins), and in
+//! the envelope, in `params` and in the objects policy reads (`arguments`, `ref`), keys
+//! that are equal under Unicode case folding are refused, as is a key that only folds to
+//! a field the gateway reads (`Params`, `paramſ`, `nameK`): servers written with Go's
+//! `encoding/json` match field names that way. Method names that differ from a known MCP
+//! method only by case are refused too.
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use std::fmt;
+use unicase::UniCase;
 
 /// Why a body is not an acceptable MCP message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +34,11 @@ pub enum ParseError {
     Invalid(&'static str),
     /// A valid message whose `params` do not fit its method. Maps to -32602.
     InvalidParams(&'static str),
+    /// A key appears twice in one object. Maps to -32600.
+    DuplicateKey(String),
+    /// A key that other parsers would read as another one (case or Unicode folding).
+    /// Maps to -32600.
+    AmbiguousKey { at: &'static str, key: String },
 }
 
 impl fmt::Display for ParseError {
@@ -39,6 +55,10 @@ impl fmt::Display for ParseError {
             ),
             ParseError::Invalid(why) => write!(f, "invalid JSON-RPC message: {why}"),
             ParseError::InvalidParams(why) => write!(f, "invalid params: {why}"),
+            ParseError::DuplicateKey(key) => write!(f, "duplicate key {key:?} in a JSON object"),
+            ParseError::AmbiguousKey { at, key } => {
+                write!(f, "key {key:?} in {at} differs from another field only by letter case")
+            }
         }
     }
 }
@@ -93,18 +113,170 @@ pub fn salvage_id(body: &[u8], max_depth: usize) -> Option<Value> {
     value.get("id").filter(|id| is_valid_id(id)).cloned()
 }
 
+/// The members of the JSON-RPC envelope.
+const ENVELOPE_FIELDS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// Members of `params` the gateway reads (or that name what a call acts on).
+const PARAMS_FIELDS: &[&str] = &["name", "arguments", "uri", "ref", "argument", "context", "_meta", "taskId", "task"];
+
+/// Members of a `completion/complete` reference.
+const REF_FIELDS: &[&str] = &["type", "name", "uri"];
+
+/// Every method of MCP 2025-06-18, 2025-11-25 and 2026-07-28. A method that equals one of
+/// these only under case folding is refused, since a case-insensitive server would run it
+/// while policy looked up another name.
+pub const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "tasks/get",
+    "tasks/result",
+    "tasks/cancel",
+    "tasks/list",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/roots/list_changed",
+    "notifications/resources/updated",
+    "notifications/resources/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/elicitation/complete",
+    "notifications/tasks/status",
+];
+
+/// Equality under Unicode case folding (`ſ` = `s`, `K` = `k`, `ß` = `ss`).
+pub fn folds_equal(a: &str, b: &str) -> bool {
+    UniCase::unicode(a) == UniCase::unicode(b)
+}
+
+/// Refuses an object whose keys could be read as other keys: two keys equal under case
+/// folding, or a key that folds to one of `known` without being it.
+pub fn check_keys(object: &Map<String, Value>, known: &[&str], at: &'static str) -> Result<(), ParseError> {
+    let ambiguous = |key: &String| ParseError::AmbiguousKey { at, key: key.chars().take(64).collect() };
+    for key in object.keys() {
+        if !known.contains(&key.as_str()) && known.iter().any(|k| folds_equal(k, key)) {
+            return Err(ambiguous(key));
+        }
+    }
+    if object.len() > 1 {
+        let mut seen = HashSet::with_capacity(object.len());
+        for key in object.keys() {
+            if !seen.insert(UniCase::unicode(key.as_str())) {
+                return Err(ambiguous(key));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value read with duplicate keys refused at every depth.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Strict, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(de::Error::custom(format_args!("{DUPLICATE}{shown}")));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Marks the duplicate-key error inside serde_json's error message.
+const DUPLICATE: &str = "duplicate key: ";
+
+/// Reads JSON strictly: UTF-8, no duplicate keys anywhere.
+pub fn parse_strict(body: &[u8]) -> Result<Value, ParseError> {
+    match serde_json::from_slice::<Strict>(body) {
+        Ok(Strict(value)) => Ok(value),
+        Err(e) => {
+            let text = e.to_string();
+            match text.strip_prefix(DUPLICATE) {
+                Some(rest) => {
+                    // serde_json appends " at line L column C".
+                    let key = rest.rsplit_once(" at line ").map_or(rest, |(k, _)| k);
+                    Err(ParseError::DuplicateKey(key.to_owned()))
+                }
+                None => Err(ParseError::NotJson(text)),
+            }
+        }
+    }
+}
+
 /// Parses one MCP message from a request body.
 pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty);
     }
     check_depth(body, max_depth)?;
-    let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let value = parse_strict(body)?;
     let obj = match value {
         Value::Object(obj) => obj,
         Value::Array(_) => return Err(ParseError::Batch),
         _ => return Err(ParseError::Invalid("not a JSON object")),
     };
+    check_keys(&obj, ENVELOPE_FIELDS, "the JSON-RPC message")?;
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\""));
     }
@@ -115,12 +287,18 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
     };
     match obj.get("method") {
         Some(Value::String(method)) => {
+            if !KNOWN_METHODS.contains(&method.as_str()) && KNOWN_METHODS.iter().any(|m| folds_equal(m, method)) {
+                return Err(ParseError::Invalid("method differs from an MCP method only by letter case"));
+            }
             if obj.contains_key("result") || obj.contains_key("error") {
                 return Err(ParseError::Invalid("a message cannot carry both \"method\" and \"result\"/\"error\""));
             }
             let params = match obj.get("params") {
                 None => None,
-                Some(Value::Object(p)) => Some(p),
+                Some(Value::Object(p)) => {
+                    check_keys(p, PARAMS_FIELDS, "params")?;
+                    Some(p)
+                }
                 Some(_) => return Err(ParseError::Invalid("\"params\" must be an object")),
             };
             let (target, arguments) = target_of(method, params)?;
@@ -165,12 +343,40 @@ fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<Target
             .map(str::to_owned)
             .ok_or(ParseError::InvalidParams(why))
     };
-    let arguments = || params.and_then(|p| p.get("arguments")).cloned();
+    let arguments = || -> Result<Option<Value>, ParseError> {
+        match params.and_then(|p| p.get("arguments")) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(args)) => {
+                check_keys(args, &[], "arguments")?;
+                Ok(Some(Value::Object(args.clone())))
+            }
+            Some(_) => Err(ParseError::InvalidParams("\"arguments\" must be an object")),
+        }
+    };
     Ok(match method {
-        "tools/call" => (Some(Target::Tool(field("name", "tools/call needs a string \"name\"")?)), arguments()),
-        "prompts/get" => (Some(Target::Prompt(field("name", "prompts/get needs a string \"name\"")?)), arguments()),
+        "tools/call" => (Some(Target::Tool(field("name", "tools/call needs a string \"name\"")?)), arguments()?),
+        "prompts/get" => (Some(Target::Prompt(field("name", "prompts/get needs a string \"name\"")?)), arguments()?),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             (Some(Target::Resource(field("uri", "this method needs a string \"uri\"")?)), None)
+        }
+        // A completion reveals values of a prompt's arguments or a resource template's
+        // variables: it is decided like getting that prompt or reading that resource.
+        "completion/complete" => {
+            let Some(Value::Object(r)) = params.and_then(|p| p.get("ref")) else {
+                return Err(ParseError::InvalidParams("completion/complete needs a \"ref\" object"));
+            };
+            check_keys(r, REF_FIELDS, "params.ref")?;
+            let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
+            let target = match r.get("type").and_then(Value::as_str) {
+                Some("ref/prompt") => Target::Prompt(
+                    text("name").ok_or(ParseError::InvalidParams("a ref/prompt needs a string \"name\""))?,
+                ),
+                Some("ref/resource") => Target::Resource(
+                    text("uri").ok_or(ParseError::InvalidParams("a ref/resource needs a string \"uri\""))?,
+                ),
+                _ => return Err(ParseError::InvalidParams("\"ref.type\" must be ref/prompt or ref/resource")),
+            };
+            (Some(target), None)
         }
         _ => (None, None),
     })
@@ -298,6 +504,73 @@ mod tests {
             "[".repeat(100)
         );
         assert!(parse(quoted.as_bytes(), 32).is_ok());
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_at_any_depth() {
+        let cases: &[&str] = &[
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x","name":"delete_x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"p":"/public","p":"/private"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":[{"b":{"c":1,"c":2}}]}}"#,
+            // Escapes spell the same key.
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+        ];
+        for body in cases {
+            let err = parse_str(body).unwrap_err();
+            assert!(matches!(err, ParseError::DuplicateKey(_)), "{body}: {err:?}");
+        }
+        assert_eq!(
+            parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":1,"a":2}}"#),
+            Err(ParseError::DuplicateKey("a".into()))
+        );
+    }
+
+    #[test]
+    fn refuses_keys_that_fold_to_a_field() {
+        let cases: &[&str] = &[
+            r#"{"jsonrpc":"2.0","id":1,"Method":"tools/call","method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","Params":{"name":"x"}}"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"param\u{17f}\":{\"name\":\"x\"}}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x","NAME":"delete_x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_x","Arguments":{}}}"#,
+            // Kelvin sign: folds to `k`.
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"arguments\":{\"k\":1,\"\u{212a}\":2}}}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"path":"/a","Path":"/b"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a","Name":"b"},"argument":{}}}"#,
+        ];
+        for body in cases {
+            let err = parse_str(body).unwrap_err();
+            assert!(matches!(err, ParseError::AmbiguousKey { .. }), "{body}: {err:?}");
+        }
+        // Unknown keys that fold to nothing known are fine, so are distinct ones.
+        assert!(parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"Path":"/b","path2":1}}}"#).is_ok());
+    }
+
+    #[test]
+    fn refuses_case_variants_of_known_methods() {
+        for method in ["Tools/Call", "TOOLS/CALL", "tools/Call", "resources/READ", "Initialize"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"name":"x","uri":"x"}}}}"#);
+            assert!(matches!(parse_str(&body), Err(ParseError::Invalid(_))), "{method}");
+        }
+        // An unknown method is not this parser's business (RBAC decides).
+        assert!(parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"vendor/thing"}"#).is_ok());
+    }
+
+    #[test]
+    fn completions_target_the_prompt_or_resource_they_complete() {
+        let m = parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"code_review"},"argument":{"name":"language","value":"py"}}}"#).unwrap();
+        assert_eq!(m.target, Some(Target::Prompt("code_review".into())));
+        let m = parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{path}"},"argument":{"name":"path","value":"/pri"}}}"#).unwrap();
+        assert_eq!(m.target, Some(Target::Resource("file:///{path}".into())));
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/other","name":"x"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt"}}}"#,
+        ] {
+            assert!(matches!(parse_str(bad), Err(ParseError::InvalidParams(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -19,8 +19,15 @@
 //!    absolute path is `/`, the empty relative name is the empty string.
 //!
 //! Every error is a denial: a resource that cannot be normalized is never matched.
-//! No Unicode normalization (NFC/NFKC) is applied: look-alikes such as `．．` (U+FF0E)
-//! stay ordinary segment names.
+//! No Unicode normalization (NFC/NFKC) is applied, but characters that some file systems
+//! or URL libraries turn into dots or separators (`．` U+FF0E, `․` U+2024, `﹒` U+FE52,
+//! `／` U+FF0F, `∕` U+2215, `＼` U+FF3C) are refused ([`NormalizeError::LookAlike`]).
+//!
+//! [`normalize`] is the fully decoded reading. A server may read the same value another
+//! way: a POSIX file server takes `%2f` and `\` literally, a URL library decodes once.
+//! [`readings`] gives every reading a value has (literal, each decoding round, `\` as a
+//! byte or as a separator), so policy can require all of them to be allowed: what the
+//! gateway checked is then what the server opens, whichever way it reads the value.
 
 use std::fmt;
 
@@ -41,6 +48,24 @@ pub enum NormalizeError {
     ControlCharacter,
     /// Longer than 4096 bytes.
     TooLong,
+    /// A character that looks like, or is mapped by some software to, a dot or a separator.
+    LookAlike,
+    /// A `file:` URI naming a host other than `localhost`.
+    ForeignHost,
+    /// A `file:` URI with a query or fragment (servers disagree on whether they are part
+    /// of the path).
+    QueryInFileUri,
+}
+
+/// How the upstream server interprets a resource value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// A plain path or name: no percent-decoding, `\` is an ordinary byte (POSIX). The
+    /// default for tool arguments.
+    #[default]
+    Literal,
+    /// A URI or percent-encoded value: decoded before use. Bad encoding is refused.
+    Uri,
 }
 
 impl fmt::Display for NormalizeError {
@@ -52,13 +77,20 @@ impl fmt::Display for NormalizeError {
             }
             NormalizeError::ControlCharacter => write!(f, "resource contains a control character"),
             NormalizeError::TooLong => write!(f, "resource longer than {MAX_LEN} bytes"),
+            NormalizeError::LookAlike => write!(f, "resource contains a character that looks like a dot or a slash"),
+            NormalizeError::ForeignHost => write!(f, "resource file: URI names a host other than localhost"),
+            NormalizeError::QueryInFileUri => write!(f, "resource file: URI has a query or fragment"),
         }
     }
 }
 
 impl std::error::Error for NormalizeError {}
 
-/// Normalizes a resource path or name for policy matching (rules in the module doc).
+/// Dots and separators in disguise: refused wherever they appear.
+const LOOK_ALIKES: &[char] = &['\u{ff0e}', '\u{2024}', '\u{fe52}', '\u{ff0f}', '\u{2215}', '\u{ff3c}'];
+
+/// Normalizes a resource path or name for policy matching (rules in the module doc):
+/// the fully decoded reading, with `\` as a separator.
 pub fn normalize(raw: &str, case_fold: bool) -> Result<String, NormalizeError> {
     if raw.len() > MAX_LEN {
         return Err(NormalizeError::TooLong);
@@ -74,16 +106,68 @@ pub fn normalize(raw: &str, case_fold: bool) -> Result<String, NormalizeError> {
     if decoded.contains('%') {
         return Err(NormalizeError::BadEncoding);
     }
+    resolve(&decoded, case_fold, true)
+}
 
-    // Folded before the structural checks so they see the final characters.
-    if case_fold {
-        decoded = decoded.to_lowercase();
+/// Every distinct way a server could read `raw`, normalized, the reading `mode` names
+/// first. With [`Mode::Uri`] bad percent-encoding is an error; with [`Mode::Literal`] a
+/// value that cannot be decoded simply has no decoded reading. Any reading that cannot be
+/// normalized (escaping the root, control characters, look-alikes) is an error, because
+/// a server reading it that way would act on something policy never saw.
+pub fn readings(raw: &str, mode: Mode, case_fold: bool) -> Result<Vec<String>, NormalizeError> {
+    if raw.len() > MAX_LEN {
+        return Err(NormalizeError::TooLong);
     }
+    // Decoding rounds: the literal value, then each round of percent-decoding.
+    let mut rounds = vec![raw.to_owned()];
+    while let Some(last) = rounds.last() {
+        if !last.contains('%') {
+            break;
+        }
+        if rounds.len() > MAX_DECODE_ROUNDS {
+            if mode == Mode::Uri {
+                return Err(NormalizeError::BadEncoding);
+            }
+            break;
+        }
+        match percent_decode(last) {
+            Ok(next) => rounds.push(next),
+            Err(e) if mode == Mode::Uri => return Err(e),
+            Err(_) => break,
+        }
+    }
+    // A URI server decodes (once, or as often as needed): its reading leads.
+    if mode == Mode::Uri {
+        rounds.rotate_left(1);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(2 * rounds.len());
+    for round in &rounds {
+        // `\` literally (POSIX) first, then as a separator (Windows, some URL parsers).
+        for backslash_separates in [false, true] {
+            if backslash_separates && !round.contains('\\') {
+                continue;
+            }
+            let reading = resolve(round, case_fold, backslash_separates)?;
+            if !out.contains(&reading) {
+                out.push(reading);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Case folding, character checks, separators and dot segments of one decoded reading.
+fn resolve(decoded: &str, case_fold: bool, backslash_separates: bool) -> Result<String, NormalizeError> {
+    // Folded before the structural checks so they see the final characters.
+    let decoded = if case_fold { decoded.to_lowercase() } else { decoded.to_owned() };
     if decoded.chars().any(char::is_control) {
         return Err(NormalizeError::ControlCharacter);
     }
+    if decoded.contains(LOOK_ALIKES) {
+        return Err(NormalizeError::LookAlike);
+    }
 
-    let unified = decoded.replace('\\', "/");
+    let unified = if backslash_separates { decoded.replace('\\', "/") } else { decoded };
     let absolute = unified.starts_with('/');
     let mut segments: Vec<&str> = Vec::new();
     for segment in unified.split('/') {
@@ -131,32 +215,47 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// The resource named by an MCP resource URI, still encoded (pass it to [`normalize`]).
+/// The resource named by an MCP resource URI, still encoded (pass it to [`readings`]).
 ///
 /// For `file:///a/b` (or `file://localhost/a/b`) the path `/a/b`; for
 /// `scheme://authority/path` the relative name `authority/path`, e.g. `github://acme/website`
-/// → `acme/website`. A `file` URI naming another host keeps that host as a relative name,
-/// so absolute-path patterns cannot match it. The query and fragment are dropped: the
-/// server ignores them when locating the resource, so a `#/../../public` must not steer
-/// matching. Anything without a `scheme://` prefix is returned unchanged.
-pub fn resource_of_uri(uri: &str) -> &str {
+/// → `acme/website`. A `file` URI naming another host is refused, and so is one with a
+/// query or fragment (`file:///private/x?/../../public`: some servers keep it in the
+/// path). For other schemes the query and fragment are dropped: they do not locate the
+/// resource. Anything without a `scheme://` prefix is returned unchanged.
+pub fn resource_of_uri(uri: &str) -> Result<&str, NormalizeError> {
     let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri;
+        return Ok(uri);
     };
     if !is_scheme(scheme) {
-        return uri;
+        return Ok(uri);
     }
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
     if scheme.eq_ignore_ascii_case("file") {
+        if rest.contains(['?', '#']) {
+            return Err(NormalizeError::QueryInFileUri);
+        }
         let (host, path) = match rest.find('/') {
             Some(at) => rest.split_at(at),
             None => (rest, ""),
         };
-        if host.is_empty() || host.eq_ignore_ascii_case("localhost") {
-            return if path.is_empty() { "/" } else { path };
+        if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
+            return Err(NormalizeError::ForeignHost);
         }
+        return Ok(if path.is_empty() { "/" } else { path });
     }
-    rest
+    Ok(rest.split(['?', '#']).next().unwrap_or_default())
+}
+
+/// The normalized form of a resource URI for RBAC `resources` globs: `scheme://` (scheme
+/// lowercased) followed by each reading of the resource it names. A value without a
+/// scheme is a name, read as a URI would be.
+pub fn uri_readings(uri: &str) -> Result<Vec<String>, NormalizeError> {
+    let name = resource_of_uri(uri)?;
+    let prefix = match uri.split_once("://") {
+        Some((scheme, _)) if is_scheme(scheme) => format!("{}://", scheme.to_ascii_lowercase()),
+        _ => String::new(),
+    };
+    Ok(readings(name, Mode::Uri, false)?.into_iter().map(|r| format!("{prefix}{r}")).collect())
 }
 
 /// `[A-Za-z][A-Za-z0-9+.-]*`, as in RFC 3986.
@@ -244,8 +343,6 @@ mod tests {
             ("/public/..a", false, Ok("/public/..a")),
             ("/public/.hidden", false, Ok("/public/.hidden")),
             ("/public/a..b/c", false, Ok("/public/a..b/c")),
-            // Fullwidth full stops are ordinary characters, not `..`.
-            ("/public/\u{ff0e}\u{ff0e}/x", false, Ok("/public/\u{ff0e}\u{ff0e}/x")),
         ]);
     }
 
@@ -356,7 +453,7 @@ mod tests {
 
     #[test]
     fn names_errors_in_lowercase() {
-        for e in [EscapesRoot, BadEncoding, ControlCharacter, TooLong] {
+        for e in [EscapesRoot, BadEncoding, ControlCharacter, TooLong, LookAlike, ForeignHost, QueryInFileUri] {
             let message = e.to_string();
             assert!(message.starts_with("resource "), "{message}");
         }
@@ -372,7 +469,6 @@ mod tests {
             ("file://", "/"),
             ("file:///", "/"),
             ("file://localhost", "/"),
-            ("file://server/share/x", "server/share/x"),
             ("github://acme/website", "acme/website"),
             ("s3://bucket/key", "bucket/key"),
             ("s3://bucket/dir/key.txt", "bucket/dir/key.txt"),
@@ -388,14 +484,13 @@ mod tests {
             ("/a/b://c", "/a/b://c"),
             ("a b://c", "a b://c"),
             ("urn:isbn:123", "urn:isbn:123"),
-            // Query and fragment do not name the resource.
-            ("file:///private/secret#/../../public/x", "/private/secret"),
-            ("file:///public/..?/../private", "/public/.."),
+            // Query and fragment do not name the resource (outside file: URIs).
             ("github://acme/website?ref=main", "acme/website"),
+            ("github://acme/website#readme", "acme/website"),
             ("file:///a%23b", "/a%23b"),
         ];
         for (uri, want) in cases {
-            assert_eq!(resource_of_uri(uri), want, "resource_of_uri({uri:?})");
+            assert_eq!(resource_of_uri(uri), Ok(want), "resource_of_uri({uri:?})");
         }
     }
 
@@ -403,15 +498,83 @@ mod tests {
     fn normalizes_resources_named_by_uris() {
         let cases = [
             ("file:///public/%2e%2e/private/x", Ok("/private/x".to_owned())),
-            ("file:///private/secret#/../../public/x", Ok("/private/secret".to_owned())),
-            ("file:///public/..?/../private", Ok("/".to_owned())),
             ("file:///..", Err(EscapesRoot)),
             ("github://acme/../payroll", Ok("payroll".to_owned())),
             ("github://acme/../../x", Err(EscapesRoot)),
             ("file:///a%23b", Ok("/a#b".to_owned())),
         ];
         for (uri, want) in cases {
-            assert_eq!(normalize(resource_of_uri(uri), false), want, "{uri:?}");
+            assert_eq!(resource_of_uri(uri).and_then(|r| normalize(r, false)), want, "{uri:?}");
         }
+    }
+
+    #[test]
+    fn refuses_file_uris_that_servers_read_differently() {
+        let cases = [
+            ("file://server/share/x", ForeignHost),
+            ("file://evil.example/etc/passwd", ForeignHost),
+            ("file://localhost:80/x", ForeignHost),
+            ("file:///private/secret#/../../public/x", QueryInFileUri),
+            ("file:///public/..?/../private", QueryInFileUri),
+            ("FILE:///x?y", QueryInFileUri),
+        ];
+        for (uri, want) in cases {
+            assert_eq!(resource_of_uri(uri), Err(want), "{uri:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_look_alike_dots_and_slashes() {
+        for raw in [
+            "/public/\u{ff0e}\u{ff0e}/x",
+            "/public/\u{2024}\u{2024}/x",
+            "/public/\u{fe52}\u{fe52}/x",
+            "/public\u{ff0f}..\u{ff0f}private",
+            "/public\u{2215}x",
+            "/public\u{ff3c}x",
+            "/public/%EF%BC%8E%EF%BC%8E/x",
+        ] {
+            assert_eq!(normalize(raw, false), Err(LookAlike), "{raw:?}");
+            assert_eq!(readings(raw, Mode::Literal, false), Err(LookAlike), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn literal_readings_keep_percent_and_backslash_as_bytes() {
+        let r = |raw: &str| readings(raw, Mode::Literal, false);
+        assert_eq!(r("/public/readme.md"), Ok(vec!["/public/readme.md".to_owned()]));
+        // The filesystem server takes `%2f` literally: `a%2fb` is one segment, so the two
+        // `..` climb out of /public. Both readings are reported.
+        assert_eq!(
+            r("/public/a%2fb/../../private/salaries.csv"),
+            Ok(vec!["/private/salaries.csv".to_owned(), "/public/private/salaries.csv".to_owned()])
+        );
+        assert_eq!(
+            r("/public/a\\b/../../private/x"),
+            Ok(vec!["/private/x".to_owned(), "/public/private/x".to_owned()])
+        );
+        // Undecodable: only the literal reading exists.
+        assert_eq!(r("/public/100%"), Ok(vec!["/public/100%".to_owned()]));
+        // Every decoding round is a reading.
+        assert_eq!(
+            r("/a/%252e%252e/b"),
+            Ok(vec!["/a/%252e%252e/b".to_owned(), "/a/%2e%2e/b".to_owned(), "/b".to_owned()])
+        );
+        // A reading that escapes the root refuses the value, whichever reading it is.
+        assert_eq!(r("/public/%2e%2e/%2e%2e/etc"), Err(EscapesRoot));
+        assert_eq!(r("/a\\..\\..\\etc"), Err(EscapesRoot));
+    }
+
+    #[test]
+    fn uri_readings_lead_with_the_decoded_one() {
+        assert_eq!(readings("/a%20b", Mode::Uri, false), Ok(vec!["/a b".to_owned(), "/a%20b".to_owned()]));
+        assert_eq!(readings("/100%", Mode::Uri, false), Err(BadEncoding));
+        assert_eq!(readings("/%2525252e", Mode::Uri, false), Err(BadEncoding));
+        assert_eq!(
+            uri_readings("FILE:///public/a%2fb/../../private/x"),
+            Ok(vec!["file:///public/private/x".to_owned(), "file:///private/x".to_owned()])
+        );
+        assert_eq!(uri_readings("github://acme/website"), Ok(vec!["github://acme/website".to_owned()]));
+        assert_eq!(uri_readings("file://other/x"), Err(ForeignHost));
     }
 }

@@ -8,7 +8,8 @@
 //! nothing.
 
 use crate::jsonrpc::{Kind, Message, Target};
-use glob::Pattern;
+use crate::normalize;
+use glob::{MatchOptions, Pattern};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -284,6 +285,40 @@ impl Policy {
             return Ok(with_method.first().map(|(n, _)| format!("role {n}: method {method}")).unwrap_or_default());
         };
         let name = target.name();
+        // Resource URIs are matched in normalized form, on every reading a server could
+        // give them (see `normalize::uri_readings`), with `*` staying within a segment.
+        let readings = match target {
+            Target::Resource(uri) => normalize::uri_readings(uri)
+                .map_err(|_| Denial::TargetNotAllowed { method: method.to_owned(), name: name.to_owned() })?,
+            _ => vec![name.to_owned()],
+        };
+        let literal_separator = matches!(target, Target::Resource(_));
+        let matching = |patterns: &'_ [Pattern]| -> Option<Pattern> {
+            let mut first = None;
+            for reading in &readings {
+                let p = patterns.iter().find(|p| {
+                    p.matches_with(
+                        reading,
+                        MatchOptions { require_literal_separator: literal_separator, ..MatchOptions::new() },
+                    )
+                })?;
+                first.get_or_insert_with(|| p.clone());
+            }
+            first
+        };
+        let denied_by = |patterns: &'_ [Pattern]| -> Option<String> {
+            readings.iter().find_map(|reading| {
+                patterns
+                    .iter()
+                    .find(|p| {
+                        p.matches_with(
+                            reading,
+                            MatchOptions { require_literal_separator: literal_separator, ..MatchOptions::new() },
+                        )
+                    })
+                    .map(|p| p.as_str().to_owned())
+            })
+        };
         let (patterns_of, deny_of): (RoleGlobs, DenyGlobs) = match target {
             Target::Tool(_) => (|r| &r.tools, |d| &d.tools),
             Target::Resource(_) => (|r| &r.resources, |d| &d.resources),
@@ -294,9 +329,9 @@ impl Policy {
             Target::Resource(_) => "resource",
             Target::Prompt(_) => "prompt",
         };
-        self.check_denies(roles, |d| first_match(deny_of(d), name).map(|p| format!("{kind} {}", p.as_str())))?;
-        let by_name: Vec<(&String, &Role, &Pattern)> =
-            with_method.iter().filter_map(|(n, r)| first_match(patterns_of(r), name).map(|p| (*n, *r, p))).collect();
+        self.check_denies(roles, |d| denied_by(deny_of(d)).map(|p| format!("{kind} {p}")))?;
+        let by_name: Vec<(&String, &Role, Pattern)> =
+            with_method.iter().filter_map(|(n, r)| matching(patterns_of(r)).map(|p| (*n, *r, p))).collect();
         if by_name.is_empty() {
             return Err(Denial::TargetNotAllowed { method: method.to_owned(), name: name.to_owned() });
         }

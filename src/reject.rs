@@ -3,6 +3,7 @@
 //! Client-facing messages say what was wrong with the request, never which policy rule
 //! refused it (operators read that in the audit record).
 
+use crate::headers::HeaderProblem;
 use crate::jsonrpc::ParseError;
 use crate::jwt::AuthError;
 use crate::rbac::Denial;
@@ -19,6 +20,8 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32003;
     pub const NOT_FOUND: i64 = -32004;
     pub const UNAVAILABLE: i64 = -32000;
+    /// MCP 2026-07-28: an `Mcp-*` request header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
 }
 
 /// Everything the gateway refuses a request for.
@@ -31,8 +34,10 @@ pub enum Refusal {
     UnknownServer,
     /// An HTTP method MCP's Streamable HTTP transport does not use.
     HttpMethod(String),
-    /// A POST whose Content-Type is not JSON.
+    /// A POST whose Content-Type is not JSON, or JSON in a charset other than UTF-8.
     ContentType,
+    /// Request headers a server could read differently from the gateway.
+    Header(HeaderProblem),
     BodyTooLarge {
         limit: usize,
     },
@@ -41,9 +46,10 @@ pub enum Refusal {
         name: String,
         denial: Denial,
     },
-    /// `Mcp-Method` / `Mcp-Name` disagree with the body.
+    /// `Mcp-Method`, `Mcp-Name` or `Mcp-Param-*` disagree with the body (or cannot be
+    /// decoded).
     HeaderMismatch {
-        header: &'static str,
+        header: String,
     },
     /// The token lacks scopes every request needs.
     InsufficientScope {
@@ -64,7 +70,8 @@ impl fmt::Display for Refusal {
             Refusal::Forbidden(d) => write!(f, "forbidden: {d}"),
             Refusal::UnknownServer => write!(f, "no MCP server at this path"),
             Refusal::HttpMethod(m) => write!(f, "HTTP method {m} not allowed"),
-            Refusal::ContentType => write!(f, "Content-Type must be application/json"),
+            Refusal::ContentType => write!(f, "Content-Type must be application/json (UTF-8)"),
+            Refusal::Header(problem) => write!(f, "bad request: {problem}"),
             Refusal::BodyTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
             Refusal::InsufficientScope { required } => {
                 write!(f, "token lacks scope {:?}", required.join(" "))
@@ -126,9 +133,12 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         Refusal::HttpMethod(m) => {
             (405, code::INVALID_REQUEST, format!("Method Not Allowed: {m}; MCP uses POST, GET and DELETE"))
         }
-        Refusal::ContentType => {
-            (415, code::INVALID_REQUEST, "Unsupported Media Type: POST bodies must be application/json".to_owned())
-        }
+        Refusal::ContentType => (
+            415,
+            code::INVALID_REQUEST,
+            "Unsupported Media Type: POST bodies must be application/json in UTF-8".to_owned(),
+        ),
+        Refusal::Header(problem) => (400, code::INVALID_REQUEST, format!("Invalid Request: {problem}")),
         Refusal::BodyTooLarge { limit } => {
             (413, code::INVALID_REQUEST, format!("Payload Too Large: request body exceeds {limit} bytes"))
         }
@@ -138,7 +148,7 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         // What an MCP server says for a tool it does not have (HTTP 200, -32602).
         Refusal::UnknownTool { name, .. } => (200, code::INVALID_PARAMS, format!("Unknown tool: {name}")),
         Refusal::HeaderMismatch { header } => {
-            (400, code::INVALID_REQUEST, format!("Invalid Request: {header} header does not match the request body"))
+            (400, code::HEADER_MISMATCH, format!("Header mismatch: {header} header does not match the request body"))
         }
         Refusal::KeysUnavailable { .. } => {
             (503, code::UNAVAILABLE, "Service Unavailable: cannot verify tokens yet, retry shortly".to_owned())

@@ -5,20 +5,80 @@
 //! (see [`crate::normalize`]); the first rule whose pattern matches decides; no match
 //! denies. Patterns may name the caller: `/user/{user_id}/**`, `{claims.tenant}/**`.
 
-use crate::jsonrpc::{Message, Target};
+use crate::jsonrpc::{folds_equal, Message, Target};
 use crate::jwt::Principal;
-use crate::normalize::{normalize, resource_of_uri, NormalizeError};
+use crate::normalize::{readings, resource_of_uri, Mode, NormalizeError};
 use glob::{MatchOptions, Pattern};
 use serde_json::Value;
 use std::fmt;
 
 /// Where in a tool call's arguments a resource is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
+pub enum Location {
     /// A top-level argument name (`file_path`).
     Key(String),
-    /// A JSON pointer into the arguments (`/source/path`).
-    Pointer(String),
+    /// A JSON pointer into the arguments (`/source/path`), split into unescaped tokens.
+    Pointer(Vec<String>),
+}
+
+/// A configured tool argument that names a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub location: Location,
+    /// How the server reads the value (all readings are checked; this one leads).
+    pub mode: Mode,
+    /// A call without this argument is allowed (by default it is denied, since the
+    /// server might default to a resource policy never saw).
+    pub optional: bool,
+}
+
+impl Selector {
+    /// A required selector read literally: `file_path` or `/source/path`.
+    pub fn parse(spec: &str) -> Selector {
+        let location = match spec.strip_prefix('/') {
+            Some(pointer) => {
+                Location::Pointer(pointer.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+            }
+            None => Location::Key(spec.to_owned()),
+        };
+        Selector { location, mode: Mode::Literal, optional: false }
+    }
+
+    fn describe(&self) -> String {
+        match &self.location {
+            Location::Key(k) => k.clone(),
+            Location::Pointer(tokens) => tokens.iter().map(|t| format!("/{t}")).collect(),
+        }
+    }
+
+    /// The value this selector names, refusing keys a case-insensitive server could
+    /// read instead (`File_Path` for `file_path`) on the way. `Ok(None)`: absent.
+    fn find<'a>(&self, args: &'a Value) -> Result<Option<&'a Value>, String> {
+        let tokens: Vec<&str> = match &self.location {
+            Location::Key(k) => vec![k.as_str()],
+            Location::Pointer(tokens) => tokens.iter().map(String::as_str).collect(),
+        };
+        let mut at = args;
+        for token in tokens {
+            at = match at {
+                Value::Object(object) => {
+                    if object.keys().any(|k| k != token && folds_equal(k, token)) {
+                        return Err(format!("argument {:?} is spelled in another letter case", self.describe()));
+                    }
+                    match object.get(token) {
+                        Some(v) => v,
+                        None => return Ok(None),
+                    }
+                }
+                Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
+                _ => return Ok(None),
+            };
+        }
+        Ok(Some(at))
+    }
 }
 
 /// A claim that must hold the given value (or contain it, when it is an array).
@@ -58,7 +118,13 @@ pub struct ResourcePolicy {
 pub enum ResourceReason {
     Unnormalizable(NormalizeError),
     NoRule,
-    Rule { index: usize, pattern: String },
+    Rule {
+        index: usize,
+        pattern: String,
+    },
+    /// A configured argument is missing, `null`, not a string (or array of strings), or
+    /// spelled so that a server could read another key.
+    BadArgument(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +144,7 @@ impl fmt::Display for ResourceDenial {
             ResourceReason::Rule { index, pattern } => {
                 write!(f, "resource {resource:?} matched rule {index} ({pattern:?}), which does not allow the caller")
             }
+            ResourceReason::BadArgument(why) => write!(f, "{why}"),
         }
     }
 }
@@ -175,40 +242,82 @@ impl ResourceRule {
 }
 
 impl ResourcePolicy {
-    /// The resources a message names: a resource URI, or the configured arguments of a
-    /// tool call (strings, or arrays of strings).
-    pub fn resources(&self, message: &Message) -> Vec<String> {
+    /// The resources a message names, each with how the server reads it: a resource URI,
+    /// or the configured arguments of a tool call (strings, or arrays of strings). A
+    /// configured argument that is absent (and not optional), `null`, or of another type
+    /// is a denial: the server would fall back to something policy never saw.
+    pub fn resources(&self, message: &Message) -> Result<Vec<(String, Mode)>, ResourceDenial> {
+        let bad = |why: String| ResourceDenial {
+            resource: String::new(),
+            reason: ResourceReason::BadArgument(why),
+            shadow: false,
+        };
         match &message.target {
-            Some(Target::Resource(uri)) => vec![resource_of_uri(uri).to_owned()],
+            Some(Target::Resource(uri)) => {
+                let name = resource_of_uri(uri).map_err(|e| ResourceDenial {
+                    resource: uri.clone(),
+                    reason: ResourceReason::Unnormalizable(e),
+                    shadow: false,
+                })?;
+                Ok(vec![(name.to_owned(), Mode::Uri)])
+            }
             Some(Target::Tool(_)) => {
-                let Some(args) = &message.arguments else { return Vec::new() };
+                let empty = Value::Object(serde_json::Map::new());
+                let args = message.arguments.as_ref().unwrap_or(&empty);
                 let mut found = Vec::new();
                 for selector in &self.arguments {
-                    let value = match selector {
-                        Selector::Key(k) => args.get(k),
-                        Selector::Pointer(p) => args.pointer(p),
-                    };
-                    match value {
-                        Some(Value::String(s)) => found.push(s.clone()),
+                    let name = selector.describe();
+                    match selector.find(args).map_err(bad)? {
+                        None if selector.optional => {}
+                        None => return Err(bad(format!("resource argument {name:?} is missing"))),
+                        Some(Value::String(s)) => found.push((s.clone(), selector.mode)),
                         Some(Value::Array(items)) => {
-                            found.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+                            for item in items {
+                                match item {
+                                    Value::String(s) => found.push((s.clone(), selector.mode)),
+                                    _ => return Err(bad(format!("resource argument {name:?} holds a non-string"))),
+                                }
+                            }
                         }
-                        _ => {}
+                        Some(_) => {
+                            return Err(bad(format!("resource argument {name:?} is not a string or array of strings")))
+                        }
                     }
                 }
-                found
+                Ok(found)
             }
-            _ => Vec::new(),
+            _ => Ok(Vec::new()),
         }
     }
 
-    /// Decides one resource; on success explains which rule allowed it.
-    pub fn check(&self, principal: &Principal, raw: &str) -> Result<String, ResourceDenial> {
-        let resource = normalize(raw, self.case_fold).map_err(|e| ResourceDenial {
+    /// The argument a `Mcp-Param-<name>` header mirrors, when this policy reads it
+    /// (header names compare without case).
+    pub fn argument_named(&self, header_suffix: &str) -> Option<&str> {
+        self.arguments.iter().find_map(|s| match &s.location {
+            Location::Key(k) if k.eq_ignore_ascii_case(header_suffix) => Some(k.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Decides one resource on every reading the server could give it (see
+    /// [`readings`]); all must be allowed. On success explains which rule allowed it.
+    pub fn check(&self, principal: &Principal, raw: &str, mode: Mode) -> Result<String, ResourceDenial> {
+        let all = readings(raw, mode, self.case_fold).map_err(|e| ResourceDenial {
             resource: raw.to_owned(),
             reason: ResourceReason::Unnormalizable(e),
             shadow: false,
         })?;
+        let mut why = String::new();
+        for resource in all {
+            let allowed = self.check_reading(principal, resource)?;
+            if why.is_empty() {
+                why = allowed;
+            }
+        }
+        Ok(why)
+    }
+
+    fn check_reading(&self, principal: &Principal, resource: String) -> Result<String, ResourceDenial> {
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(principal, &resource, self.case_fold) {
                 continue;
@@ -227,14 +336,14 @@ impl ResourcePolicy {
 
     /// Decides every resource a message names; the first denial wins.
     pub fn check_message(&self, principal: &Principal, message: &Message) -> Result<Vec<String>, ResourceDenial> {
-        self.resources(message).iter().map(|r| self.check(principal, r)).collect()
+        self.resources(message)?.iter().map(|(r, mode)| self.check(principal, r, *mode)).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jsonrpc::parse;
+    use crate::jsonrpc::{parse, Message};
     use serde_json::{json, Map};
 
     fn principal(user: &str, roles: &[&str], claims: Value) -> Principal {
@@ -266,7 +375,10 @@ mod tests {
         let mut own = rule("/user/{user_id}/**", &[]);
         own.users = vec!["{user_id}".into()];
         ResourcePolicy {
-            arguments: vec![Selector::Key("file_path".into()), Selector::Pointer("/options/target".into())],
+            arguments: vec![
+                Selector::parse("file_path"),
+                Selector { optional: true, ..Selector::parse("/options/target") },
+            ],
             case_fold: false,
             rules: vec![
                 rule("/public", &["*"]),
@@ -284,7 +396,7 @@ mod tests {
         let mut private = rule("acme/payroll", &["admin"]);
         private.claim = Some(ClaimCondition { path: vec!["repos".into()], value: "{resource}".into() });
         ResourcePolicy {
-            arguments: vec![Selector::Key("repository".into())],
+            arguments: vec![Selector::parse("repository")],
             case_fold: true,
             rules: vec![rule("acme/website", &["*"]), private],
         }
@@ -317,7 +429,7 @@ mod tests {
             (&alice, "/user/bob/../alice/notes.md", true),
         ];
         for (who, path, allowed) in table {
-            let d = p.check(who, path);
+            let d = p.check(who, path, Mode::Literal);
             assert_eq!(d.is_ok(), *allowed, "{} {path}: {d:?}", who.user_id);
         }
     }
@@ -327,10 +439,13 @@ mod tests {
         let p = filesystem();
         for sneaky in ["*", "**", "..", "bob/..", "[ab]*"] {
             let who = principal(sneaky, &["developer"], json!({}));
-            assert!(p.check(&who, "/user/bob/notes.md").is_err(), "user id {sneaky:?} reached bob's files");
+            assert!(
+                p.check(&who, "/user/bob/notes.md", Mode::Literal).is_err(),
+                "user id {sneaky:?} reached bob's files"
+            );
         }
         let star = principal("*", &["developer"], json!({}));
-        assert!(p.check(&star, "/user/*/notes.md").is_ok(), "a literal '*' folder is still its own");
+        assert!(p.check(&star, "/user/*/notes.md", Mode::Literal).is_ok(), "a literal '*' folder is still its own");
     }
 
     #[test]
@@ -338,26 +453,27 @@ mod tests {
         let p = github();
         let dev = principal("alice", &["developer"], json!({}));
         let collaborator = principal("carol", &["developer"], json!({"repos": ["acme/payroll"]}));
-        assert!(p.check(&dev, "acme/website").is_ok());
-        assert!(p.check(&dev, "ACME/Website").is_ok(), "case folded");
-        let denied = p.check(&dev, "acme/payroll").unwrap_err();
+        assert!(p.check(&dev, "acme/website", Mode::Literal).is_ok());
+        assert!(p.check(&dev, "ACME/Website", Mode::Literal).is_ok(), "case folded");
+        let denied = p.check(&dev, "acme/payroll", Mode::Literal).unwrap_err();
         assert_eq!(denied.reason, ResourceReason::Rule { index: 1, pattern: "acme/payroll".into() });
-        assert!(p.check(&collaborator, "acme/payroll").is_ok());
-        assert!(p.check(&collaborator, "acme/website/../payroll").is_ok());
-        assert!(matches!(p.check(&dev, "acme/unknown").unwrap_err().reason, ResourceReason::NoRule));
+        assert!(p.check(&collaborator, "acme/payroll", Mode::Literal).is_ok());
+        assert!(p.check(&collaborator, "acme/website/../payroll", Mode::Literal).is_ok());
+        assert!(matches!(p.check(&dev, "acme/unknown", Mode::Literal).unwrap_err().reason, ResourceReason::NoRule));
     }
 
     #[test]
     fn resources_come_from_arguments_and_uris() {
         let p = filesystem();
         let m = parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"copy","arguments":{"file_path":["/public/a","/private/b"],"options":{"target":"/user/x"}}}}"#, 16).unwrap();
-        assert_eq!(p.resources(&m), vec!["/public/a", "/private/b", "/user/x"]);
+        let names = |m: &Message| p.resources(m).unwrap().into_iter().map(|(r, _)| r).collect::<Vec<_>>();
+        assert_eq!(names(&m), vec!["/public/a", "/private/b", "/user/x"]);
         let alice = principal("alice", &["developer"], json!({}));
         assert!(p.check_message(&alice, &m).is_err(), "every resource must be allowed");
         let m =
             parse(br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///public/a.txt"}}"#, 16)
                 .unwrap();
-        assert_eq!(p.resources(&m), vec!["/public/a.txt"]);
+        assert_eq!(p.resources(&m).unwrap(), vec![("/public/a.txt".to_owned(), Mode::Uri)]);
         assert!(p.check_message(&alice, &m).is_ok());
     }
 
@@ -379,9 +495,71 @@ mod tests {
             rules: vec![rule("/tenants/{claims.org.id}/**", &["*"])],
         };
         let who = principal("a", &["developer"], json!({"org": {"id": "acme"}}));
-        assert!(p.check(&who, "/tenants/acme/x").is_ok());
-        assert!(p.check(&who, "/tenants/other/x").is_err());
+        assert!(p.check(&who, "/tenants/acme/x", Mode::Literal).is_ok());
+        assert!(p.check(&who, "/tenants/other/x", Mode::Literal).is_err());
         let nobody = principal("b", &["developer"], json!({}));
-        assert!(p.check(&nobody, "/tenants/acme/x").is_err());
+        assert!(p.check(&nobody, "/tenants/acme/x", Mode::Literal).is_err());
+    }
+
+    fn call(arguments: Value) -> Message {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_file", "arguments": arguments}});
+        parse(body.to_string().as_bytes(), 16).unwrap()
+    }
+
+    #[test]
+    fn the_path_checked_is_the_path_the_server_opens() {
+        let p = filesystem();
+        let bob = principal("bob", &["readonly"], json!({}));
+        // The filesystem server reads `%2f`, `%5c` and `\` literally, so each of these opens
+        // /private/salaries.csv or bob's neighbour's files; the decoded reading alone looks
+        // like /public/... .
+        for path in [
+            "/public/a%2fb/../../private/salaries.csv",
+            "/public/a%5cb/../../private/salaries.csv",
+            "/public/a%252fb/../../private/salaries.csv",
+            "/public/a\\b/../../private/salaries.csv",
+            "/public/%2e%2e/private/salaries.csv",
+            "/user/bob/x%2fy/../../alice/notes.md",
+        ] {
+            let m = call(json!({"file_path": path}));
+            assert!(p.check_message(&bob, &m).is_err(), "{path}");
+        }
+        let m = call(json!({"file_path": "/public/readme.md"}));
+        assert!(p.check_message(&bob, &m).is_ok());
+    }
+
+    #[test]
+    fn resource_arguments_must_be_present_and_strings() {
+        let p = filesystem();
+        let alice = principal("alice", &["developer"], json!({}));
+        let cases = [
+            json!({}),
+            json!({"file_path": null}),
+            json!({"file_path": 7}),
+            json!({"file_path": {"path": "/public/a"}}),
+            json!({"file_path": ["/public/a", ["/private/x"]]}),
+            json!({"file_path": "/public/a", "options": {"Target": "/private/x"}}),
+            json!({"FILE_PATH": "/private/x"}),
+        ];
+        for args in cases {
+            let denial = p.check_message(&alice, &call(args.clone())).unwrap_err();
+            assert!(matches!(denial.reason, ResourceReason::BadArgument(_)), "{args}: {denial:?}");
+        }
+        let mut optional = p.clone();
+        for s in &mut optional.arguments {
+            s.optional = true;
+        }
+        assert!(optional.check_message(&alice, &call(json!({}))).is_ok());
+        assert!(optional.check_message(&alice, &call(json!({"File_path": "/private/x"}))).is_err());
+    }
+
+    #[test]
+    fn uri_mode_checks_the_decoded_reading_first() {
+        let mut p = filesystem();
+        p.arguments = vec![Selector { mode: Mode::Uri, ..Selector::parse("file_path") }];
+        let alice = principal("alice", &["developer"], json!({}));
+        assert!(p.check_message(&alice, &call(json!({"file_path": "/public/a%20b"}))).is_ok());
+        assert!(p.check_message(&alice, &call(json!({"file_path": "/public/100%"}))).is_err());
+        assert!(p.check_message(&alice, &call(json!({"file_path": "/public/a%2f..%2f..%2fprivate/x"}))).is_err());
     }
 }

@@ -22,7 +22,7 @@ fn policy(c: &mut Value) {
             "delete": ["delete_*"]
         },
         "roles": {
-            "admin": {"servers": ["*"], "tools": ["*"], "resources": ["*"], "prompts": ["*"]},
+            "admin": {"servers": ["*"], "tools": ["*"], "resources": ["**"], "prompts": ["*"]},
             "developer": {"servers": ["*"], "tools": ["*"], "operations": ["read", "write"]},
             "readonly": {"servers": ["*"], "tools": ["*"], "operations": ["read"]},
             "contractor": {"servers": ["test", "testjson"], "tools": ["*"], "deny": {"tools": ["create_*"]}}
@@ -252,10 +252,10 @@ async fn mcp_method_and_name_headers_must_agree_with_the_body() {
     };
     let url = gw.url("testjson");
     let r = send("POST", &url, &with(vec![("mcp-method", "tools/list")]), call.clone()).await;
-    assert_eq!(r.assert_rpc_error(400, -32600)["id"], 3);
+    assert_eq!(r.assert_rpc_error(400, -32020)["id"], 3);
     let r =
         send("POST", &url, &with(vec![("mcp-method", "tools/call"), ("mcp-name", "delete_item")]), call.clone()).await;
-    r.assert_rpc_error(400, -32600);
+    r.assert_rpc_error(400, -32020);
     assert_eq!(gw.upstream_requests(), 0);
     // Agreeing headers pass the gateway (the server then judges the message itself).
     send("POST", &url, &with(vec![("mcp-method", "tools/call"), ("mcp-name", "get_item")]), call).await;

@@ -60,7 +60,7 @@ async fn server_everything_behind_the_gateway() {
         |c| {
             c["servers"].as_array_mut().unwrap().push(json!({"name": "everything", "path_prefix": "/mcp/everything"}));
             c["rbac"] = json!({"roles": {
-                "admin": {"servers": ["*"], "tools": ["*"], "resources": ["*"], "prompts": ["*"]},
+                "admin": {"servers": ["*"], "tools": ["*"], "resources": ["**"], "prompts": ["*"]},
                 "readonly": {"servers": ["everything"], "tools": ["*"], "operations": ["read"]},
                 "developer": {"servers": ["everything"], "tools": ["*"], "operations": ["read", "write"]}
             }});

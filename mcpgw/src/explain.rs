@@ -350,7 +350,8 @@ impl RoleRules {
             return format!("{} (not defined in the policy: grants nothing)", self.role);
         }
         let mut parts = vec![format!("servers {}", list_or_none(&self.servers))];
-        if self.methods.iter().any(|m| m != "*") {
+        let default = mcp_gateway::config::DEFAULT_METHODS;
+        if self.methods.len() != default.len() || self.methods.iter().zip(default).any(|(m, d)| m != d) {
             parts.push(format!("methods {}", list_or_none(&self.methods)));
         }
         parts.push(format!("tools {}", list_or_none(&self.tools)));

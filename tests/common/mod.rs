@@ -35,7 +35,7 @@ pub fn plugin_config() -> Value {
             }]
         },
         "rbac": {"roles": {
-            "admin": {"servers": ["*"], "tools": ["*"], "resources": ["*"], "prompts": ["*"]},
+            "admin": {"servers": ["*"], "tools": ["*"], "resources": ["**"], "prompts": ["*"]},
             "developer": {
                 "servers": ["test", "github"],
                 "tools": ["get_*", "list_*", "create_*", "echo", "whoami", "stepped"]
@@ -53,6 +53,8 @@ pub struct Gateway {
     pub filesystem: RunningServer,
     /// The test server answering `application/json` (no sessions).
     pub testjson: RunningServer,
+    /// The filesystem server's sandbox directory on disk.
+    pub sandbox: std::path::PathBuf,
     signing_jwk: String,
     public_jwk: String,
     _keys: tempfile::TempDir,
@@ -96,8 +98,9 @@ impl Gateway {
         let github = spawn(ServerKind::Github, loopback_listener().await).await.expect("github server");
         let testjson = spawn(ServerKind::TestJson, loopback_listener().await).await.expect("json test server");
         let sandbox = keys.path().join("sandbox");
-        let filesystem =
-            spawn(ServerKind::Filesystem { sandbox }, loopback_listener().await).await.expect("filesystem server");
+        let filesystem = spawn(ServerKind::Filesystem { sandbox: sandbox.clone() }, loopback_listener().await)
+            .await
+            .expect("filesystem server");
         let mut config = plugin_config();
         edit(&mut config);
         let envoy = Envoy::start(EnvoyOptions {
@@ -116,7 +119,7 @@ impl Gateway {
         })
         .await
         .expect("start envoy");
-        Gateway { envoy, test, github, filesystem, testjson, signing_jwk, public_jwk, _keys: keys }
+        Gateway { envoy, test, github, filesystem, testjson, sandbox, signing_jwk, public_jwk, _keys: keys }
     }
 
     pub fn public_jwk(&self) -> &str {
