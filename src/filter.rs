@@ -10,7 +10,7 @@
 //! them, and resumes waiting requests on its tick.
 
 use crate::config::Config;
-use crate::gateway::{Exchange, Head, HeaderEdits, Step};
+use crate::gateway::{Exchange, Head, HeaderEdits, ResponseBody, Step};
 use crate::jwks::{self, FetchState};
 use crate::jwt::{KeySet, KeyStore};
 use crate::rbac::Catalog;
@@ -426,8 +426,10 @@ struct Request {
     phase: Phase,
     /// The complete body, when it arrived while the request waited for keys.
     body: Option<Vec<u8>>,
-    /// Content type of a response being buffered for rewriting.
-    response_type: Option<String>,
+    /// How the response body is handled (set from the response headers).
+    response: Option<ResponseBody>,
+    /// Content type of the response.
+    response_type: String,
 }
 
 /// Largest list reply buffered for filtering.
@@ -508,8 +510,8 @@ fn act(
             match body {
                 // The body arrived while we waited for keys: decide on it now.
                 Some(body) => {
-                    let step = decide_body(vm, request, &body);
-                    act(vm, request, context_id, step, &HeaderEdits::default(), resumed)
+                    let (step, edits) = decide_body(vm, request, &body);
+                    act(vm, request, context_id, step, &edits, resumed)
                 }
                 None => Action::Pause,
             }
@@ -546,13 +548,16 @@ fn act(
     }
 }
 
-fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> Step {
+fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> (Step, HeaderEdits) {
     sync_catalog(vm);
     let vm = vm.borrow();
     let mut r = request.borrow_mut();
     match r.exchange.as_mut() {
-        Some(ex) => ex.on_request_body(&vm.config, &vm.catalog, body),
-        None => Step::Continue,
+        Some(ex) => {
+            let step = ex.on_request_body(&vm.config, &vm.catalog, body);
+            (step, ex.body_edits())
+        }
+        None => (Step::Continue, HeaderEdits::default()),
     }
 }
 
@@ -586,6 +591,87 @@ fn publish_catalog(vm: &SharedVm) {
             }
             return;
         }
+    }
+}
+
+impl Filter {
+    /// One chunk of an SSE reply: complete events go on at once (filtered), the event
+    /// still arriving is held by the exchange, bounded.
+    fn filter_events(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(vm) = self.vm.clone() else { return Action::Continue };
+        let chunk = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+            Ok(chunk) => chunk.unwrap_or_default(),
+            Err(_) => {
+                let _ = hostcalls::reset_http_response();
+                return Action::Continue;
+            }
+        };
+        let (filtered, learned) = {
+            let mut vmb = vm.borrow_mut();
+            let Vm { config, catalog, .. } = &mut *vmb;
+            let config = config.clone();
+            let before = catalog.generation;
+            let mut r = self.request.borrow_mut();
+            let out = match r.exchange.as_mut() {
+                Some(ex) => ex.on_response_events(&config, catalog, &chunk, end_of_stream),
+                None => Ok(Vec::new()),
+            };
+            (out, catalog.generation != before)
+        };
+        if learned {
+            publish_catalog(&vm);
+        }
+        match filtered {
+            Ok(out) => {
+                if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out).is_err() {
+                    let _ = hostcalls::reset_http_response();
+                }
+            }
+            Err(e) => {
+                log(LogLevel::Warn, &format!("mcp-gateway: SSE event over {} bytes; ending the stream", e.limit));
+                self.request.borrow_mut().response = Some(ResponseBody::Drop);
+                let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, b"");
+                let _ = hostcalls::reset_http_response();
+            }
+        }
+        Action::Continue
+    }
+
+    /// A JSON list reply: buffered whole (bounded), then rewritten.
+    fn filter_list_reply(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if body_size > MAX_LIST_REPLY {
+            log(LogLevel::Warn, "mcp-gateway: list reply too large to filter; dropping it");
+            let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, b"");
+            self.request.borrow_mut().response = Some(ResponseBody::Drop);
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(vm) = self.vm.clone() else { return Action::Continue };
+        let content_type = self.request.borrow().response_type.clone();
+        let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let (rewritten, learned) = {
+            let mut vmb = vm.borrow_mut();
+            let Vm { config, catalog, .. } = &mut *vmb;
+            let config = config.clone();
+            let before = catalog.generation;
+            let mut r = self.request.borrow_mut();
+            let out = r.exchange.as_mut().and_then(|ex| ex.on_response_body(&config, catalog, &content_type, &body));
+            (out, catalog.generation != before)
+        };
+        if learned {
+            publish_catalog(&vm);
+        }
+        // A reply that cannot be read is not passed on (fail closed).
+        let replacement = rewritten.unwrap_or_else(|| {
+            log(LogLevel::Warn, "mcp-gateway: list reply not understood; dropping it");
+            Vec::new()
+        });
+        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &replacement).is_err() {
+            let _ = hostcalls::reset_http_response();
+        }
+        Action::Continue
     }
 }
 
@@ -639,8 +725,8 @@ impl HttpContext for Filter {
             self.request.borrow_mut().body = Some(body);
             return Action::Pause;
         }
-        let step = decide_body(&vm, &self.request, &body);
-        act(&vm, &self.request, self.context_id, step, &HeaderEdits::default(), false)
+        let (step, edits) = decide_body(&vm, &self.request, &body);
+        act(&vm, &self.request, self.context_id, step, &edits, false)
     }
 
     /// MCP clients never send request trailers; a body that ends in trailers never
@@ -661,57 +747,44 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let rewrites = self.request.borrow().exchange.as_ref().is_some_and(Exchange::rewrites_response);
-        if !rewrites {
-            return Action::Continue;
+        let header = |name: &str| {
+            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+                .ok()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let encoding = header("content-encoding");
+        let handling = {
+            let mut r = self.request.borrow_mut();
+            match r.exchange.as_mut() {
+                Some(ex) => ex.on_response_headers(&content_type, encoding.as_deref()),
+                None => ResponseBody::Untouched,
+            }
+        };
+        if handling != ResponseBody::Untouched {
+            // The body may change length.
+            let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
         }
-        let content_type = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default();
-        // The body will change length.
-        let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
-        self.request.borrow_mut().response_type = Some(content_type);
+        let mut r = self.request.borrow_mut();
+        r.response = Some(handling);
+        r.response_type = content_type;
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(content_type) = self.request.borrow().response_type.clone() else {
-            return Action::Continue;
-        };
-        if body_size > MAX_LIST_REPLY {
-            log(LogLevel::Warn, "mcp-gateway: list reply too large to filter; dropping it");
-            let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, b"");
-            self.request.borrow_mut().response_type = None;
-            return Action::Continue;
+        let handling = self.request.borrow().response.unwrap_or(ResponseBody::Untouched);
+        match handling {
+            ResponseBody::Untouched => Action::Continue,
+            ResponseBody::Drop => {
+                if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, b"").is_err() {
+                    let _ = hostcalls::reset_http_response();
+                }
+                Action::Continue
+            }
+            ResponseBody::Events => self.filter_events(body_size, end_of_stream),
+            ResponseBody::BufferJson => self.filter_list_reply(body_size, end_of_stream),
         }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let Some(vm) = self.vm.clone() else { return Action::Continue };
-        let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-        let (rewritten, learned) = {
-            let mut vmb = vm.borrow_mut();
-            let Vm { config, catalog, .. } = &mut *vmb;
-            let config = config.clone();
-            let before = catalog.generation;
-            let mut r = self.request.borrow_mut();
-            let out = r.exchange.as_mut().and_then(|ex| ex.on_response_body(&config, catalog, &content_type, &body));
-            (out, catalog.generation != before)
-        };
-        if learned {
-            publish_catalog(&vm);
-        }
-        // A reply that cannot be read is not passed on (fail closed).
-        let replacement = rewritten.unwrap_or_else(|| {
-            log(LogLevel::Warn, "mcp-gateway: list reply not understood; dropping it");
-            Vec::new()
-        });
-        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &replacement).is_err() {
-            let _ = hostcalls::reset_http_response();
-        }
-        Action::Continue
     }
 
     fn on_log(&mut self) {

@@ -12,7 +12,7 @@ use crate::discovery;
 use crate::headers;
 use crate::jsonrpc::{self, Message, Target};
 use crate::jwt::{bearer_token, AuthError, KeyStore, Principal, Verdict};
-use crate::listing::{self, ListKind};
+use crate::listing::{self, EventStream, EventTooLarge, ListKind};
 use crate::rbac::{Catalog, Denial};
 use crate::reject::{reply, Refusal, Reply};
 use serde_json::Value;
@@ -56,6 +56,22 @@ pub struct HeaderEdits {
     pub set: Vec<(String, String)>,
 }
 
+/// Largest SSE event held while filtering a stream; a longer one ends the stream.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// How the adapter handles a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// Streams through untouched.
+    Untouched,
+    /// A JSON list reply: buffer it whole (bounded), then [`Exchange::on_response_body`].
+    BufferJson,
+    /// An SSE stream: pass each chunk through [`Exchange::on_response_events`].
+    Events,
+    /// Cannot be inspected (encoded): replace with nothing.
+    Drop,
+}
+
 /// What the adapter should do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -82,6 +98,8 @@ pub struct Exchange {
     metadata_url: Option<String>,
     /// Set when the allowed request is a list whose reply gets filtered.
     list: Option<ListKind>,
+    /// The filter over an SSE reply being inspected.
+    events: Option<EventStream>,
     record: AuditRecord,
 }
 
@@ -95,6 +113,7 @@ impl Exchange {
             server: None,
             metadata_url: None,
             list: None,
+            events: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
@@ -341,9 +360,72 @@ impl Exchange {
         None
     }
 
-    /// Whether the response body must be buffered and rewritten (a list reply).
-    pub fn rewrites_response(&self) -> bool {
-        self.list.is_some()
+    /// Decides how the response body is read, from its headers. List replies are
+    /// filtered, and so is every SSE stream opened by GET: a server resuming a stream
+    /// after `Last-Event-ID` may replay an earlier `tools/list` reply there.
+    pub fn on_response_headers(&mut self, content_type: &str, content_encoding: Option<&str>) -> ResponseBody {
+        let allowed = matches!(self.record.decision, Some(Outcome::Allow));
+        let get_stream = allowed && self.record.http_method == "GET";
+        if self.list.is_none() && !get_stream {
+            return ResponseBody::Untouched;
+        }
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let is_sse = media.eq_ignore_ascii_case("text/event-stream");
+        if !is_sse && self.list.is_none() {
+            return ResponseBody::Untouched; // e.g. a JSON error answering the GET
+        }
+        // Requested with `Accept-Encoding: identity`; anything else cannot be read here.
+        if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+            self.record.reason =
+                Some(format!("{}; reply dropped: encoded", self.record.reason.clone().unwrap_or_default()));
+            return ResponseBody::Drop;
+        }
+        if is_sse {
+            self.events = Some(EventStream::new(MAX_EVENT_BYTES, &ListKind::ALL));
+            ResponseBody::Events
+        } else {
+            ResponseBody::BufferJson
+        }
+    }
+
+    /// Filters the next chunk of an SSE reply ([`ResponseBody::Events`]); returns what to
+    /// forward now. `Err`: an event grew past the bound, the stream must end.
+    pub fn on_response_events(
+        &mut self,
+        config: &Config,
+        catalog: &mut Catalog,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Vec<u8>, EventTooLarge> {
+        let (Some(principal), Some(server), Some(events)) = (&self.principal, &self.server, self.events.as_mut())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut keep = |kind: ListKind, item: &Value| {
+            if kind == ListKind::Tools {
+                catalog.learn(&server.name, std::slice::from_ref(item));
+            }
+            visible(config, catalog, principal, &server.name, kind, item)
+        };
+        let mut out = events.push(chunk, &mut keep)?;
+        if end_of_stream {
+            out.extend(events.finish(&mut keep));
+        }
+        if !events.filtered.removed.is_empty() {
+            let removed = std::mem::take(&mut events.filtered.removed);
+            self.record.hidden.get_or_insert_with(Vec::new).extend(removed);
+        }
+        Ok(out)
+    }
+
+    /// Extra request header changes once the body is decided: list requests ask for an
+    /// unencoded reply, which the filter can read.
+    pub fn body_edits(&self) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        if self.list.is_some() {
+            edits.set.push(("accept-encoding".into(), "identity".into()));
+        }
+        edits
     }
 
     /// Rewrites a complete list reply so the caller only sees what they may use, and
@@ -425,6 +507,10 @@ impl Exchange {
         }
         remove.dedup();
         let mut set = Vec::new();
+        // GET streams are inspected for list results; the filter reads only plain bytes.
+        if head.method() == "GET" {
+            set.push(("accept-encoding".into(), "identity".into()));
+        }
         if let Some(UpstreamAuth::Inject { header, value }) = upstream_auth {
             set.push((header.clone(), value.expose().to_owned()));
         }

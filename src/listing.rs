@@ -6,6 +6,7 @@
 //! responses with a `result.<field>` array are rewritten; everything else passes through
 //! byte for byte. Anything not understood yields `None` so the caller can fail closed.
 
+use crate::jsonrpc;
 use serde_json::Value;
 
 /// Which list a reply answers (from the request's method).
@@ -18,6 +19,11 @@ pub enum ListKind {
 }
 
 impl ListKind {
+    /// Every list, for streams where any of them may arrive (a GET stream replaying
+    /// earlier replies).
+    pub const ALL: [ListKind; 4] =
+        [ListKind::Tools, ListKind::Prompts, ListKind::Resources, ListKind::ResourceTemplates];
+
     /// The list a request method asks for, if it is a list method.
     pub fn of_method(method: &str) -> Option<ListKind> {
         match method {
@@ -85,10 +91,13 @@ pub fn filter_reply(
     let mut filtered = Filtered::default();
     let text = std::str::from_utf8(body).ok()?;
     let out = match media_type(content_type)? {
-        Media::Json => match filter_message(text, kind, keep, &mut filtered)? {
-            Some(json) => json.into_bytes(),
-            None => body.to_vec(),
-        },
+        Media::Json => {
+            let mut keep = |_: ListKind, item: &Value| keep(item);
+            match filter_message(text, &[kind], &mut keep, &mut filtered).ok()? {
+                Some(json) => json.into_bytes(),
+                None => body.to_vec(),
+            }
+        }
         Media::EventStream => filter_event_stream(text, kind, keep, &mut filtered)?,
     };
     Some((out, filtered))
@@ -122,45 +131,63 @@ fn media_type(content_type: &str) -> Option<Media> {
     }
 }
 
-/// Filters one JSON-RPC message. `Some(None)`: nothing to change; `Some(Some(json))`:
-/// the rewritten message, compact (no raw newline, so it fits one SSE `data:` line).
+/// Members of a list result (what the four list methods answer).
+const RESULT_FIELDS: &[&str] = &["tools", "prompts", "resources", "resourceTemplates", "nextCursor", "_meta"];
+
+/// Filters one JSON-RPC message for `kinds`. `Ok(None)`: nothing to change;
+/// `Ok(Some(json))`: the rewritten message, compact (no raw newline, so it fits one SSE
+/// `data:` line). `Err`: not understood, must not reach the client.
+///
+/// A message with a repeated key is re-serialized from the reading the gateway filtered
+/// (the last copy, as serde keeps it), so a client that keeps the first copy cannot see
+/// another list. Keys that differ from the envelope's or the result's fields only by
+/// letter case are refused, as in requests.
 fn filter_message(
     text: &str,
-    kind: ListKind,
-    keep: &mut dyn FnMut(&Value) -> bool,
+    kinds: &[ListKind],
+    keep: &mut dyn FnMut(ListKind, &Value) -> bool,
     filtered: &mut Filtered,
-) -> Option<Option<String>> {
-    let mut message: Value = serde_json::from_str(text).ok()?;
+) -> Result<Option<String>, ()> {
+    let (mut message, mut changed) = match jsonrpc::parse_strict(text.as_bytes()) {
+        Ok(value) => (value, false),
+        Err(jsonrpc::ParseError::DuplicateKey(_)) => (serde_json::from_str::<Value>(text).map_err(|_| ())?, true),
+        Err(_) => return Err(()),
+    };
     // Batches left MCP in 2025-06-18; filtering one element and not another would leak.
-    let object = message.as_object_mut()?;
+    let object = message.as_object_mut().ok_or(())?;
+    jsonrpc::check_keys(object, ENVELOPE_FIELDS, "reply").map_err(|_| ())?;
     // Anything carrying `result.<field>` is filtered, whatever else it claims to be:
     // filtering only removes, so being generous here is the safe side.
-    let Some(list) =
-        object.get_mut("result").and_then(Value::as_object_mut).and_then(|result| result.get_mut(kind.field()))
-    else {
-        return Some(None);
-    };
-    let list = list.as_array_mut()?;
-    let before = list.len();
-    list.retain(|item| {
-        // `get` is `None` for anything but an object, so this also drops non-objects.
-        let Some(name) = item.get(kind.key()).and_then(Value::as_str) else {
-            filtered.removed.push(MALFORMED.to_string());
-            return false;
-        };
-        if keep(item) {
-            true
-        } else {
-            filtered.removed.push(name.to_string());
-            false
+    if let Some(result) = object.get_mut("result").and_then(Value::as_object_mut) {
+        jsonrpc::check_keys(result, RESULT_FIELDS, "result").map_err(|_| ())?;
+        for &kind in kinds {
+            let Some(list) = result.get_mut(kind.field()) else { continue };
+            let list = list.as_array_mut().ok_or(())?;
+            let before = list.len();
+            list.retain(|item| {
+                // `get` is `None` for anything but an object, so this also drops non-objects.
+                let Some(name) = item.get(kind.key()).and_then(Value::as_str) else {
+                    filtered.removed.push(MALFORMED.to_string());
+                    return false;
+                };
+                if keep(kind, item) {
+                    true
+                } else {
+                    filtered.removed.push(name.to_string());
+                    false
+                }
+            });
+            filtered.kept += list.len();
+            changed |= list.len() != before;
         }
-    });
-    filtered.kept += list.len();
-    if list.len() == before {
-        return Some(None);
     }
-    serde_json::to_string(&message).ok().map(Some)
+    if !changed {
+        return Ok(None);
+    }
+    serde_json::to_string(&message).map(Some).map_err(|_| ())
 }
+
+const ENVELOPE_FIELDS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 
 /// One line of an SSE stream with its terminator (`\r\n`, `\n`, `\r`, or empty at the
 /// end of the body), so unchanged lines are written back exactly.
@@ -194,51 +221,187 @@ fn data_value(line: &str) -> Option<&str> {
     (name == "data").then(|| value.strip_prefix(' ').unwrap_or(value))
 }
 
+/// Lines a compliant SSE parser acts on: the four fields, comments, blank lines. Any other
+/// line (` data: ...`, `Data: ...`, a bare JSON body labelled as SSE) is ignored by a
+/// compliant client but might be read by a lenient one, so it is dropped.
+fn is_sse_line(line: &str) -> bool {
+    if line.is_empty() || line.starts_with(':') {
+        return true;
+    }
+    let name = line.split_once(':').map_or(line, |(name, _)| name);
+    matches!(name, "data" | "event" | "id" | "retry")
+}
+
+/// Filters one SSE event (its lines up to and including the blank line that ends it).
+/// `Err`: the event carries a message that cannot be read; it must not be passed on.
+fn filter_event(
+    event: &str,
+    kinds: &[ListKind],
+    keep: &mut dyn FnMut(ListKind, &Value) -> bool,
+    filtered: &mut Filtered,
+) -> Result<Vec<u8>, ()> {
+    let lines: Vec<Line> = lines(event).into_iter().filter(|l| is_sse_line(l.text)).collect();
+    let data: Vec<&str> = lines.iter().filter_map(|l| data_value(l.text)).collect();
+    let data = data.join("\n");
+    let rewritten = if data.trim().is_empty() {
+        None // priming events, comments, retry hints: no message
+    } else {
+        filter_message(&data, kinds, keep, filtered)?
+    };
+    let mut out = Vec::with_capacity(event.len());
+    let mut first_data = true;
+    for line in &lines {
+        match &rewritten {
+            Some(json) if data_value(line.text).is_some() => {
+                if first_data {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(json.as_bytes());
+                    out.extend_from_slice(line.end.as_bytes());
+                    first_data = false;
+                }
+            }
+            _ => {
+                out.extend_from_slice(line.text.as_bytes());
+                out.extend_from_slice(line.end.as_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn filter_event_stream(
     text: &str,
     kind: ListKind,
     keep: &mut dyn FnMut(&Value) -> bool,
     filtered: &mut Filtered,
 ) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len());
-    // A leading byte order mark is not part of the first line.
-    let text = match text.strip_prefix('\u{feff}') {
-        Some(rest) => {
-            out.extend_from_slice("\u{feff}".as_bytes());
-            rest
-        }
-        None => text,
-    };
-    let lines = lines(text);
-    // An event is its lines up to and including the blank line that ends it. A last
-    // event with no blank line is still filtered: lenient clients may act on it.
-    for event in lines.split_inclusive(|line| line.text.is_empty()) {
-        let data: Vec<&str> = event.iter().filter_map(|l| data_value(l.text)).collect();
-        let data = data.join("\n");
-        let rewritten = if data.trim().is_empty() {
-            None // priming events, comments, retry hints: no message
-        } else {
-            filter_message(&data, kind, keep, filtered)?
-        };
-        let mut first_data = true;
-        for line in event {
-            match &rewritten {
-                Some(json) if data_value(line.text).is_some() => {
-                    if first_data {
-                        out.extend_from_slice(b"data: ");
-                        out.extend_from_slice(json.as_bytes());
-                        out.extend_from_slice(line.end.as_bytes());
-                        first_data = false;
-                    }
-                }
-                _ => {
-                    out.extend_from_slice(line.text.as_bytes());
-                    out.extend_from_slice(line.end.as_bytes());
-                }
-            }
+    let mut stream = EventStream::new(usize::MAX, &[kind]);
+    let mut keep = |_: ListKind, item: &Value| keep(item);
+    let mut out = stream.push(text.as_bytes(), &mut keep).ok()?;
+    out.extend(stream.finish(&mut keep));
+    *filtered = std::mem::take(&mut stream.filtered);
+    (stream.unreadable == 0).then_some(out)
+}
+
+/// An SSE event grew past the bound before it ended: the stream must end rather than
+/// pass it unfiltered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTooLarge {
+    pub limit: usize,
+}
+
+/// Filters a Server-Sent Events stream as it arrives, event by event, so GET streams and
+/// long POST streams keep streaming: only the event being received is held (up to
+/// `max_event` bytes), every complete event is passed on at once (rewritten when it
+/// carries a list result, dropped when it cannot be read).
+#[derive(Debug)]
+pub struct EventStream {
+    kinds: Vec<ListKind>,
+    max_event: usize,
+    /// Bytes of the event not yet complete.
+    pending: Vec<u8>,
+    /// How far `pending` has been scanned, and where the line being scanned began.
+    scanned: usize,
+    line_start: usize,
+    /// A byte order mark may open the stream.
+    at_start: bool,
+    /// What the list results on the stream lost, for audit.
+    pub filtered: Filtered,
+    /// Events dropped because they could not be read.
+    pub unreadable: usize,
+}
+
+impl EventStream {
+    /// Filters the list results of `kinds` (a GET stream: all of them).
+    pub fn new(max_event: usize, kinds: &[ListKind]) -> EventStream {
+        EventStream {
+            kinds: kinds.to_vec(),
+            max_event,
+            pending: Vec::new(),
+            scanned: 0,
+            line_start: 0,
+            at_start: true,
+            filtered: Filtered::default(),
+            unreadable: 0,
         }
     }
-    Some(out)
+
+    /// Takes the next chunk; returns the bytes to forward now.
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        keep: &mut dyn FnMut(ListKind, &Value) -> bool,
+    ) -> Result<Vec<u8>, EventTooLarge> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        if self.at_start {
+            const BOM: &[u8] = "\u{feff}".as_bytes();
+            if self.pending.len() < BOM.len() && BOM.starts_with(&self.pending) {
+                return Ok(out); // cannot tell yet
+            }
+            self.at_start = false;
+            if self.pending.starts_with(BOM) {
+                out.extend_from_slice(BOM);
+                self.pending.drain(..BOM.len());
+            }
+        }
+        while let Some(end) = self.next_event_end() {
+            let event: Vec<u8> = self.pending.drain(..end).collect();
+            self.scanned = 0;
+            self.line_start = 0;
+            out.extend(self.event(&event, keep));
+        }
+        if self.pending.len() > self.max_event {
+            return Err(EventTooLarge { limit: self.max_event });
+        }
+        Ok(out)
+    }
+
+    /// The stream ended: filters what is left (a last event without its blank line, which
+    /// lenient clients may still act on).
+    pub fn finish(&mut self, keep: &mut dyn FnMut(ListKind, &Value) -> bool) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.pending);
+        self.scanned = 0;
+        self.line_start = 0;
+        if rest.is_empty() {
+            return rest;
+        }
+        self.event(&rest, keep)
+    }
+
+    fn event(&mut self, event: &[u8], keep: &mut dyn FnMut(ListKind, &Value) -> bool) -> Vec<u8> {
+        let filtered = std::str::from_utf8(event)
+            .map_err(|_| ())
+            .and_then(|text| filter_event(text, &self.kinds, keep, &mut self.filtered));
+        filtered.unwrap_or_else(|()| {
+            self.unreadable += 1;
+            Vec::new()
+        })
+    }
+
+    /// The end of the first complete event in `pending` (just past its blank line).
+    fn next_event_end(&mut self) -> Option<usize> {
+        let mut i = self.scanned;
+        while let Some(&b) = self.pending.get(i) {
+            if b != b'\r' && b != b'\n' {
+                i += 1;
+                continue;
+            }
+            // A `\r` that ends the buffer may be half of a `\r\n`: decide when more arrives.
+            if b == b'\r' && i + 1 == self.pending.len() {
+                break;
+            }
+            let width = if b == b'\r' && self.pending.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+            let blank = i == self.line_start;
+            i += width;
+            self.line_start = i;
+            if blank {
+                return Some(i);
+            }
+        }
+        self.scanned = i;
+        None
+    }
 }
 
 #[cfg(test)]
@@ -519,5 +682,100 @@ mod tests {
         assert_eq!(items(b"\xff\xfe", JSON, ListKind::Tools), None);
         assert_eq!(items(b"data: \xff\n\n", SSE, ListKind::Tools), None);
         assert_eq!(items(RMCP_TOOLS.as_bytes(), "text/html", ListKind::Tools), None);
+    }
+
+    /// Feeds `body` to a stream in chunks of `size`, allowing only `allowed` names.
+    fn stream(body: &[u8], size: usize, allowed: &[&str], max: usize) -> Result<(Vec<u8>, EventStream), EventTooLarge> {
+        let mut s = EventStream::new(max, &ListKind::ALL);
+        let mut keep = |kind: ListKind, item: &Value| allowed.contains(&item[kind.key()].as_str().unwrap());
+        let mut out = Vec::new();
+        for chunk in body.chunks(size.max(1)) {
+            out.extend(s.push(chunk, &mut keep)?);
+        }
+        out.extend(s.finish(&mut keep));
+        Ok((out, s))
+    }
+
+    #[test]
+    fn streams_give_the_same_bytes_however_the_chunks_fall() {
+        let response = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}]}}"#;
+        let bodies = [
+            format!("\u{feff}: hi\n\nevent: message\r\ndata: {response}\r\nid: 1\r\n\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"ping\"}}\r\r"),
+            format!("data: {response}\rid: 3\r\rdata: x\n"),
+            String::new(),
+        ];
+        for body in bodies {
+            let (whole, _) = stream(body.as_bytes(), usize::MAX, &["a"], usize::MAX).unwrap();
+            for size in 1..12 {
+                let (chunked, _) = stream(body.as_bytes(), size, &["a"], usize::MAX).unwrap();
+                assert_eq!(String::from_utf8_lossy(&chunked), String::from_utf8_lossy(&whole), "chunks of {size}");
+            }
+            assert!(!String::from_utf8_lossy(&whole).contains("\"b\""), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_get_stream_filters_every_kind_of_list() {
+        let body = concat!(
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"data\":\"hi\"}}\n\n",
+            "id: 5\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"secret\"}]}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"prompts\":[{\"name\":\"secret\"}]}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{\"resources\":[{\"uri\":\"secret\"}],\"resourceTemplates\":[{\"uriTemplate\":\"secret\"}]}}\n\n",
+        );
+        let (out, s) = stream(body.as_bytes(), 7, &["a"], 1 << 20).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("secret"), "{out}");
+        assert!(
+            out.starts_with("data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\""),
+            "unchanged events pass"
+        );
+        assert_eq!(s.filtered.removed, ["secret"; 4]);
+    }
+
+    #[test]
+    fn only_what_a_compliant_client_reads_is_passed_on() {
+        let tools = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"}]}}"#;
+        for body in [
+            format!("  data: {tools}\n\n"),
+            format!("Data: {tools}\n\n"),
+            format!("{tools}\n\n"),
+            tools.to_string(),
+            format!("data:    {tools}\n\n"),
+            format!("data: {}\n\n", tools.replace(r#""tools""#, r#""tools":[],"tools""#)),
+            format!("data: {}\n\n", tools.replace(r#""result""#, r#""Result":{"tools":[{"name":"x"}]},"result""#)),
+            format!("data: {}\n\n", tools.replace(r#""tools""#, r#""Tools":[{"name":"x"}],"tools""#)),
+        ] {
+            let (out, _) = stream(body.as_bytes(), 5, &[], 1 << 20).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains("secret") && !out.contains(r#""x""#), "{body:?} gave {out:?}");
+        }
+        // A duplicated list is re-serialized from the reading the gateway filtered.
+        let dup = r#"data: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"}],"tools":[{"name":"a"}]}}"#;
+        let (out, _) = stream(format!("{dup}\n\n").as_bytes(), 64, &["a"], 1 << 20).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: {\"id\":1,\"jsonrpc\":\"2.0\",\"result\":{\"tools\":[{\"name\":\"a\"}]}}\n\n"
+        );
+    }
+
+    #[test]
+    fn an_event_over_the_bound_ends_the_stream() {
+        let big = format!(
+            "data: {{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{\"tools\":[{{\"name\":\"{}\"}}]}}}}\n\n",
+            "s".repeat(200)
+        );
+        let err = stream(big.as_bytes(), 16, &[], 100).unwrap_err();
+        assert_eq!(err, EventTooLarge { limit: 100 });
+        // Events under the bound stream through; the bound is per event, not per stream.
+        let small = "data: {\"jsonrpc\":\"2.0\",\"method\":\"ping\"}\n\n".repeat(50);
+        assert!(stream(small.as_bytes(), 16, &[], 100).is_ok());
+    }
+
+    #[test]
+    fn unreadable_events_are_dropped_and_counted() {
+        let body = b"data: not json\n\ndata: \xff\n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"ping\"}\n\n";
+        let (out, s) = stream(body, 3, &[], 1 << 20).unwrap();
+        assert_eq!(out, b"data: {\"jsonrpc\":\"2.0\",\"method\":\"ping\"}\n\n");
+        assert_eq!(s.unreadable, 2);
     }
 }

@@ -240,3 +240,172 @@ async fn resource_uris_and_arguments_read_every_way_are_checked() {
     let r = post_json(&url, Some(&token), &tool_call(5, "echo", json!({"text": "a"}))).await;
     assert_eq!(r.status, 200);
 }
+
+/// A raw HTTP/1.1 upstream that answers every request with a scripted SSE body, written
+/// in the given pieces, and records the request heads it received. `gate` holds the
+/// last piece until the test has seen the ones before it.
+struct ScriptedSse {
+    addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+type Script = std::sync::Arc<dyn Fn(&str) -> (Vec<(&'static str, String)>, Vec<Vec<u8>>) + Send + Sync>;
+
+impl ScriptedSse {
+    async fn start(script: Script, gate: std::sync::Arc<tokio::sync::Semaphore>) -> ScriptedSse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                conn.set_nodelay(true).unwrap();
+                let (script, gate, recorded) = (script.clone(), gate.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                    recorded.lock().unwrap().push(head);
+                    let (headers, pieces) = script(&path);
+                    let mut out =
+                        String::from("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n");
+                    for (n, v) in headers {
+                        out.push_str(&format!("{n}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    conn.write_all(out.as_bytes()).await.unwrap();
+                    let count = pieces.len();
+                    for (i, piece) in pieces.into_iter().enumerate() {
+                        if i + 1 == count && count > 1 && path.contains("case=streamed") {
+                            gate.acquire().await.unwrap().forget();
+                        }
+                        let chunk = [format!("{:x}\r\n", piece.len()).into_bytes(), piece, b"\r\n".to_vec()].concat();
+                        if conn.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        conn.flush().await.unwrap();
+                    }
+                    let _ = conn.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        ScriptedSse { addr, heads }
+    }
+}
+
+fn tools_event(id: u32, names: &[&str]) -> String {
+    let tools: Vec<Value> = names.iter().map(|n| json!({"name": n, "inputSchema": {"type": "object"}})).collect();
+    format!("data: {}\n\n", json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools}}))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_results_on_get_streams_are_filtered_in_every_framing() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let both = ["echo", "delete_item"];
+    let script: Script = std::sync::Arc::new(move |path: &str| {
+        let sse = vec![("content-type", "text/event-stream".to_owned())];
+        let case = path.split("case=").nth(1).unwrap_or_default().to_owned();
+        let event = tools_event(7, &both);
+        let body = match case.as_str() {
+            "plain" => event,
+            "spaces" => event.replacen("data: ", "data:    ", 1),
+            "indented" => format!("  {event}"),
+            "capital" => event.replacen("data:", "Data:", 1),
+            "json-labelled-sse" => event.trim_start_matches("data: ").to_owned(),
+            "duplicate" => r#"data: {"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"delete_item"}],"tools":[{"name":"echo"}]}}"#
+                .to_owned()
+                + "\n\n",
+            "case-variant" => event.replacen("\"result\"", "\"Result\":{\"tools\":[{\"name\":\"delete_item\"}]},\"result\"", 1),
+            "huge" => format!(
+                "data: {{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{{\"tools\":[{{\"name\":\"delete_item\",\"description\":\"{}\"}}]}}}}\n\n",
+                "x".repeat(5 * 1024 * 1024)
+            ),
+            "gzip" => {
+                return (
+                    vec![("content-type", "text/event-stream".to_owned()), ("content-encoding", "gzip".to_owned())],
+                    vec![event.into_bytes()],
+                )
+            }
+            "streamed" => {
+                // The first event must reach the client before the server sends the second.
+                let first = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"first\"}}\n\n";
+                return (sse, vec![first.as_bytes().to_vec(), event.into_bytes()]);
+            }
+            other => panic!("unknown case {other}"),
+        };
+        // Written a few bytes at a time, so events arrive split across chunks.
+        (sse, body.into_bytes().chunks(4096).map(<[u8]>::to_vec).collect())
+    });
+    let raw = ScriptedSse::start(script, gate.clone()).await;
+    let gw = Gateway::start_custom(
+        |c| {
+            c["servers"].as_array_mut().unwrap().push(json!({"name": "raw", "path_prefix": "/mcp/raw"}));
+            c["rbac"]["roles"]["readonly"]["servers"] = json!(["raw"]);
+        },
+        vec![],
+        vec![],
+        vec![("raw".into(), "/mcp/raw".into(), raw.addr)],
+    )
+    .await;
+    let token = gw.token("rita", &["readonly"]);
+    let auth = format!("Bearer {token}");
+    let get = |case: &str| {
+        let url = format!("{}?case={case}", gw.url("raw"));
+        let auth = auth.clone();
+        async move { send("GET", &url, &[("authorization", auth.as_str()), ("accept", "text/event-stream")], "").await }
+    };
+    for case in ["plain", "spaces", "duplicate"] {
+        let r = get(case).await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 200, "{case}");
+        assert!(!body.contains("delete_item"), "{case}: {body}");
+        assert!(body.contains("\"echo\""), "{case}: the allowed tool is kept: {body}");
+    }
+    for case in ["indented", "capital", "json-labelled-sse", "case-variant", "huge", "gzip"] {
+        // Possibly cut short (the huge event ends the stream): whatever arrived is checked.
+        let url = format!("{}?case={case}", gw.url("raw"));
+        let resp = reqwest::Client::new().get(&url).header("authorization", &auth).send().await.unwrap();
+        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains("delete_item"), "{case}: {}", body.chars().take(300).collect::<String>());
+    }
+    // Every GET went upstream asking for an unencoded stream.
+    for head in raw.heads.lock().unwrap().iter() {
+        assert!(head.to_ascii_lowercase().contains("accept-encoding: identity"), "{head}");
+    }
+
+    // Streaming: the first event arrives while the server still holds the second.
+    let url = format!("{}?case=streamed", gw.url("raw"));
+    let mut resp = reqwest::Client::new().get(&url).header("authorization", &auth).send().await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), resp.chunk()).await;
+        let Ok(chunk) = chunk else {
+            panic!(
+                "the first event did not arrive: {:?}; envoy log:\n{}",
+                String::from_utf8_lossy(&seen),
+                gw.envoy.log()
+            );
+        };
+        let chunk = chunk
+            .unwrap_or_else(|e| panic!("{e}: {:?}; envoy log:\n{}", String::from_utf8_lossy(&seen), gw.envoy.log()));
+        seen.extend_from_slice(&chunk.expect("the first event before the stream ends"));
+    }
+    gate.add_permits(1);
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        seen.extend_from_slice(&chunk);
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("\"echo\"") && !seen.contains("delete_item"), "{seen}");
+    let rec = gw.envoy.wait_for_audit(|r| r["http_method"] == "GET" && r["hidden"].is_array()).await;
+    assert!(rec["hidden"].as_array().unwrap().iter().any(|t| t == "delete_item"), "{rec}");
+}
