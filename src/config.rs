@@ -57,6 +57,14 @@ pub struct RawConfig {
     pub resource_policies: BTreeMap<String, RawResourcePolicy>,
     #[serde(default)]
     pub audit: RawAudit,
+    /// How long an MCP session may stay unused before the gateway forgets who opened it
+    /// (a request naming a forgotten session gets 404, and the client opens a new one).
+    #[serde(default = "default_session_idle_secs")]
+    pub session_idle_secs: u64,
+}
+
+fn default_session_idle_secs() -> u64 {
+    24 * 3600
 }
 
 fn default_max_body_bytes() -> usize {
@@ -513,6 +521,8 @@ pub struct Config {
     pub resource_metadata: Option<ResourceMetadata>,
     /// Resource-level policies by server name.
     pub resource_policies: BTreeMap<String, ResourcePolicy>,
+    /// Idle time after which a session's owner is forgotten, in milliseconds.
+    pub session_idle_ms: u64,
 }
 
 impl Config {
@@ -552,6 +562,9 @@ impl RawConfig {
         let policy = compile_rbac(self.rbac, &names)?;
         let resource_policies = compile_resource_policies(self.resource_policies, &names)?;
         let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
+        if !(60..=30 * 24 * 3600).contains(&self.session_idle_secs) {
+            return Err(err("session_idle_secs", "must be between 60 and 2592000 (30 days)"));
+        }
         Ok(Config {
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
@@ -563,6 +576,7 @@ impl RawConfig {
             redactor: Redactor::new(&self.audit.redact_fields, self.audit.max_string_bytes),
             resource_metadata,
             resource_policies,
+            session_idle_ms: self.session_idle_secs * 1000,
         })
     }
 }

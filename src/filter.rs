@@ -15,6 +15,7 @@ use crate::jwks::{self, FetchState};
 use crate::jwt::{KeySet, KeyStore};
 use crate::rbac::Catalog;
 use crate::reject::Reply;
+use crate::session;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
@@ -101,6 +102,8 @@ struct Vm {
     catalog: Catalog,
     /// CAS of the shared catalog last merged.
     catalog_cas: Option<u32>,
+    /// Session buckets as last parsed, with their CAS (re-parsed only when it changed).
+    sessions: HashMap<String, (u32, session::Bucket)>,
     metrics: Metrics,
 }
 
@@ -375,8 +378,10 @@ impl RootContext for Root {
                     waiters: Vec::new(),
                     catalog: Catalog::default(),
                     catalog_cas: None,
+                    sessions: HashMap::new(),
                     metrics: Metrics::define(),
                 };
+                create_session_buckets();
                 let remote = vm.config.verifier.providers.iter().any(|p| p.jwks.is_some());
                 self.vm = Some(Rc::new(RefCell::new(vm)));
                 if remote && hostcalls::set_tick_period(TICK).is_err() {
@@ -561,6 +566,58 @@ fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> (S
     }
 }
 
+/// Creates every session bucket that does not exist yet, before any traffic, so later
+/// updates always have a CAS to compare against (two first writes could not race).
+fn create_session_buckets() {
+    for bucket in 0..session::BUCKETS {
+        let key = session::bucket_key_of(bucket);
+        if let Ok((None, _)) = hostcalls::get_shared_data(&key) {
+            let _ = hostcalls::set_shared_data(&key, Some(&session::Bucket::default().to_bytes()), None);
+        }
+    }
+}
+
+/// Who opened session `id` (and whether its entry is due for a refresh), from the shared
+/// table; `None` when no live entry exists.
+fn session_owner(vm: &SharedVm, id: &str, now_ms: u64) -> Option<(String, bool)> {
+    let key = session::bucket_key(id);
+    let Ok((Some(bytes), Some(cas))) = hostcalls::get_shared_data(&key) else { return None };
+    let mut vmb = vm.borrow_mut();
+    let idle_ms = vmb.config.session_idle_ms;
+    let fresh = vmb.sessions.get(&key).is_some_and(|(known, _)| *known == cas);
+    if !fresh {
+        vmb.sessions.insert(key.clone(), (cas, session::Bucket::from_bytes(&bytes)));
+    }
+    let (_, bucket) = vmb.sessions.get(&key)?;
+    bucket.owner(id, now_ms, idle_ms).map(|(owner, refresh)| (owner.to_owned(), refresh))
+}
+
+/// Applies a change to the shared session table (read, modify, compare-and-swap).
+fn change_session(change: &session::Change, idle_ms: u64, now_ms: u64) {
+    let id = match change {
+        session::Change::Open { id, .. } | session::Change::Refresh { id, .. } | session::Change::Close { id } => id,
+    };
+    let key = session::bucket_key(id);
+    for _ in 0..8 {
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(&key) else { break };
+        let mut bucket = bytes.map(|b| session::Bucket::from_bytes(&b)).unwrap_or_default();
+        match change {
+            session::Change::Open { owner, .. } | session::Change::Refresh { owner, .. } => {
+                bucket.insert(id, owner, now_ms, idle_ms)
+            }
+            session::Change::Close { .. } => {
+                if !bucket.remove(id) {
+                    return;
+                }
+            }
+        }
+        if hostcalls::set_shared_data(&key, Some(&bucket.to_bytes()), cas).is_ok() {
+            return;
+        }
+    }
+    log(LogLevel::Warn, "mcp-gateway: cannot record an MCP session; its next request will be refused");
+}
+
 const CATALOG_KEY: &str = "mcp_gateway/catalog";
 
 /// Takes in tool operations other workers learned.
@@ -687,6 +744,10 @@ impl HttpContext for Filter {
         };
         let started = now();
         let mut exchange = Exchange::new(started);
+        let session_id = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id")).map(|(_, v)| v.trim());
+        if let Some(id) = session_id {
+            exchange.set_session_owner(session_owner(&vm, id, epoch_ms(started)));
+        }
         let (step, edits) = {
             let mut vmb = vm.borrow_mut();
             let Vm { config, store, .. } = &mut *vmb;
@@ -755,13 +816,23 @@ impl HttpContext for Filter {
         };
         let content_type = header("content-type").unwrap_or_default();
         let encoding = header("content-encoding");
-        let handling = {
+        let status = header(":status").and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+        let session_id = header("mcp-session-id");
+        let (handling, change) = {
             let mut r = self.request.borrow_mut();
             match r.exchange.as_mut() {
-                Some(ex) => ex.on_response_headers(&content_type, encoding.as_deref()),
-                None => ResponseBody::Untouched,
+                Some(ex) => (
+                    ex.on_response_headers(&content_type, encoding.as_deref()),
+                    ex.session_change(status, session_id.as_deref()),
+                ),
+                None => (ResponseBody::Untouched, None),
             }
         };
+        // Recorded before the reply reaches the client, so its next request finds it.
+        if let (Some(change), Some(vm)) = (change, &self.vm) {
+            let idle_ms = vm.borrow().config.session_idle_ms;
+            change_session(&change, idle_ms, epoch_ms(now()));
+        }
         if handling != ResponseBody::Untouched {
             // The body may change length.
             let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");

@@ -15,6 +15,7 @@ use crate::jwt::{bearer_token, AuthError, KeyStore, Principal, Verdict};
 use crate::listing::{self, EventStream, EventTooLarge, ListKind};
 use crate::rbac::{Catalog, Denial};
 use crate::reject::{reply, Refusal, Reply};
+use crate::session;
 use serde_json::Value;
 use std::time::SystemTime;
 
@@ -100,6 +101,9 @@ pub struct Exchange {
     list: Option<ListKind>,
     /// The filter over an SSE reply being inspected.
     events: Option<EventStream>,
+    /// Who opened the session the request names (from the shared session table), and
+    /// whether that entry is due for a refresh.
+    session_owner: Option<(String, bool)>,
     record: AuditRecord,
 }
 
@@ -114,7 +118,34 @@ impl Exchange {
             metadata_url: None,
             list: None,
             events: None,
+            session_owner: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
+        }
+    }
+
+    /// Tells the exchange who opened the session its `Mcp-Session-Id` names (the adapter
+    /// looks it up in the shared table, see [`crate::session`]) and whether the entry is
+    /// due for a refresh. Without it, a request naming a session is refused as unknown.
+    pub fn set_session_owner(&mut self, owner: Option<(String, bool)>) {
+        self.session_owner = owner;
+    }
+
+    /// What the response changes in the session table, once its headers are known.
+    pub fn session_change(&self, status: u32, response_session_id: Option<&str>) -> Option<session::Change> {
+        let principal = self.principal.as_ref()?;
+        if self.record.decision != Some(Outcome::Allow) || !(200..300).contains(&status) {
+            return None;
+        }
+        let owner = session::owner(&principal.provider, &principal.user_id);
+        match (self.record.session_id.as_deref(), self.record.method.as_deref()) {
+            (None, Some("initialize")) => {
+                response_session_id.map(|id| session::Change::Open { id: id.trim().to_owned(), owner })
+            }
+            (Some(id), _) if self.record.http_method == "DELETE" => Some(session::Change::Close { id: id.to_owned() }),
+            (Some(id), _) if self.session_owner.as_ref().is_some_and(|(_, refresh)| *refresh) => {
+                Some(session::Change::Refresh { id: id.to_owned(), owner })
+            }
+            _ => None,
         }
     }
 
@@ -209,6 +240,16 @@ impl Exchange {
         };
         self.record.user_id = Some(principal.user_id.clone());
         self.record.roles = principal.roles.clone();
+        // A session belongs to the caller who opened it: another caller's session id is
+        // answered like an unknown one (404), so it cannot be hijacked.
+        if let Some(id) = self.head.header("mcp-session-id") {
+            let caller = session::owner(&principal.provider, &principal.user_id);
+            match &self.session_owner {
+                Some((owner, _)) if *owner == caller => {}
+                Some(_) => return Err(Refusal::UnknownSession { id: id.to_owned(), another_callers: true }),
+                None => return Err(Refusal::UnknownSession { id: id.to_owned(), another_callers: false }),
+            }
+        }
         if let Some(md) = &config.resource_metadata {
             let missing = md.required_scopes.iter().any(|s| !principal.scopes.contains(s));
             if missing {
@@ -877,6 +918,43 @@ mod tests {
                 assert_eq!(body_of(&step)["error"]["code"], code::HEADER_MISMATCH, "{headers:?}");
             }
         }
+    }
+
+    #[test]
+    fn sessions_are_bound_to_the_caller_who_opened_them() {
+        let with_session = |who: &str| request().by(who, &["developer"]).header("mcp-session-id", "s-1");
+        // The gateway learns the owner from the initialize reply.
+        let mut ex = Exchange::new(now());
+        request().by("alice", &["developer"]).headers_step(&mut ex);
+        let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+        assert_eq!(ex.on_request_body(&config(), &Catalog::default(), init), Step::Continue);
+        let owner = session::owner("p", "alice");
+        assert_eq!(
+            ex.session_change(200, Some("s-1")),
+            Some(session::Change::Open { id: "s-1".into(), owner: owner.clone() })
+        );
+        assert_eq!(ex.session_change(400, Some("s-1")), None, "only a successful initialize opens one");
+
+        let cases: Vec<(&str, Option<(String, bool)>, Option<u32>)> = vec![
+            ("alice", Some((owner.clone(), false)), None),
+            ("bob", Some((owner.clone(), false)), Some(404)),
+            ("alice", None, Some(404)),
+        ];
+        for (who, known, expected) in cases {
+            let mut ex = Exchange::new(now());
+            ex.set_session_owner(known.clone());
+            let (step, _) = with_session(who).headers_step(&mut ex);
+            assert_eq!(status(&step), expected, "{who} {known:?}");
+        }
+        // A session in use is refreshed, and closed by its owner's DELETE.
+        let mut ex = Exchange::new(now());
+        ex.set_session_owner(Some((owner.clone(), true)));
+        with_session("alice").method("DELETE").headers_step(&mut ex);
+        assert_eq!(ex.session_change(202, None), Some(session::Change::Close { id: "s-1".into() }));
+        let mut ex = Exchange::new(now());
+        ex.set_session_owner(Some((owner.clone(), true)));
+        with_session("alice").method("GET").headers_step(&mut ex);
+        assert_eq!(ex.session_change(200, None), Some(session::Change::Refresh { id: "s-1".into(), owner }));
     }
 
     #[test]

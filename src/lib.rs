@@ -19,6 +19,7 @@ pub mod normalize;
 pub mod rbac;
 pub mod reject;
 pub mod resource;
+pub mod session;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

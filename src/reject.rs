@@ -55,6 +55,12 @@ pub enum Refusal {
     InsufficientScope {
         required: Vec<String>,
     },
+    /// The `Mcp-Session-Id` is not one this caller opened through the gateway.
+    UnknownSession {
+        id: String,
+        /// The session exists but another caller opened it.
+        another_callers: bool,
+    },
     /// The token's provider has no keys loaded yet (JWKS not fetched).
     KeysUnavailable {
         provider: String,
@@ -69,6 +75,15 @@ impl fmt::Display for Refusal {
             Refusal::Parse(e) => write!(f, "bad request: {e}"),
             Refusal::Forbidden(d) => write!(f, "forbidden: {d}"),
             Refusal::UnknownServer => write!(f, "no MCP server at this path"),
+            Refusal::UnknownSession { id, another_callers } => {
+                let id: String = id.chars().take(64).collect();
+                let whose = if *another_callers {
+                    "opened by another caller"
+                } else {
+                    "not opened through the gateway, or expired"
+                };
+                write!(f, "session {id:?} {whose}")
+            }
             Refusal::HttpMethod(m) => write!(f, "HTTP method {m} not allowed"),
             Refusal::ContentType => write!(f, "Content-Type must be application/json (UTF-8)"),
             Refusal::Header(problem) => write!(f, "bad request: {problem}"),
@@ -130,6 +145,9 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         Refusal::Parse(e) => (400, code::INVALID_REQUEST, format!("Invalid Request: {e}")),
         Refusal::Forbidden(_) => (403, code::FORBIDDEN, "Forbidden: not permitted by gateway policy".to_owned()),
         Refusal::UnknownServer => (404, code::NOT_FOUND, "Not Found: no MCP server at this path".to_owned()),
+        // What an MCP server answers for a session it does not know: the client opens a
+        // new one.
+        Refusal::UnknownSession { .. } => (404, code::NOT_FOUND, "Not Found: session not found".to_owned()),
         Refusal::HttpMethod(m) => {
             (405, code::INVALID_REQUEST, format!("Method Not Allowed: {m}; MCP uses POST, GET and DELETE"))
         }

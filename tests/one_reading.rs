@@ -409,3 +409,58 @@ async fn list_results_on_get_streams_are_filtered_in_every_framing() {
     let rec = gw.envoy.wait_for_audit(|r| r["http_method"] == "GET" && r["hidden"].is_array()).await;
     assert!(rec["hidden"].as_array().unwrap().iter().any(|t| t == "delete_item"), "{rec}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_belongs_to_the_caller_who_opened_it() {
+    let gw = Gateway::start().await;
+    let url = gw.url("test");
+    let alice = format!("Bearer {}", gw.token("alice", &["developer"]));
+    let bob = format!("Bearer {}", gw.token("bob", &["developer"]));
+    let base = |auth: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("content-type", "application/json".into()),
+            ("accept", "application/json, text/event-stream".into()),
+            ("authorization", auth.to_owned()),
+        ]
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = post(&url, &base(&alice), init.to_string()).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let session = r.header("mcp-session-id").expect("a session id").to_owned();
+    let with_session = |auth: &str, id: &str| {
+        let mut h = base(auth);
+        h.push(("mcp-session-id", id.to_owned()));
+        h
+    };
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+    assert_eq!(post(&url, &with_session(&alice, &session), initialized.clone()).await.status, 202);
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+    let before = gw.test.requests.len();
+
+    // Bob presents alice's session: as if it did not exist, and nothing reaches the server.
+    post(&url, &with_session(&bob, &session), list.clone()).await.assert_rpc_error(404, -32004);
+    let bob_auth = bob.clone();
+    let get = send(
+        "GET",
+        &url,
+        &[("authorization", &bob_auth), ("mcp-session-id", &session), ("accept", "text/event-stream")],
+        "",
+    )
+    .await;
+    get.assert_rpc_error(404, -32004);
+    let delete = send("DELETE", &url, &[("authorization", &bob_auth), ("mcp-session-id", &session)], "").await;
+    delete.assert_rpc_error(404, -32004);
+    // A session id the gateway never saw opened is unknown too.
+    post(&url, &with_session(&alice, "made-up"), list.clone()).await.assert_rpc_error(404, -32004);
+    assert_eq!(gw.test.requests.len(), before, "{:?}", gw.test.requests.last());
+
+    // Alice's own session still works, on every worker.
+    for id in 3..7 {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}).to_string();
+        let r = post(&url, &with_session(&alice, &session), body).await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    }
+    let rec = gw.envoy.wait_for_audit(|r| r["user_id"] == "bob" && r["decision"] == "deny").await;
+    assert!(rec["reason"].as_str().unwrap().contains("another caller"), "{rec}");
+}

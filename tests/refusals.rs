@@ -174,9 +174,11 @@ async fn get_and_delete_are_authenticated_too() {
     }
     assert_eq!(gw.upstream_requests(), 0);
 
-    // With a good token they reach the server (which answers for itself: no session yet).
+    // With a good token they reach the server (which answers for itself: no session). A
+    // session id the gateway never saw opened would be refused as unknown (see
+    // one_reading.rs).
     let auth = format!("Bearer {}", gw.token("alice", &["developer"]));
-    let r = send("DELETE", &url, &[("authorization", &auth), ("mcp-session-id", "nope")], Vec::new()).await;
+    let r = send("DELETE", &url, &[("authorization", &auth)], Vec::new()).await;
     assert_ne!(r.status, 401);
     assert_ne!(r.status, 403);
     let seen = gw.test.requests.last().expect("DELETE reached the upstream");

@@ -1,0 +1,165 @@
+//! Which caller opened each MCP session, so a session id cannot be used by anyone else
+//! (MCP security best practices: session hijacking).
+//!
+//! The gateway learns `Mcp-Session-Id -> caller` from the reply to `initialize` and
+//! refuses a request that presents a session id it did not see opened by the same caller,
+//! with 404 as for an unknown session (clients then open a new one). Workers share the
+//! table through Envoy shared data, split into [`BUCKETS`] small buckets so a lookup reads
+//! a few kilobytes and the whole table stays bounded ([`BUCKETS`] x [`PER_BUCKET`]
+//! sessions); entries expire after the configured idle time, and a full bucket forgets its
+//! oldest entry.
+
+use serde::{Deserialize, Serialize};
+
+/// Number of shared-data buckets.
+pub const BUCKETS: usize = 512;
+/// Sessions remembered per bucket.
+pub const PER_BUCKET: usize = 32;
+/// Longest session id remembered; longer ones are never registered (so refused).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Shared-data key of the bucket that holds `session_id`.
+pub fn bucket_key(session_id: &str) -> String {
+    // FNV-1a: the server, not the client, chooses session ids.
+    let hash =
+        session_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    bucket_key_of(usize::try_from(hash % BUCKETS as u64).unwrap_or(0))
+}
+
+/// Shared-data key of bucket number `index`.
+pub fn bucket_key_of(index: usize) -> String {
+    format!("mcp_gateway/sessions/{index}")
+}
+
+/// The caller a session belongs to: provider and user id.
+pub fn owner(provider: &str, user_id: &str) -> String {
+    serde_json::to_string(&[provider, user_id]).unwrap_or_default()
+}
+
+/// What a response changes in the session table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `initialize` answered with a new `Mcp-Session-Id`.
+    Open { id: String, owner: String },
+    /// A session in use, seen more than half its idle time ago.
+    Refresh { id: String, owner: String },
+    /// `DELETE` of the session succeeded.
+    Close { id: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    id: String,
+    owner: String,
+    /// When the entry was last refreshed (ms since the epoch).
+    seen_ms: u64,
+}
+
+impl Bucket {
+    pub fn from_bytes(bytes: &[u8]) -> Bucket {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The owner of a live session, and whether its entry should be refreshed (more than
+    /// half its idle time has passed).
+    pub fn owner(&self, id: &str, now_ms: u64, idle_ms: u64) -> Option<(&str, bool)> {
+        let e = self.entries.iter().find(|e| e.id == id)?;
+        let age = now_ms.saturating_sub(e.seen_ms);
+        (age < idle_ms).then_some((e.owner.as_str(), age > idle_ms / 2))
+    }
+
+    /// Records (or refreshes) a session. Expired entries go first; when the bucket is
+    /// still full, the least recently seen one.
+    pub fn insert(&mut self, id: &str, owner: &str, now_ms: u64, idle_ms: u64) {
+        if id.len() > MAX_ID_BYTES {
+            return;
+        }
+        self.entries.retain(|e| e.id != id && now_ms.saturating_sub(e.seen_ms) < idle_ms);
+        if self.entries.len() >= PER_BUCKET {
+            if let Some(oldest) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.seen_ms).map(|(i, _)| i) {
+                self.entries.remove(oldest);
+            }
+        }
+        self.entries.push(Entry { id: id.to_owned(), owner: owner.to_owned(), seen_ms: now_ms });
+    }
+
+    /// Forgets a session (after `DELETE`).
+    pub fn remove(&mut self, id: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.id != id);
+        self.entries.len() != before
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: u64 = 1000;
+
+    #[test]
+    fn remembers_owners_until_idle() {
+        let mut b = Bucket::default();
+        b.insert("s1", "alice", 0, IDLE);
+        assert_eq!(b.owner("s1", 100, IDLE), Some(("alice", false)));
+        assert_eq!(b.owner("s1", 600, IDLE), Some(("alice", true)), "refresh after half the idle time");
+        assert_eq!(b.owner("s1", 1000, IDLE), None, "expired");
+        assert_eq!(b.owner("s2", 0, IDLE), None);
+        b.insert("s1", "alice", 900, IDLE);
+        assert_eq!(b.owner("s1", 1500, IDLE), Some(("alice", true)));
+    }
+
+    #[test]
+    fn a_full_bucket_forgets_the_oldest_and_expired_entries_first() {
+        let mut b = Bucket::default();
+        for i in 0..PER_BUCKET {
+            b.insert(&format!("s{i}"), "u", 10 + i as u64, IDLE);
+        }
+        b.insert("new", "u", 100, IDLE);
+        assert_eq!(b.len(), PER_BUCKET);
+        assert_eq!(b.owner("s0", 100, IDLE), None, "the oldest went");
+        assert!(b.owner("s1", 100, IDLE).is_some());
+        b.insert("later", "u", 5000, IDLE);
+        assert_eq!(b.len(), 1, "expired entries are purged on insert");
+    }
+
+    #[test]
+    fn round_trips_and_ignores_garbage() {
+        let mut b = Bucket::default();
+        b.insert("s", &owner("p", "alice"), 1, IDLE);
+        assert_eq!(Bucket::from_bytes(&b.to_bytes()), b);
+        assert_eq!(Bucket::from_bytes(b"not json"), Bucket::default());
+        assert!(b.remove("s") && b.is_empty());
+        b.insert(&"x".repeat(MAX_ID_BYTES + 1), "u", 1, IDLE);
+        assert!(b.is_empty(), "overlong ids are not remembered");
+    }
+
+    #[test]
+    fn owners_do_not_collide_across_providers() {
+        assert_ne!(owner("a", "b\u{1f}c"), owner("a\u{1f}b", "c"));
+        assert_ne!(owner("p", "alice"), owner("q", "alice"));
+    }
+
+    #[test]
+    fn buckets_spread_ids() {
+        let keys: std::collections::HashSet<String> = (0..2000).map(|i| bucket_key(&format!("session-{i}"))).collect();
+        assert!(keys.len() > BUCKETS / 2, "{}", keys.len());
+    }
+}
