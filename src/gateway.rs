@@ -935,7 +935,8 @@ mod tests {
         );
         assert_eq!(ex.session_change(400, Some("s-1")), None, "only a successful initialize opens one");
 
-        let cases: Vec<(&str, Option<(String, bool)>, Option<u32>)> = vec![
+        type Case<'a> = (&'a str, Option<(String, bool)>, Option<u32>);
+        let cases: Vec<Case> = vec![
             ("alice", Some((owner.clone(), false)), None),
             ("bob", Some((owner.clone(), false)), Some(404)),
             ("alice", None, Some(404)),
