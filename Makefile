@@ -53,6 +53,13 @@ bench: wasm envoy
 	scripts/bench-jwt.sh
 	cargo test --release --test bench_gateway -- --ignored --nocapture
 
+## fuzz: run each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 600) in turn and print
+## executions per target (nightly toolchain; installs cargo-fuzz if missing)
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
 ## lint: formatting and clippy, native and wasm
 lint: toolchain
 	cargo fmt --all -- --check

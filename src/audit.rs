@@ -1,8 +1,9 @@
 //! The audit record: one JSON line per request, allowed or denied.
 //!
 //! Arguments are copied into the record only after redaction: any object key that names
-//! a secret (at any depth), and any string that looks like a bearer token or JWT, is
-//! replaced; long strings are cut so a record stays small.
+//! a secret (at any depth), and any string that looks like a bearer token, a JWT or holds
+//! a common API key (GitHub, OpenAI/Anthropic, Slack, AWS), is replaced; long strings are
+//! cut so a record stays small.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -79,21 +80,112 @@ impl Redactor {
     }
 }
 
-/// A bearer header value, or a compact JWS (three base64url segments, the first a JSON
-/// header).
+/// A bearer header value, or a string holding a compact JWS or a common API-key shape
+/// anywhere in it (a key pasted into a URL, a command line or `KEY=value` is as secret as
+/// one on its own).
 fn looks_like_credential(s: &str) -> bool {
     let t = s.trim();
     if t.len() > 7 && t.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer ")) {
         return true;
     }
-    let parts: Vec<&str> = t.split('.').collect();
-    parts.len() == 3
-        && t.starts_with("eyJ")
-        && parts
-            .iter()
-            .take(2)
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    let bytes = t.as_bytes();
+    (0..bytes.len()).any(|at| {
+        let prev = at.checked_sub(1).and_then(|i| bytes.get(i));
+        let rest = bytes.get(at..).unwrap_or_default();
+        // A key only counts at the start of a word, so `task-...` is not an `sk-` key. A
+        // JWS must not start inside another base64url run either, which also keeps this
+        // scan linear: no two starts examine the same segment.
+        let word_start = !prev.is_some_and(u8::is_ascii_alphanumeric);
+        let segment_start = !prev.is_some_and(|b| is_base64url(b) || *b == b'.');
+        (segment_start && jws_at(rest)) || (word_start && KEY_SHAPES.iter().any(|k| k.matches(rest)))
+    })
 }
+
+/// A compact JWS (or JWE) starts here: `eyJ` (base64url of `{"`), then two non-empty
+/// base64url segments, each ended by a `.`.
+fn jws_at(rest: &[u8]) -> bool {
+    rest.strip_prefix(b"eyJ").and_then(|tail| after_segment(tail, 0)).and_then(|tail| after_segment(tail, 1)).is_some()
+}
+
+/// What follows a base64url segment of at least `min` bytes and the `.` that ends it.
+fn after_segment(s: &[u8], min: usize) -> Option<&[u8]> {
+    let run = s.iter().take_while(|b| is_base64url(b)).count();
+    (run >= min && s.get(run) == Some(&b'.')).then(|| s.get(run + 1..).unwrap_or_default())
+}
+
+fn is_base64url(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'
+}
+
+fn is_alnum_or_underscore(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || *b == b'_'
+}
+
+fn is_alnum_or_dash(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || *b == b'-'
+}
+
+fn is_upper_or_digit(b: &u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit()
+}
+
+/// An API key format: a vendor prefix, then a run of key characters. The minimum length
+/// and, for prefixes that read like words (`sk-`, `xoxb-`), a required digit keep prose
+/// such as `sk-learn` or `ghp_config` out.
+struct KeyShape {
+    /// `?` stands for any ASCII letter.
+    prefix: &'static [u8],
+    charset: fn(&u8) -> bool,
+    min: usize,
+    /// The run must be exactly `min` long and not be followed by a letter or digit.
+    exact: bool,
+    /// A digit within the first `min + KEY_SCAN_BYTES` key characters.
+    needs_digit: bool,
+}
+
+impl KeyShape {
+    const fn new(prefix: &'static [u8], charset: fn(&u8) -> bool, min: usize) -> KeyShape {
+        KeyShape { prefix, charset, min, exact: false, needs_digit: false }
+    }
+
+    fn matches(&self, rest: &[u8]) -> bool {
+        let prefix_ok = rest.len() >= self.prefix.len()
+            && self.prefix.iter().zip(rest).all(|(&p, &b)| p == b || (p == b'?' && b.is_ascii_alphabetic()));
+        if !prefix_ok {
+            return false;
+        }
+        let tail = rest.get(self.prefix.len()..).unwrap_or_default();
+        // Bounded, so a string of repeated prefixes costs linear time, not quadratic.
+        let run = tail.iter().take(self.min + KEY_SCAN_BYTES).take_while(|b| (self.charset)(b)).count();
+        let body = tail.get(..run).unwrap_or_default();
+        let long_enough = if self.exact {
+            run == self.min && !tail.get(run).is_some_and(u8::is_ascii_alphanumeric)
+        } else {
+            run >= self.min
+        };
+        long_enough && (!self.needs_digit || body.iter().any(u8::is_ascii_digit))
+    }
+}
+
+/// How far past its minimum length a key is read (for its digit, and its end).
+const KEY_SCAN_BYTES: usize = 64;
+
+/// GitHub (`ghp_` personal, `gho_` OAuth, `ghs_` app server, `ghu_` app user, `ghr_`
+/// refresh, `github_pat_` fine-grained), OpenAI/Anthropic (`sk-`, `sk-proj-`,
+/// `sk-ant-`), Slack (`xoxb-`, `xoxp-`, ...) and AWS access key ids (`AKIA` long-term,
+/// `ASIA` temporary).
+const KEY_SHAPES: &[KeyShape] = &[
+    KeyShape::new(b"ghp_", u8::is_ascii_alphanumeric, 20),
+    KeyShape::new(b"gho_", u8::is_ascii_alphanumeric, 20),
+    KeyShape::new(b"ghs_", u8::is_ascii_alphanumeric, 20),
+    KeyShape::new(b"ghu_", u8::is_ascii_alphanumeric, 20),
+    KeyShape::new(b"ghr_", u8::is_ascii_alphanumeric, 20),
+    KeyShape::new(b"github_pat_", is_alnum_or_underscore, 20),
+    KeyShape { needs_digit: true, ..KeyShape::new(b"sk-", is_base64url, 20) },
+    KeyShape { needs_digit: true, ..KeyShape::new(b"xox?-", is_alnum_or_dash, 10) },
+    KeyShape { exact: true, ..KeyShape::new(b"AKIA", is_upper_or_digit, 16) },
+    KeyShape { exact: true, ..KeyShape::new(b"ASIA", is_upper_or_digit, 16) },
+];
 
 /// Allowed or denied, and by what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -187,6 +279,99 @@ mod tests {
             "plain": "hello.world.x",
         }));
         assert_eq!(out, json!({"note": REDACTED, "jwt": [REDACTED], "plain": "hello.world.x"}));
+    }
+
+    /// Fake keys in each vendor's shape (random-looking, never issued).
+    const GITHUB_36: &str = "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8";
+
+    #[test]
+    fn redacts_api_key_shapes() {
+        let cases = [
+            format!("ghp_{GITHUB_36}"),
+            format!("gho_{GITHUB_36}"),
+            format!("ghs_{GITHUB_36}"),
+            format!("ghu_{GITHUB_36}"),
+            format!("ghr_{GITHUB_36}"),
+            format!("github_pat_11ABCDEFG0{GITHUB_36}_{GITHUB_36}"),
+            "sk-a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9T0u1V2".to_owned(),
+            "sk-proj-a1B2c3D4e5F6g7H8i9J0-k1L2m3N4o5P6q7R8_s9T0".to_owned(),
+            "sk-ant-api03-a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8-AA".to_owned(),
+            "xoxb-1234567890-1234567890123-a1B2c3D4e5F6g7H8i9J0k1L2".to_owned(),
+            "xoxp-1234567890-1234567890-1234567890123-abcdef0123456789".to_owned(),
+            "xoxe-1-a1B2c3D4e5F6".to_owned(),
+            "AKIAIOSFODNN7EXAMPLE".to_owned(),
+            "ASIAY34FZKBOKMUTVV7A".to_owned(),
+            // Inside other text: a URL, a command line, an assignment, a sentence.
+            format!("https://x-access-token:ghs_{GITHUB_36}@github.com/acme/website.git"),
+            format!("curl -H 'Authorization: token ghp_{GITHUB_36}' https://api.github.com"),
+            "OPENAI_API_KEY=sk-proj-a1B2c3D4e5F6g7H8i9J0k1L2".to_owned(),
+            "aws_access_key_id = AKIAIOSFODNN7EXAMPLE".to_owned(),
+            "my key is xoxb-1234567890-abcdefghij.".to_owned(),
+            "Bearer abc.def".to_owned(),
+            "bearer x".to_owned(),
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig".to_owned(),
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.".to_owned(),
+            "cookie: session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln; path=/".to_owned(),
+        ];
+        for case in cases {
+            assert!(looks_like_credential(&case), "not redacted: {case}");
+            assert_eq!(redactor().redact(&json!({"note": case})), json!({"note": REDACTED}), "{case}");
+        }
+    }
+
+    #[test]
+    fn keeps_ordinary_text_that_starts_like_a_key() {
+        let cases = [
+            "ghp_config",
+            "ghp_short123",
+            "gho_",
+            "github_pat_",
+            "github_pat_docs",
+            "sk-learn",
+            "sk-learn-is-a-python-library-for-ml",
+            "sk-1234",
+            "task-a1B2c3D4e5F6g7H8i9J0k1L2m3N4",
+            "risk-0123456789abcdefghij",
+            "xoxb-",
+            "xoxo-hugs-and-kisses-forever",
+            "xox-1234567890abc",
+            "AKIA",
+            "AKIAIOSFODNN7EXAMPL",
+            "AKIAIOSFODNN7EXAMPLEX",
+            "AKIAiosfodnn7example",
+            "MAKIAIOSFODNN7EXAMPLE",
+            "ASIA is a continent",
+            "ASIAN-PACIFIC-REGION",
+            "/public/ghp_notes.txt",
+            "hello.world.x",
+            "eyJust.kidding",
+            "a bearer bond",
+            "",
+            "   ",
+        ];
+        for case in cases {
+            assert!(!looks_like_credential(case), "redacted: {case}");
+            assert_eq!(redactor().redact(&json!(case)), json!(case), "{case}");
+        }
+    }
+
+    #[test]
+    fn long_runs_of_prefixes_are_scanned_in_linear_time() {
+        // Quadratic scanning would take minutes on these (the body limit allows far more).
+        let cases = [
+            ("sk-", false),
+            ("ghp_", false),
+            ("xoxb-", false),
+            ("AKIA", false),
+            ("eyJ-", false),
+            ("eyJ ", false),
+            ("eyJa.b ", false),
+            ("eyJa.", true),
+        ];
+        for (unit, credential) in cases {
+            let s = unit.repeat(200_000 / unit.len());
+            assert_eq!(looks_like_credential(&s), credential, "{unit}");
+        }
     }
 
     #[test]

@@ -99,7 +99,9 @@ async fn server_everything_behind_the_gateway() {
     let developer = connect(&url, Some(&gw.token("dave", &["developer"]))).await.unwrap();
     assert!(developer.call_tool("toggle-simulated-logging", json!({})).await.is_ok());
 
-    // Progress notifications from a third-party server arrive through the gateway.
+    // Progress notifications from a third-party server arrive through the gateway. rmcp
+    // handles each notification in a task of its own, so the last one may be delivered
+    // after the call returned: wait for all three.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rmcp::model::ProgressNotificationParam>();
     let done = developer
         .call_tool_with_progress("trigger-long-running-operation", json!({"duration": 1, "steps": 3}), tx)
@@ -107,8 +109,12 @@ async fn server_everything_behind_the_gateway() {
         .unwrap();
     assert!(text(&done).contains("completed"), "{}", text(&done));
     let mut progress = Vec::new();
-    while let Ok(p) = rx.try_recv() {
-        progress.push(p.progress);
+    while progress.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+            Ok(Some(p)) => progress.push(p.progress),
+            Ok(None) => break,
+            Err(_) => panic!("progress notifications missing after 20 s: got {progress:?}"),
+        }
     }
     assert_eq!(progress, vec![1.0, 2.0, 3.0]);
     let rec = gw.envoy.wait_for_audit(|r| r["user_id"] == "rita" && r["hidden"].is_array()).await;

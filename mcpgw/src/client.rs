@@ -64,7 +64,9 @@ impl McpClient {
     }
 
     /// Like [`McpClient::call_tool`], and forwards each progress notification of this call to
-    /// `tx` as soon as it arrives (before the call returns).
+    /// `tx` as soon as it arrives. rmcp hands each notification to its own task, so one the
+    /// server sent just before its reply may be forwarded after this returns: wait on the
+    /// receiver for the notifications expected. Dropping the receiver ends the forwarding.
     pub async fn call_tool_with_progress(
         &self,
         name: &str,
@@ -75,11 +77,10 @@ impl McpClient {
         // rmcp puts a fresh progressToken into the request's _meta.
         let handle = self.service.send_cancellable_request(request, PeerRequestOptions::no_options()).await?;
         let token = handle.progress_token.clone();
-        let progress = self.service.service();
-        progress.subscribe(token.clone(), tx);
-        let response = handle.await_response().await;
-        progress.unsubscribe(&token);
-        match response? {
+        // No unsubscribe after the reply: that would drop notifications still in flight.
+        // The route goes when the caller drops the receiver (the token is never reused).
+        self.service.service().subscribe(token, tx);
+        match handle.await_response().await? {
             ServerResult::CallToolResult(result) => Ok(result),
             other => bail!("unexpected reply to tools/call: {other:?}"),
         }
@@ -121,7 +122,9 @@ fn tool_call(name: &str, args: Value) -> anyhow::Result<CallToolRequestParams> {
 ///
 /// The request is on the wire before its handle (and so its progress token) is known here, and
 /// rmcp handles each notification in its own task, so a notification can arrive before the
-/// subscription: such notifications wait in `unclaimed` until their subscriber shows up.
+/// subscription: such notifications wait in `unclaimed` until their subscriber shows up. For
+/// the same reason one can arrive after the reply, so a route lives until its receiver is
+/// dropped, not until the call returns.
 #[derive(Debug, Default)]
 struct ProgressRouter {
     routes: Arc<Mutex<Routes>>,
@@ -136,6 +139,7 @@ struct Routes {
 impl ProgressRouter {
     fn subscribe(&self, token: ProgressToken, tx: UnboundedSender<ProgressNotificationParam>) {
         let mut routes = self.lock();
+        routes.subscribers.retain(|_, tx| !tx.is_closed());
         let (early, rest): (Vec<_>, Vec<_>) =
             std::mem::take(&mut routes.unclaimed).into_iter().partition(|p| p.progress_token == token);
         routes.unclaimed = rest;
@@ -143,12 +147,6 @@ impl ProgressRouter {
             let _ = tx.send(progress);
         }
         routes.subscribers.insert(token, tx);
-    }
-
-    fn unsubscribe(&self, token: &ProgressToken) {
-        let mut routes = self.lock();
-        routes.subscribers.remove(token);
-        routes.unclaimed.retain(|p| &p.progress_token != token);
     }
 
     fn lock(&self) -> MutexGuard<'_, Routes> {
@@ -160,7 +158,10 @@ impl ClientHandler for ProgressRouter {
     async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
         let mut routes = self.lock();
         if let Some(tx) = routes.subscribers.get(&params.progress_token) {
-            let _ = tx.send(params);
+            if let Err(unsent) = tx.send(params) {
+                // The caller stopped listening; nobody else will ask for this token.
+                routes.subscribers.remove(&unsent.0.progress_token);
+            }
             return;
         }
         if routes.unclaimed.len() >= MAX_UNCLAIMED_PROGRESS {
