@@ -55,6 +55,16 @@ fuzz_target!(|data: &[u8]| {
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             (Some(param("uri").map(|u| Target::Resource(u.to_owned()))), false)
         }
+        "completion/complete" => {
+            let r = params.and_then(|p| p.get("ref"));
+            let text = |k: &str| r.and_then(|r| r.get(k)).and_then(Value::as_str).map(str::to_owned);
+            let target = match r.and_then(|r| r.get("type")).and_then(Value::as_str) {
+                Some("ref/prompt") => text("name").map(Target::Prompt),
+                Some("ref/resource") => text("uri").map(Target::Resource),
+                _ => None,
+            };
+            (Some(target), false)
+        }
         _ => (None, false),
     };
     match expected {
@@ -64,7 +74,8 @@ fuzz_target!(|data: &[u8]| {
         }
         None => assert_eq!(message.target, None, "target of {}", message.method),
     }
-    let expected_arguments = if arguments { params.and_then(|p| p.get("arguments")) } else { None };
+    let expected_arguments =
+        if arguments { params.and_then(|p| p.get("arguments")).filter(|a| !a.is_null()) } else { None };
     assert_eq!(message.arguments.as_ref(), expected_arguments);
 });
 

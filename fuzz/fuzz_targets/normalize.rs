@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_gateway::normalize::{normalize, resource_of_uri};
+use mcp_gateway::normalize::{normalize, readings, resource_of_uri, uri_readings, Mode};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
@@ -13,9 +13,39 @@ fuzz_target!(|data: &[u8]| {
     };
     for fold in [false, true] {
         check(raw, fold);
-        check(resource_of_uri(raw), fold);
+        if let Ok(name) = resource_of_uri(raw) {
+            check(name, fold);
+        }
+        for mode in [Mode::Literal, Mode::Uri] {
+            if let Ok(all) = readings(raw, mode, fold) {
+                assert!(!all.is_empty(), "no reading of {raw:?}");
+                for reading in &all {
+                    check_reading(raw, reading);
+                }
+                // The decoded reading, when there is one, is among them.
+                if let Ok(decoded) = normalize(raw, fold) {
+                    if mode == Mode::Uri {
+                        assert!(all.contains(&decoded), "{raw:?}: {decoded:?} not in {all:?}");
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(all) = uri_readings(raw) {
+        assert!(!all.is_empty());
     }
 });
+
+/// Any reading: dot segments resolved, no empty segment, no control character.
+fn check_reading(raw: &str, reading: &str) {
+    assert!(!reading.chars().any(char::is_control), "{raw:?} -> {reading:?}");
+    let body = reading.strip_prefix('/').unwrap_or(reading);
+    if !body.is_empty() {
+        for segment in body.split('/') {
+            assert!(!matches!(segment, "" | "." | ".."), "segment {segment:?} in {raw:?} -> {reading:?}");
+        }
+    }
+}
 
 fn check(raw: &str, fold: bool) {
     let Ok(out) = normalize(raw, fold) else {
