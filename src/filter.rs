@@ -181,7 +181,13 @@ impl Root {
                     *slot = state.clone();
                 }
             }
-            let unknown_kid = vm.borrow().waiters.iter().any(|w| w.provider == index && w.refetch);
+            // Only waiters whose refetch has not happened yet ask for one: those it answered
+            // are being released and must not cause another fetch.
+            let unknown_kid = vm
+                .borrow()
+                .waiters
+                .iter()
+                .any(|w| w.provider == index && w.refetch && state.done_ms <= w.since_done_ms);
             let mine = self.fetches.values().any(|p| *p == index);
             if mine || !state.wants_fetch(now_ms, unknown_kid) {
                 continue;
