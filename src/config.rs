@@ -100,14 +100,16 @@ pub struct RawUpstreamAuth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    /// Clock skew tolerated for `exp` and `nbf`, in seconds.
+    /// Clock skew tolerated for `exp` and `nbf`, in seconds (at most
+    /// [`MAX_LEEWAY_SECS`]: more would keep expired tokens, and their cache entries, alive).
     #[serde(default = "default_leeway")]
     pub leeway_secs: u32,
     /// Longest token accepted, in bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
     /// How long a request may wait for a provider's first JWKS fetch (or for a refetch
-    /// caused by an unknown `kid`) before it is refused.
+    /// caused by an unknown `kid`) before it is refused (at most [`MAX_KEY_WAIT_MS`]: a
+    /// waiting request holds a connection and one of a worker's 1024 waiting places).
     #[serde(default = "default_key_wait_ms")]
     pub key_wait_ms: u64,
     /// Verified tokens remembered per worker (0 disables the cache).
@@ -116,6 +118,11 @@ pub struct RawJwt {
     /// Trusted issuers; a token is checked by the provider whose `issuer` it names.
     pub providers: Vec<RawProvider>,
 }
+
+/// Largest `jwt.leeway_secs`.
+pub const MAX_LEEWAY_SECS: u32 = 300;
+/// Largest `jwt.key_wait_ms`.
+pub const MAX_KEY_WAIT_MS: u64 = 10_000;
 
 fn default_leeway() -> u32 {
     60
@@ -590,6 +597,12 @@ fn compile_upstream_auth(
 }
 
 fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Verifier, ConfigError> {
+    if raw.leeway_secs > MAX_LEEWAY_SECS {
+        return Err(err("jwt.leeway_secs", format!("must be at most {MAX_LEEWAY_SECS}, got {}", raw.leeway_secs)));
+    }
+    if raw.key_wait_ms > MAX_KEY_WAIT_MS {
+        return Err(err("jwt.key_wait_ms", format!("must be at most {MAX_KEY_WAIT_MS}, got {}", raw.key_wait_ms)));
+    }
     if raw.providers.is_empty() {
         return Err(err("jwt.providers", "at least one provider is required"));
     }
@@ -978,6 +991,46 @@ mod tests {
 
         let e = Config::from_json(b"{not json", &|_| None).unwrap_err();
         assert!(e.to_string().contains("invalid plugin configuration"));
+    }
+
+    #[test]
+    fn leeway_and_key_wait_are_capped() {
+        let mut v = base();
+        v["jwt"]["leeway_secs"] = json!(300);
+        v["jwt"]["key_wait_ms"] = json!(10_000);
+        assert!(compile(&v).is_ok());
+        v["jwt"]["leeway_secs"] = json!(301);
+        let e = compile(&v).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("jwt.leeway_secs", "must be at most 300, got 301"));
+        v["jwt"]["leeway_secs"] = json!(0);
+        v["jwt"]["key_wait_ms"] = json!(10_001);
+        assert_eq!(field_of(v), "jwt.key_wait_ms");
+    }
+
+    #[test]
+    fn inline_rsa_keys_out_of_bounds_are_errors_naming_the_key() {
+        // An RSA JWK with a 1024-bit modulus (the bounds are checked before any arithmetic).
+        let weak = jwt_compact::jwk::JsonWebKey::Rsa {
+            modulus: vec![0xff; 128].into(),
+            public_exponent: vec![1, 0, 1].into(),
+            private_parts: None,
+        };
+        let weak = serde_json::to_value(&weak).unwrap();
+        for alg in ["RS256", "PS384"] {
+            let mut v = base();
+            v["jwt"]["providers"][0]["keys"][0] = json!({"alg": alg, "jwk": weak});
+            let e = compile(&v).unwrap_err();
+            assert_eq!(e.field, "jwt.providers[0].keys[0].jwk", "{alg}");
+            assert!(e.message.contains("2048 to 4096 bits, got 1024"), "{alg}: {e}");
+        }
+        // In an inline JWKS document it is skipped like in a fetched one; with nothing
+        // else there, the document is unusable.
+        let mut v = base();
+        v["jwt"]["providers"][0]["keys"] = json!([]);
+        v["jwt"]["providers"][0]["jwks_inline"] = json!({"keys": [weak]});
+        let e = compile(&v).unwrap_err();
+        assert_eq!(e.field, "jwt.providers[0].jwks_inline");
+        assert!(e.message.contains("got 1024"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! its provider allows. That closes `alg: none` (no key has it) and algorithm confusion
 //! (an RSA public key is never used as an HMAC secret).
 
-use crate::fast_rsa::{FastRsa, FastRsaKey};
+use crate::fast_rsa::{check_public_key, FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::{JsonWebKey, KeyType};
@@ -243,16 +243,24 @@ impl Key {
             }
             Alg::Es256 => Material::Es256(Box::new((&parsed).try_into().map_err(wrong)?)),
             Alg::EdDsa => Material::Ed25519(Box::new((&parsed).try_into().map_err(wrong)?)),
-            _ => match alg.fast_rsa() {
-                Some(fast) => Material::FastRsa(
-                    fast,
-                    Box::new(FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?),
-                ),
-                None => {
-                    let rsa = alg.rsa().ok_or("unsupported algorithm")?;
-                    Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
+            _ => {
+                // Size and exponent bounds, for our verifier (RS*) and the `rsa` crate's (PS*).
+                if let JsonWebKey::Rsa { modulus, public_exponent, .. } = &parsed {
+                    check_public_key(modulus, public_exponent)?;
                 }
-            },
+                match alg.fast_rsa() {
+                    Some(fast) => Material::FastRsa(
+                        fast,
+                        Box::new(
+                            FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?,
+                        ),
+                    ),
+                    None => {
+                        let rsa = alg.rsa().ok_or("unsupported algorithm")?;
+                        Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
+                    }
+                }
+            }
         };
         Ok(Key { kid, alg, material })
     }
@@ -925,6 +933,45 @@ mod tests {
         assert!(Key::from_jwk(None, Alg::Rs256, &ec).is_err());
         assert!(Key::from_jwk(None, Alg::Hs256, &ec).is_err());
         assert!(Key::from_jwk(None, Alg::Es256, &ec).is_ok());
+    }
+
+    /// A public RSA JWK with an odd modulus of `bits` bits (not a real key: the bounds are
+    /// checked before any arithmetic) and exponent `e`.
+    fn rsa_jwk(kid: &str, bits: usize, e: &[u8]) -> Value {
+        let mut n = vec![0xff; bits.div_ceil(8)];
+        n[0] = 0xff >> (n.len() * 8 - bits);
+        let jwk = JsonWebKey::Rsa { modulus: n.into(), public_exponent: e.to_vec().into(), private_parts: None };
+        let mut jwk = serde_json::to_value(&jwk).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk
+    }
+
+    #[test]
+    fn rsa_keys_need_2048_to_4096_bits_and_an_exponent_up_to_2_pow_32() {
+        let f4 = [1, 0, 1];
+        for alg in [Alg::Rs256, Alg::Ps256] {
+            for bits in [2048, 3072, 4096] {
+                assert!(Key::from_jwk(None, alg, &rsa_jwk("k", bits, &f4)).is_ok(), "{alg:?} {bits}");
+            }
+            for bits in [1024, 2047, 4097, 8192] {
+                let e = Key::from_jwk(None, alg, &rsa_jwk("k", bits, &f4)).unwrap_err();
+                assert!(e.contains("2048 to 4096 bits"), "{alg:?} {bits}: {e}");
+            }
+            assert!(Key::from_jwk(None, alg, &rsa_jwk("k", 2048, &[0xff; 4])).is_ok());
+            let e = Key::from_jwk(None, alg, &rsa_jwk("k", 2048, &[1, 0, 0, 0, 1])).unwrap_err();
+            assert!(e.contains("2^32"), "{alg:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn jwks_keys_out_of_bounds_are_skipped_with_the_reason() {
+        let jwks = json!({"keys": [rsa_jwk("weak", 1024, &[1, 0, 1]), rsa_jwk("huge-e", 2048, &[1, 0, 0, 0, 0, 1]),
+                                   rsa_jwk("good", 2048, &[1, 0, 1])]});
+        let (set, skipped) = KeySet::from_jwks(jwks.to_string().as_bytes(), &[Alg::Rs256]).unwrap();
+        assert_eq!(set.keys.iter().map(|k| k.kid()).collect::<Vec<_>>(), vec![Some("good")]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].starts_with("weak: ") && skipped[0].contains("got 1024"), "{skipped:?}");
+        assert!(skipped[1].starts_with("huge-e: ") && skipped[1].contains("2^32"), "{skipped:?}");
     }
 
     #[test]
