@@ -157,7 +157,7 @@ impl Burst {
                                 // Whose 503 it is matters: the gateway's (no keys) or Envoy's.
                                 Ok(body) if status == 503 => match String::from_utf8_lossy(&body) {
                                     body if body.contains(r#""code":-32000"#) => "503 no keys".to_owned(),
-                                    body => format!("503 {}", body.chars().take(80).collect::<String>()),
+                                    body => format!("503 {}", body.chars().take(160).collect::<String>()),
                                 },
                                 Ok(_) => status.to_string(),
                                 Err(e) => format!("error: {e}"),
@@ -271,9 +271,9 @@ async fn a_burst_of_unknown_kids_while_the_jwks_is_down_leaves_the_vm_alive() {
 /// valid ones are resumed and forwarded, the others refused, in one release.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_waiting_for_the_first_keys_is_resumed_and_refused_without_failing_the_vm() {
-    // Resumed requests go upstream at once; stay below Envoy's default circuit breakers
-    // (1024 pending requests and connections per cluster).
-    const VALID: usize = 600;
+    // Resumed requests all go upstream at once, each on a new connection; a few hundred
+    // made Envoy's upstream connects (1 s timeout) to the test's server time out under load.
+    const VALID: usize = 100;
     let _one = ONE_AT_A_TIME.lock().await;
     let key = TestKey::generate(Alg::Es256, "real").unwrap();
     let (mut gw, idp) = start(&key, true).await;
