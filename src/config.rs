@@ -100,7 +100,7 @@ pub struct RawUpstreamAuth {
     /// Header to set on requests to this server (e.g. `authorization`).
     pub header: Option<String>,
     /// Its value, inline. Never logged. Prefer `value_env`.
-    pub value: Option<String>,
+    pub value: Option<Secret>,
     /// Environment variable holding the value.
     pub value_env: Option<String>,
 }
@@ -109,14 +109,16 @@ pub struct RawUpstreamAuth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    /// Clock skew tolerated for `exp` and `nbf`, in seconds.
+    /// Clock skew tolerated for `exp` and `nbf`, in seconds (at most
+    /// [`MAX_LEEWAY_SECS`]: more would keep expired tokens, and their cache entries, alive).
     #[serde(default = "default_leeway")]
     pub leeway_secs: u32,
     /// Longest token accepted, in bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
     /// How long a request may wait for a provider's first JWKS fetch (or for a refetch
-    /// caused by an unknown `kid`) before it is refused.
+    /// caused by an unknown `kid`) before it is refused (at most [`MAX_KEY_WAIT_MS`]: a
+    /// waiting request holds a connection and one of a worker's 1024 waiting places).
     #[serde(default = "default_key_wait_ms")]
     pub key_wait_ms: u64,
     /// Verified tokens remembered per worker (0 disables the cache).
@@ -125,6 +127,11 @@ pub struct RawJwt {
     /// Trusted issuers; a token is checked by the provider whose `issuer` it names.
     pub providers: Vec<RawProvider>,
 }
+
+/// Largest `jwt.leeway_secs`.
+pub const MAX_LEEWAY_SECS: u32 = 300;
+/// Largest `jwt.key_wait_ms`.
+pub const MAX_KEY_WAIT_MS: u64 = 10_000;
 
 fn default_leeway() -> u32 {
     60
@@ -158,8 +165,9 @@ pub struct RawProvider {
     /// Keys given in the configuration.
     #[serde(default)]
     pub keys: Vec<RawKey>,
-    /// A JWKS document given inline (`{"keys":[...]}`), as an IdP publishes it.
-    pub jwks_inline: Option<Value>,
+    /// A JWKS document given inline (`{"keys":[...]}`), as an IdP publishes it. Kept
+    /// from `Debug` too: a pasted document may hold a symmetric or private key.
+    pub jwks_inline: Option<Secret<Value>>,
     /// A JWKS fetched from the identity provider through an Envoy cluster.
     pub jwks: Option<RawJwks>,
 }
@@ -258,12 +266,12 @@ pub struct RawKey {
     /// PS256/384/512, ES256, EdDSA.
     pub alg: String,
     /// HMAC shared secret, inline (UTF-8). Prefer `secret_env`.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Name of an environment variable (exposed to the VM through
     /// `vm_config.environment_variables`) holding the HMAC secret.
     pub secret_env: Option<String>,
-    /// A public JWK (RFC 7517), inline.
-    pub jwk: Option<Value>,
+    /// A public JWK (RFC 7517), inline; a symmetric one (`"kty":"oct"`) is a secret.
+    pub jwk: Option<Secret<Value>>,
     /// Name of an environment variable holding a JWK as JSON.
     pub jwk_env: Option<String>,
 }
@@ -459,17 +467,24 @@ fn default_max_string_bytes() -> usize {
     256
 }
 
-/// A value that must never be printed: `Debug` shows `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A value that must never be printed: `Debug` shows `[redacted]`. Raw fields holding
+/// credentials or key material deserialize straight into it, so neither the raw nor the
+/// compiled configuration can print them.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<T = String>(T);
 
-impl Secret {
-    pub fn expose(&self) -> &str {
+impl<T> Secret<T> {
+    pub fn expose(&self) -> &T {
         &self.0
+    }
+
+    pub fn into_exposed(self) -> T {
+        self.0
     }
 }
 
-impl fmt::Debug for Secret {
+impl<T> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
     }
@@ -629,9 +644,9 @@ fn compile_upstream_auth(
     let value = match (raw.value, &raw.value_env) {
         (Some(_), Some(_)) => return Err(err(format!("{at}.value"), "give value or value_env, not both")),
         (Some(v), None) => Some(v),
-        (None, Some(var)) => Some(env(var).ok_or_else(|| {
+        (None, Some(var)) => Some(Secret(env(var).ok_or_else(|| {
             err(format!("{at}.value_env"), format!("environment variable {var:?} is not set in the VM"))
-        })?),
+        })?)),
         (None, None) => None,
     };
     match (raw.forward_client_token, raw.header, value) {
@@ -648,10 +663,10 @@ fn compile_upstream_auth(
                     format!("{header:?} is not a header name the gateway may set"),
                 ));
             }
-            if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            if value.expose().bytes().any(|b| !(0x20..0x7f).contains(&b)) {
                 return Err(err(format!("{at}.value"), "must be printable ASCII"));
             }
-            Ok(UpstreamAuth::Inject { header, value: Secret(value) })
+            Ok(UpstreamAuth::Inject { header, value })
         }
         (true, _, _) => Err(err(format!("{at}.forward_client_token"), "cannot be combined with header/value")),
         (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
@@ -660,6 +675,12 @@ fn compile_upstream_auth(
 }
 
 fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Verifier, ConfigError> {
+    if raw.leeway_secs > MAX_LEEWAY_SECS {
+        return Err(err("jwt.leeway_secs", format!("must be at most {MAX_LEEWAY_SECS}, got {}", raw.leeway_secs)));
+    }
+    if raw.key_wait_ms > MAX_KEY_WAIT_MS {
+        return Err(err("jwt.key_wait_ms", format!("must be at most {MAX_KEY_WAIT_MS}, got {}", raw.key_wait_ms)));
+    }
     if raw.providers.is_empty() {
         return Err(err("jwt.providers", "at least one provider is required"));
     }
@@ -726,8 +747,8 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
         return Err(err(format!("{}[{k}].alg", at("keys")), "algorithm not in this provider's algorithms"));
     }
     if let Some(doc) = &p.jwks_inline {
-        let (set, _) =
-            KeySet::from_jwks(doc.to_string().as_bytes(), &algorithms).map_err(|m| err(at("jwks_inline"), m))?;
+        let (set, _) = KeySet::from_jwks(doc.expose().to_string().as_bytes(), &algorithms)
+            .map_err(|m| err(at("jwks_inline"), m))?;
         static_keys.extend(set.keys);
     }
     let jwks = p
@@ -794,14 +815,14 @@ fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Res
     }
     // Errors below never echo key material.
     if let Some(secret) = &k.secret {
-        return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret"), m));
+        return Key::from_secret(k.kid, alg, secret.expose().as_bytes()).map_err(|m| err(at("secret"), m));
     }
     if let Some(var) = &k.secret_env {
         let secret = from_env("secret_env", var)?;
         return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret_env"), m));
     }
     let (field, jwk) = match (k.jwk, &k.jwk_env) {
-        (Some(jwk), _) => ("jwk", jwk),
+        (Some(jwk), _) => ("jwk", jwk.into_exposed()),
         (None, Some(var)) => {
             let text = from_env("jwk_env", var)?;
             let jwk = serde_json::from_str(&text)
@@ -1065,6 +1086,46 @@ mod tests {
     }
 
     #[test]
+    fn leeway_and_key_wait_are_capped() {
+        let mut v = base();
+        v["jwt"]["leeway_secs"] = json!(300);
+        v["jwt"]["key_wait_ms"] = json!(10_000);
+        assert!(compile(&v).is_ok());
+        v["jwt"]["leeway_secs"] = json!(301);
+        let e = compile(&v).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("jwt.leeway_secs", "must be at most 300, got 301"));
+        v["jwt"]["leeway_secs"] = json!(0);
+        v["jwt"]["key_wait_ms"] = json!(10_001);
+        assert_eq!(field_of(v), "jwt.key_wait_ms");
+    }
+
+    #[test]
+    fn inline_rsa_keys_out_of_bounds_are_errors_naming_the_key() {
+        // An RSA JWK with a 1024-bit modulus (the bounds are checked before any arithmetic).
+        let weak = jwt_compact::jwk::JsonWebKey::Rsa {
+            modulus: vec![0xff; 128].into(),
+            public_exponent: vec![1, 0, 1].into(),
+            private_parts: None,
+        };
+        let weak = serde_json::to_value(&weak).unwrap();
+        for alg in ["RS256", "PS384"] {
+            let mut v = base();
+            v["jwt"]["providers"][0]["keys"][0] = json!({"alg": alg, "jwk": weak});
+            let e = compile(&v).unwrap_err();
+            assert_eq!(e.field, "jwt.providers[0].keys[0].jwk", "{alg}");
+            assert!(e.message.contains("2048 to 4096 bits, got 1024"), "{alg}: {e}");
+        }
+        // In an inline JWKS document it is skipped like in a fetched one; with nothing
+        // else there, the document is unusable.
+        let mut v = base();
+        v["jwt"]["providers"][0]["keys"] = json!([]);
+        v["jwt"]["providers"][0]["jwks_inline"] = json!({"keys": [weak]});
+        let e = compile(&v).unwrap_err();
+        assert_eq!(e.field, "jwt.providers[0].jwks_inline");
+        assert!(e.message.contains("got 1024"), "{e}");
+    }
+
+    #[test]
     fn key_errors_never_echo_secrets() {
         let mut v = base();
         v["jwt"]["providers"][0]["keys"][0]["secret"] = json!("tooshort-secret");
@@ -1130,6 +1191,38 @@ mod tests {
         assert_eq!(field_of(v.clone()), "servers[0].upstream_auth.header");
         v["servers"][0]["upstream_auth"] = json!({"forward_client_token": true, "header": "a", "value": "b"});
         assert_eq!(field_of(v), "servers[0].upstream_auth.forward_client_token");
+    }
+
+    #[test]
+    fn raw_configuration_debug_never_shows_secrets() {
+        let hmac = "inline-hmac-secret-0123456789abcdef";
+        let oct = "b2N0LWp3ay1zZWNyZXQtMDEyMzQ1Njc4OWFiY2RlZiE";
+        let inline_doc = "aW5saW5lLWp3a3Mtc2VjcmV0LTAxMjM0NTY3ODlhYiE";
+        let upstream = "ghp_raw-upstream-credential";
+        let mut v = base();
+        v["jwt"]["providers"][0]["keys"] = json!([
+            {"kid": "plain", "alg": "HS256", "secret": hmac},
+            {"kid": "as-jwk", "alg": "HS256", "jwk": {"kty": "oct", "k": oct}},
+        ]);
+        v["jwt"]["providers"][0]["jwks_inline"] = json!({"keys": [{"kty": "oct", "k": inline_doc},
+            {"kty": "EC", "crv": "P-256", "x": "lIVJwqNELuRbCGOV8X8PuX5lK0N2HgUQfUoBHChYo9Q",
+             "y": "XK1Zown3qyfKHp-qNqCiXFW6K883AKFMzW4TfILUqyA"}]});
+        v["servers"][0]["upstream_auth"] = json!({"header": "authorization", "value": upstream});
+        let raw: RawConfig = serde_json::from_value(v.clone()).unwrap();
+        let printed = format!("{raw:?}");
+        for secret in [hmac, oct, inline_doc, upstream] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("as-jwk") && printed.contains("[redacted]"), "{printed}");
+        // The secrets still reach the compiled configuration, which does not print them either.
+        let compiled = compile(&v).unwrap();
+        assert!(
+            matches!(&compiled.servers[0].upstream_auth, UpstreamAuth::Inject { value, .. } if value.expose() == upstream)
+        );
+        let printed = format!("{compiled:?}");
+        for secret in [hmac, oct, inline_doc, upstream] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
     }
 
     #[test]

@@ -21,12 +21,13 @@ use std::convert::Infallible;
 use std::fmt;
 
 /// RFC 7518 §3.3: keys of 2048 bits or larger MUST be used.
-const MIN_MODULUS_BITS: usize = 2048;
-/// Bounds the cost of one verification; nobody deploys larger JWT keys.
-const MAX_MODULUS_BITS: usize = 8192;
-/// Same bound as the `rsa` crate. Verification costs one multiplication per exponent bit,
-/// so a huge exponent in a published key would make every verification as slow as signing.
-const MAX_PUBLIC_EXPONENT: u64 = (1 << 33) - 1;
+pub const MIN_MODULUS_BITS: usize = 2048;
+/// Bounds the cost of one verification (it grows with the square of the size); identity
+/// providers sign with 2048 to 4096 bits, and the `rsa` crate (PS*) stops at 4096 too.
+pub const MAX_MODULUS_BITS: usize = 4096;
+/// Verification costs one multiplication per exponent bit, so a huge exponent in a
+/// published key would make every verification as slow as signing. Real keys use 65537.
+pub const MAX_PUBLIC_EXPONENT: u64 = 1 << 32;
 
 /// The hash function of an `RS*` algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,26 +108,8 @@ impl fmt::Debug for FastRsaKey {
 impl FastRsaKey {
     /// A key from its big-endian modulus and public exponent.
     pub fn new(n: &[u8], e: &[u8]) -> Result<FastRsaKey, String> {
+        let PublicKeyBounds { bits, e } = check_public_key(n, e)?;
         let n = strip_leading_zeros(n);
-        let bits = match n.first() {
-            Some(&top) => n.len() * 8 - top.leading_zeros() as usize,
-            None => 0,
-        };
-        if !(MIN_MODULUS_BITS..=MAX_MODULUS_BITS).contains(&bits) {
-            return Err(format!("RSA modulus must have {MIN_MODULUS_BITS} to {MAX_MODULUS_BITS} bits, got {bits}"));
-        }
-        if n.last().is_some_and(|low| low & 1 == 0) {
-            return Err("RSA modulus must be odd".to_owned());
-        }
-        let e_bytes = strip_leading_zeros(e);
-        if e_bytes.len() > 8 {
-            return Err(format!("RSA public exponent must be at most {MAX_PUBLIC_EXPONENT}"));
-        }
-        let e = e_bytes.iter().fold(0_u64, |acc, &b| (acc << 8) | u64::from(b));
-        if e < 3 || e % 2 == 0 || e > MAX_PUBLIC_EXPONENT {
-            return Err(format!("RSA public exponent must be odd and between 3 and {MAX_PUBLIC_EXPONENT}, got {e}"));
-        }
-
         let limbs = n.len().div_ceil(4);
         let n = limbs_from_be(n, limbs);
         let n0_inv = neg_inverse(n.first().copied().unwrap_or(1));
@@ -321,6 +304,39 @@ impl TryFrom<&JsonWebKey<'_>> for FastRsaKey {
             other => Err(format!("expected an RSA key, got {}", other.key_type())),
         }
     }
+}
+
+/// What [`check_public_key`] found acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicKeyBounds {
+    pub bits: usize,
+    pub e: u64,
+}
+
+/// Whether a big-endian modulus and public exponent make a key the gateway verifies with:
+/// an odd modulus of [`MIN_MODULUS_BITS`] to [`MAX_MODULUS_BITS`] bits and an odd exponent
+/// of 3 to [`MAX_PUBLIC_EXPONENT`]. Every RSA key goes through this, RS* and PS* alike.
+pub fn check_public_key(n: &[u8], e: &[u8]) -> Result<PublicKeyBounds, String> {
+    let n = strip_leading_zeros(n);
+    let bits = match n.first() {
+        Some(&top) => n.len() * 8 - top.leading_zeros() as usize,
+        None => 0,
+    };
+    if !(MIN_MODULUS_BITS..=MAX_MODULUS_BITS).contains(&bits) {
+        return Err(format!("RSA modulus must have {MIN_MODULUS_BITS} to {MAX_MODULUS_BITS} bits, got {bits}"));
+    }
+    if n.last().is_some_and(|low| low & 1 == 0) {
+        return Err("RSA modulus must be odd".to_owned());
+    }
+    let e_bytes = strip_leading_zeros(e);
+    if e_bytes.len() > 8 {
+        return Err("RSA public exponent must be at most 2^32".to_owned());
+    }
+    let e = e_bytes.iter().fold(0_u64, |acc, &b| (acc << 8) | u64::from(b));
+    if e < 3 || e % 2 == 0 || e > MAX_PUBLIC_EXPONENT {
+        return Err(format!("RSA public exponent must be odd, at least 3 and at most 2^32, got {e}"));
+    }
+    Ok(PublicKeyBounds { bits, e })
 }
 
 /// An RSA signature as carried in a JWT; checked against the key's length on verification.
@@ -583,10 +599,33 @@ mod tests {
         too_large[1024] = 0x01;
         assert!(FastRsaKey::new(&too_large, &e).is_err());
         assert!(FastRsaKey::new(&[], &e).is_err());
-        for bad_e in [&[][..], &[1], &[2], &[0x01, 0x00, 0x00], &[0x02, 0, 0, 0, 1], &[1; 9]] {
+        for bad_e in [&[][..], &[1], &[2], &[0x01, 0x00, 0x00], &[0x01, 0, 0, 0, 1], &[0x02, 0, 0, 0, 1], &[1; 9]] {
             assert!(FastRsaKey::new(&odd_2048, bad_e).is_err(), "e = {bad_e:?}");
         }
         assert!(FastRsaKey::new(&odd_2048, &[3]).is_ok());
+        assert!(FastRsaKey::new(&odd_2048, &[0xff; 4]).is_ok(), "2^32 - 1 is the largest odd exponent allowed");
+    }
+
+    #[test]
+    fn modulus_sizes_are_bounded_to_2048_through_4096_bits() {
+        let odd = |bytes: usize, top: u8| {
+            let mut n = vec![0xc5; bytes];
+            n[0] = top;
+            n[bytes - 1] = 0x01;
+            n
+        };
+        let e = [0x01, 0x00, 0x01];
+        assert_eq!(check_public_key(&odd(256, 0x80), &e).unwrap().bits, 2048);
+        assert_eq!(check_public_key(&odd(512, 0xff), &e).unwrap().bits, 4096);
+        let err = check_public_key(&odd(256, 0x7f), &e).unwrap_err();
+        assert!(err.contains("2047"), "{err}");
+        let err = check_public_key(&odd(513, 0x01), &e).unwrap_err();
+        assert!(err.contains("4097"), "{err}");
+        assert!(check_public_key(&odd(128, 0xff), &e).is_err(), "1024 bits");
+        for (_, public) in all_sizes().map(keypair) {
+            let (n, e) = modulus_and_exponent(&public);
+            assert!(check_public_key(&n, &e).is_ok());
+        }
     }
 
     #[test]

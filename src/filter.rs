@@ -7,7 +7,8 @@
 //! Each worker VM has one [`Vm`]: the compiled configuration, the installed keys and
 //! token cache, and the requests waiting for keys. The root context fetches JWKS
 //! documents (coordinated across VMs through shared data, see [`crate::jwks`]), installs
-//! them, and resumes waiting requests on its tick.
+//! them, and resumes waiting requests on its tick, a batch per call into the VM (see
+//! [`RELEASE_BATCH`]).
 
 use crate::config::Config;
 use crate::gateway::{Exchange, Head, HeaderEdits, ResponseBody, Step};
@@ -27,7 +28,7 @@ use std::time::{Duration, SystemTime};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root { context_id, vm: None, fetches: HashMap::new() })
+        Box::new(Root { context_id, vm: None, fetches: HashMap::new(), release_queue: None, release_pending: false })
     });
 }}
 
@@ -39,6 +40,21 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// Most requests one worker holds while waiting for keys.
 const MAX_WAITERS: usize = 1024;
+
+/// Most waiting requests released in one call into the VM.
+///
+/// Envoy does not act on `send_http_response` or `resume_http_request` during the call
+/// that asks for them: it queues the action and runs the queue when the call returns. The
+/// first action re-enters the VM (the reply passes this filter's `on_response_headers`,
+/// then `on_log`; a resumed request its `on_http_request_body`), and when that inner call
+/// returns, Envoy drains the rest of the same queue from inside it, one native stack level
+/// deeper per action. Releasing N requests in one call thus nests N levels; measured
+/// through Envoy 1.40 (tests/key_wait.rs), V8 gives up between 290 and 320
+/// ("Maximum call stack size exceeded" in `proxy_on_response_headers`), which fails the
+/// VM for every request on the worker. A batch well under that, at most two levels per
+/// request, keeps the nesting shallow whatever the number of waiters; the next batch goes
+/// out from a fresh call (see [`Root::release_queue`]).
+const RELEASE_BATCH: usize = 32;
 
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
@@ -115,6 +131,12 @@ struct Root {
     vm: Option<SharedVm>,
     /// In-flight JWKS fetches: call token -> provider index.
     fetches: HashMap<u32, usize>,
+    /// A shared queue only this VM listens on. A message to it makes Envoy call
+    /// `on_queue_ready` from its event loop, a fresh call into the VM: that is where the
+    /// next batch of waiters goes out. Without it (registration failed) the tick does.
+    release_queue: Option<u32>,
+    /// A message is in the release queue and `on_queue_ready` has not run yet.
+    release_pending: bool,
 }
 
 impl Root {
@@ -184,7 +206,13 @@ impl Root {
                     *slot = state.clone();
                 }
             }
-            let unknown_kid = vm.borrow().waiters.iter().any(|w| w.provider == index && w.refetch);
+            // Only waiters whose refetch has not happened yet ask for one: those it answered
+            // are being released and must not cause another fetch.
+            let unknown_kid = vm
+                .borrow()
+                .waiters
+                .iter()
+                .any(|w| w.provider == index && w.refetch && state.done_ms <= w.since_done_ms);
             let mine = self.fetches.values().any(|p| *p == index);
             if mine || !state.wants_fetch(now_ms, unknown_kid) {
                 continue;
@@ -229,12 +257,15 @@ impl Root {
     }
 
     /// Resumes waiting requests whose keys changed, whose fetch ended, whose wait ran
-    /// out, or whose unknown `kid` cannot be refetched now.
-    fn wake_waiters(&self, vm: &SharedVm) {
+    /// out, or whose unknown `kid` cannot be refetched now: the first [`RELEASE_BATCH`]
+    /// of them, oldest first. Asks for another call into the VM when more are ready.
+    fn wake_waiters(&mut self, vm: &SharedVm) {
         let now = now();
         let now_ms = epoch_ms(now);
         let waiters = std::mem::take(&mut vm.borrow_mut().waiters);
         let mut still = Vec::new();
+        let mut released = 0;
+        let mut more = false;
         for w in waiters {
             let ready = {
                 let vm = vm.borrow();
@@ -256,6 +287,11 @@ impl Root {
                 still.push(w);
                 continue;
             }
+            if released == RELEASE_BATCH {
+                more = true;
+                still.push(w);
+                continue;
+            }
             // Refused meanwhile (e.g. its body grew past the limit): nothing to resume.
             if w.request.borrow().phase != Phase::AwaitKeys {
                 continue;
@@ -274,9 +310,29 @@ impl Root {
                 }
             };
             act(vm, &w.request, w.context_id, step, &edits, true);
+            released += 1;
         }
         vm.borrow_mut().waiters.extend(still);
         let _ = hostcalls::set_effective_context(self.context_id);
+        if more {
+            self.release_more();
+        }
+    }
+
+    /// Gets a fresh call into the VM soon, through the release queue, for the next batch.
+    fn release_more(&mut self) {
+        let Some(queue) = self.release_queue else { return };
+        if !self.release_pending {
+            self.release_pending = hostcalls::enqueue_shared_queue(queue, Some(b"release")).is_ok();
+        }
+    }
+
+    /// Registers this VM's release queue. Queues are shared by every VM of the plugin, by
+    /// name, so the name is random (std's `RandomState` draws from the host's RNG).
+    fn register_release_queue() -> Option<u32> {
+        use std::hash::BuildHasher;
+        let name = format!("mcp_gateway/release/{:016x}", std::hash::RandomState::new().hash_one(0_u8));
+        hostcalls::register_shared_queue(&name).ok()
     }
 }
 
@@ -346,6 +402,17 @@ impl Context for Root {
 }
 
 impl RootContext for Root {
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if Some(queue_id) != self.release_queue {
+            return;
+        }
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        self.release_pending = false;
+        if let Some(vm) = self.vm.clone() {
+            self.wake_waiters(&vm);
+        }
+    }
+
     fn on_configure(&mut self, _size: usize) -> bool {
         let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(raw)) => raw,
@@ -387,6 +454,12 @@ impl RootContext for Root {
                 if remote && hostcalls::set_tick_period(TICK).is_err() {
                     log(LogLevel::Critical, "mcp-gateway: cannot set tick period");
                     return false;
+                }
+                if remote {
+                    self.release_queue = Root::register_release_queue();
+                    if self.release_queue.is_none() {
+                        log(LogLevel::Warn, "mcp-gateway: no release queue; waiting requests go out once per tick");
+                    }
                 }
                 true
             }

@@ -5,15 +5,17 @@
 //! its provider allows. That closes `alg: none` (no key has it) and algorithm confusion
 //! (an RSA public key is never used as an HMAC secret).
 
-use crate::fast_rsa::{FastRsa, FastRsaKey};
+use crate::fast_rsa::{check_public_key, FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::{JsonWebKey, KeyType};
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
+use lru::LruCache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::time::{Duration, SystemTime};
 
 /// Why a token was refused. The `Display` text goes to the audit log and, being about
@@ -241,16 +243,24 @@ impl Key {
             }
             Alg::Es256 => Material::Es256(Box::new((&parsed).try_into().map_err(wrong)?)),
             Alg::EdDsa => Material::Ed25519(Box::new((&parsed).try_into().map_err(wrong)?)),
-            _ => match alg.fast_rsa() {
-                Some(fast) => Material::FastRsa(
-                    fast,
-                    Box::new(FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?),
-                ),
-                None => {
-                    let rsa = alg.rsa().ok_or("unsupported algorithm")?;
-                    Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
+            _ => {
+                // Size and exponent bounds, for our verifier (RS*) and the `rsa` crate's (PS*).
+                if let JsonWebKey::Rsa { modulus, public_exponent, .. } = &parsed {
+                    check_public_key(modulus, public_exponent)?;
                 }
-            },
+                match alg.fast_rsa() {
+                    Some(fast) => Material::FastRsa(
+                        fast,
+                        Box::new(
+                            FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?,
+                        ),
+                    ),
+                    None => {
+                        let rsa = alg.rsa().ok_or("unsupported algorithm")?;
+                        Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
+                    }
+                }
+            }
         };
         Ok(Key { kid, alg, material })
     }
@@ -432,67 +442,61 @@ impl KeyStore {
 }
 
 /// Verified tokens, keyed by SHA-256 of the token, so a session's repeated requests skip
-/// signature checks. Bounded; an entry never outlives its token's `exp`.
+/// signature checks. Bounded: when full, the least recently used entry goes. An entry
+/// lives while its token would still verify (until `exp` plus the leeway) and no longer;
+/// a token already past that is never inserted.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    capacity: usize,
-    entries: HashMap<[u8; 32], (Principal, SystemTime)>,
-    order: VecDeque<[u8; 32]>,
+    /// `None` when the cache is off (`jwt.cache_entries` is 0).
+    entries: Option<LruCache<[u8; 32], (Principal, SystemTime)>>,
     pub hits: u64,
     pub misses: u64,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache { capacity, ..Default::default() }
+        TokenCache { entries: NonZeroUsize::new(capacity).map(LruCache::new), hits: 0, misses: 0 }
     }
 
+    /// The principal of a cached token still in its lifetime (and marks it recently used).
     fn get(&mut self, key: &[u8; 32], now: SystemTime) -> Option<Principal> {
-        match self.entries.get(key) {
-            Some((p, expires)) if now < *expires => {
-                self.hits += 1;
-                Some(p.clone())
-            }
+        let found = self.entries.as_mut().and_then(|entries| match entries.get(key) {
+            Some((principal, until)) if now < *until => Some(principal.clone()),
             Some(_) => {
-                self.entries.remove(key);
-                self.misses += 1;
+                entries.pop(key);
                 None
             }
-            None => {
-                self.misses += 1;
-                None
-            }
+            None => None,
+        });
+        match found {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
         }
+        found
     }
 
-    fn put(&mut self, key: [u8; 32], principal: Principal, expires: SystemTime) {
-        if self.capacity == 0 {
+    /// Remembers a verified token until `until`; nothing when that has passed already.
+    fn put(&mut self, key: [u8; 32], principal: Principal, until: SystemTime, now: SystemTime) {
+        if until <= now {
             return;
         }
-        while self.entries.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
-        }
-        if self.entries.insert(key, (principal, expires)).is_none() {
-            self.order.push_back(key);
+        if let Some(entries) = self.entries.as_mut() {
+            entries.put(key, (principal, until));
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.as_ref().map_or(0, LruCache::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn clear(&mut self) {
-        self.entries.clear();
-        self.order.clear();
+        if let Some(entries) = self.entries.as_mut() {
+            entries.clear();
+        }
     }
 }
 
@@ -544,13 +548,14 @@ impl Verifier {
             return Err(AuthError::AlgorithmNotAllowed(alg.name().to_owned()).into());
         }
         let claims = candidates.iter().find_map(|key| key.verify(&untrusted).ok()).ok_or(AuthError::BadSignature)?;
-        let expires = self.check_claims(provider, &claims, now)?;
+        let until = self.check_claims(provider, &claims, now)?;
         let principal = principal(provider, &claims.custom)?;
-        store.cache.put(digest, principal.clone(), expires);
+        store.cache.put(digest, principal.clone(), until, now);
         Ok(principal)
     }
 
-    /// Checks time and audience claims; returns when the token expires.
+    /// Checks time and audience claims; returns until when the token verifies (its `exp`
+    /// plus the leeway).
     fn check_claims(
         &self,
         provider: &Provider,
@@ -576,8 +581,15 @@ impl Verifier {
         if !audience_ok {
             return Err(AuthError::WrongAudience);
         }
-        // Cache no longer than the token lives (without leeway).
-        Ok(claims.expiration.map(SystemTime::from).unwrap_or(now))
+        // Computed without SystemTime arithmetic that could panic on a far-future exp (wasm's
+        // SystemTime is u64 nanoseconds); such a token verifies, but is not cached.
+        let until = claims
+            .expiration
+            .and_then(|exp| u64::try_from(exp.timestamp()).ok())
+            .map(|exp| exp.saturating_add(u64::from(self.leeway_secs)))
+            .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+            .unwrap_or(now);
+        Ok(until)
     }
 }
 
@@ -814,21 +826,73 @@ mod tests {
         assert!(v.verify(&t, now(), &mut s).is_ok());
     }
 
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn someone(user_id: &str) -> Principal {
+        Principal { user_id: user_id.into(), roles: vec![], scopes: vec![], provider: "a".into(), claims: Map::new() }
+    }
+
     #[test]
-    fn cache_skips_verification_and_never_outlives_exp() {
+    fn cache_keeps_a_token_until_exp_plus_leeway_and_no_longer() {
         let v = verifier();
         let mut s = store();
         let t = sign(None, SECRET, claims(json!({})));
         assert!(v.verify(&t, now(), &mut s).is_ok());
         assert!(v.verify(&t, now(), &mut s).is_ok());
         assert_eq!((s.cache.hits, s.cache.misses), (1, 1));
-        // After exp (1_800_000_600) the cached entry is not used; inside the leeway the
-        // token still verifies the slow way, past it the token is refused.
-        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_630);
-        assert!(v.verify(&t, later, &mut s).is_ok());
-        assert_eq!(s.cache.hits, 1);
-        let much_later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_001_000);
-        assert_eq!(v.verify(&t, much_later, &mut s), Err(Verdict::Invalid(AuthError::Expired)));
+        // exp is 1_800_000_600 and the leeway 60 s: inside the leeway the token still
+        // verifies, so the cached entry serves until 1_800_000_660.
+        assert!(v.verify(&t, at(1_800_000_659), &mut s).is_ok());
+        assert_eq!(s.cache.hits, 2);
+        // At exp + leeway the entry is gone; the token verifies once more the slow way
+        // (the leeway is inclusive) but, with no lifetime left, is not cached again.
+        assert!(v.verify(&t, at(1_800_000_660), &mut s).is_ok());
+        assert_eq!((s.cache.hits, s.cache.misses), (2, 2));
+        assert!(s.cache.is_empty());
+        assert_eq!(v.verify(&t, at(1_800_000_661), &mut s), Err(Verdict::Invalid(AuthError::Expired)));
+    }
+
+    #[test]
+    fn an_expired_token_is_never_cached() {
+        let mut cache = TokenCache::new(4);
+        cache.put([1; 32], someone("a"), at(100), at(100));
+        cache.put([2; 32], someone("b"), at(99), at(100));
+        assert!(cache.is_empty());
+        cache.put([3; 32], someone("c"), at(101), at(100));
+        assert_eq!(cache.get(&[3; 32], at(100)).map(|p| p.user_id), Some("c".into()));
+        assert_eq!(cache.get(&[3; 32], at(101)), None, "an entry ends at its time");
+        assert!(cache.is_empty(), "and is dropped");
+    }
+
+    #[test]
+    fn cache_drops_the_least_recently_used_when_full() {
+        let mut cache = TokenCache::new(2);
+        cache.put([1; 32], someone("a"), at(200), at(100));
+        cache.put([2; 32], someone("b"), at(200), at(100));
+        assert!(cache.get(&[1; 32], at(100)).is_some());
+        cache.put([3; 32], someone("c"), at(200), at(100));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&[2; 32], at(100)).is_none(), "b was used least recently");
+        assert!(cache.get(&[1; 32], at(100)).is_some());
+        assert!(cache.get(&[3; 32], at(100)).is_some());
+    }
+
+    #[test]
+    fn a_cache_of_zero_entries_is_off() {
+        let mut cache = TokenCache::new(0);
+        cache.put([1; 32], someone("a"), at(200), at(100));
+        assert!(cache.is_empty());
+        assert!(cache.get(&[1; 32], at(100)).is_none());
+        assert_eq!((cache.hits, cache.misses), (0, 1));
+    }
+
+    #[test]
+    fn a_far_future_exp_verifies() {
+        // Year 2603: past what wasm's SystemTime (u64 nanoseconds) can hold.
+        let t = sign(None, SECRET, claims(json!({"exp": 20_000_000_000_i64})));
+        assert!(verify(&verifier(), &t).is_ok());
     }
 
     #[test]
@@ -869,6 +933,45 @@ mod tests {
         assert!(Key::from_jwk(None, Alg::Rs256, &ec).is_err());
         assert!(Key::from_jwk(None, Alg::Hs256, &ec).is_err());
         assert!(Key::from_jwk(None, Alg::Es256, &ec).is_ok());
+    }
+
+    /// A public RSA JWK with an odd modulus of `bits` bits (not a real key: the bounds are
+    /// checked before any arithmetic) and exponent `e`.
+    fn rsa_jwk(kid: &str, bits: usize, e: &[u8]) -> Value {
+        let mut n = vec![0xff; bits.div_ceil(8)];
+        n[0] = 0xff >> (n.len() * 8 - bits);
+        let jwk = JsonWebKey::Rsa { modulus: n.into(), public_exponent: e.to_vec().into(), private_parts: None };
+        let mut jwk = serde_json::to_value(&jwk).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk
+    }
+
+    #[test]
+    fn rsa_keys_need_2048_to_4096_bits_and_an_exponent_up_to_2_pow_32() {
+        let f4 = [1, 0, 1];
+        for alg in [Alg::Rs256, Alg::Ps256] {
+            for bits in [2048, 3072, 4096] {
+                assert!(Key::from_jwk(None, alg, &rsa_jwk("k", bits, &f4)).is_ok(), "{alg:?} {bits}");
+            }
+            for bits in [1024, 2047, 4097, 8192] {
+                let e = Key::from_jwk(None, alg, &rsa_jwk("k", bits, &f4)).unwrap_err();
+                assert!(e.contains("2048 to 4096 bits"), "{alg:?} {bits}: {e}");
+            }
+            assert!(Key::from_jwk(None, alg, &rsa_jwk("k", 2048, &[0xff; 4])).is_ok());
+            let e = Key::from_jwk(None, alg, &rsa_jwk("k", 2048, &[1, 0, 0, 0, 1])).unwrap_err();
+            assert!(e.contains("2^32"), "{alg:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn jwks_keys_out_of_bounds_are_skipped_with_the_reason() {
+        let jwks = json!({"keys": [rsa_jwk("weak", 1024, &[1, 0, 1]), rsa_jwk("huge-e", 2048, &[1, 0, 0, 0, 0, 1]),
+                                   rsa_jwk("good", 2048, &[1, 0, 1])]});
+        let (set, skipped) = KeySet::from_jwks(jwks.to_string().as_bytes(), &[Alg::Rs256]).unwrap();
+        assert_eq!(set.keys.iter().map(|k| k.kid()).collect::<Vec<_>>(), vec![Some("good")]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].starts_with("weak: ") && skipped[0].contains("got 1024"), "{skipped:?}");
+        assert!(skipped[1].starts_with("huge-e: ") && skipped[1].contains("2^32"), "{skipped:?}");
     }
 
     #[test]

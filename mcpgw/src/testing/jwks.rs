@@ -4,7 +4,8 @@
 //! - `GET /jwks.json` ([`JWKS_PATH`]): `{"keys": [...]}` with the public JWKs of the keys given
 //!   to [`JwksServer::set_keys`] (none at first), `Content-Type: application/json`, and
 //!   `Cache-Control: max-age=N` when [`JwksServer::set_max_age`] set one. Answers 503 while
-//!   [`JwksServer::set_failing`] is on, after the delay of [`JwksServer::set_delay`].
+//!   [`JwksServer::set_failing`] is on, after the delay of [`JwksServer::set_delay`], and not
+//!   before [`JwksServer::set_held`] lets it go.
 //! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata whose `issuer` is
 //!   [`JwksServer::url`] and whose `jwks_uri` is [`JwksServer::jwks_url`], so that a gateway's
 //!   protected resource metadata can name this server and an MCP client's discovery completes.
@@ -57,6 +58,8 @@ struct Shared {
     publication: Mutex<Publication>,
     /// Requests to [`JWKS_PATH`] so far; a watch so tests can wait for the next fetch.
     fetches: watch::Sender<u64>,
+    /// While true, answers to [`JWKS_PATH`] wait; a watch so they go as soon as it turns false.
+    held: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -91,7 +94,8 @@ impl JwksServer {
     pub async fn start(listener: TcpListener) -> anyhow::Result<JwksServer> {
         let addr = listener.local_addr().context("listener has no local address")?;
         let (fetches, _) = watch::channel(0);
-        let shared = Arc::new(Shared { addr, publication: Mutex::new(Publication::default()), fetches });
+        let (held, _) = watch::channel(false);
+        let shared = Arc::new(Shared { addr, publication: Mutex::new(Publication::default()), fetches, held });
         let serving = serve(shared.clone(), listener);
         Ok(JwksServer { shared, serving: Some(serving) })
     }
@@ -138,6 +142,13 @@ impl JwksServer {
     /// Waits this long before answering `GET /jwks.json` (zero, the default, for no delay).
     pub fn set_delay(&self, delay: Duration) {
         self.shared.publication().delay = delay;
+    }
+
+    /// While on, `GET /jwks.json` is received (and counted) but not answered until it is
+    /// turned off again: a test can line requests up behind a fetch it controls, then let
+    /// the answer (keys, or 503 while failing) go at a moment it chooses.
+    pub fn set_held(&self, held: bool) {
+        self.shared.held.send_replace(held);
     }
 
     /// Requests to `GET /jwks.json` received so far, whatever they were answered (503, or
@@ -216,6 +227,14 @@ fn serve(shared: Arc<Shared>, listener: TcpListener) -> Serving {
 
 async fn jwks(State(state): State<AppState>) -> Response {
     state.shared.fetches.send_modify(|n| *n += 1);
+    let mut held = state.shared.held.subscribe();
+    tokio::select! {
+        // The sender lives as long as `shared`, which this handler holds.
+        _ = held.wait_for(|held| !*held) => {}
+        () = state.cancel.cancelled() => {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
     let (delay, failing, body, max_age) = {
         let publication = state.shared.publication();
         let body = match &publication.raw_body {
@@ -333,6 +352,18 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(fetch(&server).await.unwrap().status(), 200);
         assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn holds_answers_until_released() {
+        let server = server().await;
+        server.set_held(true);
+        let url = server.jwks_url();
+        let pending = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+        server.wait_for_fetches(1, Duration::from_secs(5)).await.unwrap();
+        assert!(!pending.is_finished());
+        server.set_held(false);
+        assert_eq!(pending.await.unwrap().unwrap(), 200);
     }
 
     #[tokio::test]
