@@ -632,7 +632,9 @@ fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> (S
     let mut r = request.borrow_mut();
     match r.exchange.as_mut() {
         Some(ex) => {
-            let step = ex.on_request_body(&vm.config, &vm.catalog, body);
+            let now_ms = epoch_ms(now());
+            let tasks = |id: &str| lookup_task(id, now_ms, vm.config.session_idle_ms);
+            let step = ex.on_request_body_with(&vm.config, &vm.catalog, body, &tasks);
             (step, ex.body_edits())
         }
         None => (Step::Continue, HeaderEdits::default()),
@@ -642,10 +644,12 @@ fn decide_body(vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> (S
 /// Creates every session bucket that does not exist yet, before any traffic, so later
 /// updates always have a CAS to compare against (two first writes could not race).
 fn create_session_buckets() {
-    for bucket in 0..session::BUCKETS {
-        let key = session::bucket_key_of(bucket);
-        if let Ok((None, _)) = hostcalls::get_shared_data(&key) {
-            let _ = hostcalls::set_shared_data(&key, Some(&session::Bucket::default().to_bytes()), None);
+    for table in [session::Table::Sessions, session::Table::Tasks] {
+        for bucket in 0..session::BUCKETS {
+            let key = session::bucket_key_of(table, bucket);
+            if let Ok((None, _)) = hostcalls::get_shared_data(&key) {
+                let _ = hostcalls::set_shared_data(&key, Some(&session::Bucket::default().to_bytes()), None);
+            }
         }
     }
 }
@@ -653,7 +657,12 @@ fn create_session_buckets() {
 /// Who opened session `id` (and whether its entry is due for a refresh), from the shared
 /// table; `None` when no live entry exists.
 fn session_owner(vm: &SharedVm, id: &str, now_ms: u64) -> Option<(String, bool)> {
-    let key = session::bucket_key(id);
+    lookup(vm, session::Table::Sessions, id, now_ms)
+}
+
+/// An entry of a shared table (parsed buckets are cached per VM by CAS).
+fn lookup(vm: &SharedVm, table: session::Table, id: &str, now_ms: u64) -> Option<(String, bool)> {
+    let key = session::bucket_key(table, id);
     let Ok((Some(bytes), Some(cas))) = hostcalls::get_shared_data(&key) else { return None };
     let mut vmb = vm.borrow_mut();
     let idle_ms = vmb.config.session_idle_ms;
@@ -665,12 +674,22 @@ fn session_owner(vm: &SharedVm, id: &str, now_ms: u64) -> Option<(String, bool)>
     bucket.owner(id, now_ms, idle_ms).map(|(owner, refresh)| (owner.to_owned(), refresh))
 }
 
+/// The record of a task (tasks are looked up rarely: no per-VM cache).
+fn lookup_task(id: &str, now_ms: u64, idle_ms: u64) -> Option<String> {
+    let key = session::bucket_key(session::Table::Tasks, id);
+    let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&key) else { return None };
+    session::Bucket::from_bytes(&bytes).owner(id, now_ms, idle_ms).map(|(record, _)| record.to_owned())
+}
+
 /// Applies a change to the shared session table (read, modify, compare-and-swap).
 fn change_session(change: &session::Change, idle_ms: u64, now_ms: u64) {
-    let id = match change {
-        session::Change::Open { id, .. } | session::Change::Refresh { id, .. } | session::Change::Close { id } => id,
+    let (id, table) = match change {
+        session::Change::Open { id, .. } | session::Change::Refresh { id, .. } | session::Change::Close { id } => {
+            (id, session::Table::Sessions)
+        }
+        session::Change::Task { id, .. } => (id, session::Table::Tasks),
     };
-    let key = session::bucket_key(id);
+    let key = session::bucket_key(table, id);
     for _ in 0..8 {
         let Ok((bytes, cas)) = hostcalls::get_shared_data(&key) else { break };
         let mut bucket = bytes.map(|b| session::Bucket::from_bytes(&b)).unwrap_or_default();
@@ -678,6 +697,7 @@ fn change_session(change: &session::Change, idle_ms: u64, now_ms: u64) {
             session::Change::Open { owner, .. } | session::Change::Refresh { owner, .. } => {
                 bucket.insert(id, owner, now_ms, idle_ms)
             }
+            session::Change::Task { record, .. } => bucket.insert(id, record, now_ms, idle_ms),
             session::Change::Close { .. } => {
                 if !bucket.remove(id) {
                     return;
@@ -751,6 +771,7 @@ impl Filter {
         if learned {
             publish_catalog(&vm);
         }
+        self.record_created_task(&vm);
         match filtered {
             Ok(out) => {
                 if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out).is_err() {
@@ -767,7 +788,16 @@ impl Filter {
         Action::Continue
     }
 
-    /// A JSON list reply: buffered whole (bounded), then rewritten.
+    /// Stores the task a reply created, before the reply reaches the client.
+    fn record_created_task(&self, vm: &SharedVm) {
+        let change = self.request.borrow_mut().exchange.as_mut().and_then(Exchange::take_created_task);
+        if let Some(change) = change {
+            change_session(&change, vm.borrow().config.session_idle_ms, epoch_ms(now()));
+        }
+    }
+
+    /// A JSON list reply (or a task-augmented call's reply): buffered whole (bounded),
+    /// then rewritten or read.
     fn filter_list_reply(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if body_size > MAX_LIST_REPLY {
             log(LogLevel::Warn, "mcp-gateway: list reply too large to filter; dropping it");
@@ -793,6 +823,7 @@ impl Filter {
         if learned {
             publish_catalog(&vm);
         }
+        self.record_created_task(&vm);
         // A reply that cannot be read is not passed on (fail closed).
         let replacement = rewritten.unwrap_or_else(|| {
             log(LogLevel::Warn, "mcp-gateway: list reply not understood; dropping it");

@@ -104,6 +104,10 @@ pub struct Exchange {
     /// Who opened the session the request names (from the shared session table), and
     /// whether that entry is due for a refresh.
     session_owner: Option<(String, bool)>,
+    /// The allowed tool call that asked to run as a task, until its reply names the task.
+    task_call: Option<session::TaskRecord>,
+    /// The task its reply created, to record.
+    created_task: Option<session::Change>,
     record: AuditRecord,
 }
 
@@ -119,6 +123,8 @@ impl Exchange {
             list: None,
             events: None,
             session_owner: None,
+            task_call: None,
+            created_task: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
@@ -319,6 +325,18 @@ impl Exchange {
     /// Decides on the complete body of a POST. `catalog` holds tool operations learned
     /// from earlier tools/list replies.
     pub fn on_request_body(&mut self, config: &Config, catalog: &Catalog, body: &[u8]) -> Step {
+        self.on_request_body_with(config, catalog, body, &|_| None)
+    }
+
+    /// [`Exchange::on_request_body`], with `tasks` looking up the record of a task id (see
+    /// [`session::TaskRecord`]) for `tasks/get`, `tasks/result` and `tasks/cancel`.
+    pub fn on_request_body_with(
+        &mut self,
+        config: &Config,
+        catalog: &Catalog,
+        body: &[u8],
+        tasks: &dyn Fn(&str) -> Option<String>,
+    ) -> Step {
         if let Some(reply) = self.on_body_progress(config, body.len()) {
             return Step::Reply(reply);
         }
@@ -342,8 +360,24 @@ impl Exchange {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
         };
-        match decide(config, catalog, principal, &server.name, &message) {
+        let decision =
+            decide(config, catalog, principal, &server.name, &message).and_then(|rule| match &message.target {
+                Some(Target::Task(id)) => {
+                    decide_task(config, catalog, principal, &server.name, id, tasks(id).as_deref())
+                        .map(|call| format!("{rule}; {call}"))
+                }
+                _ => Ok(rule),
+            });
+        match decision {
             Ok(rule) => {
+                if message.creates_task {
+                    self.task_call = Some(session::TaskRecord {
+                        owner: session::owner(&principal.provider, &principal.user_id),
+                        server: server.name.clone(),
+                        tool: message.target.as_ref().map(|t| t.name().to_owned()).unwrap_or_default(),
+                        arguments: message.arguments.clone(),
+                    });
+                }
                 self.allow(rule);
                 self.list = ListKind::of_method(&message.method);
                 Step::Continue
@@ -407,12 +441,13 @@ impl Exchange {
     pub fn on_response_headers(&mut self, content_type: &str, content_encoding: Option<&str>) -> ResponseBody {
         let allowed = matches!(self.record.decision, Some(Outcome::Allow));
         let get_stream = allowed && self.record.http_method == "GET";
-        if self.list.is_none() && !get_stream {
+        let buffered = self.list.is_some() || self.task_call.is_some();
+        if !buffered && !get_stream {
             return ResponseBody::Untouched;
         }
         let media = content_type.split(';').next().unwrap_or_default().trim();
         let is_sse = media.eq_ignore_ascii_case("text/event-stream");
-        if !is_sse && self.list.is_none() {
+        if !is_sse && !buffered {
             return ResponseBody::Untouched; // e.g. a JSON error answering the GET
         }
         // Requested with `Accept-Encoding: identity`; anything else cannot be read here.
@@ -442,21 +477,28 @@ impl Exchange {
         else {
             return Ok(Vec::new());
         };
-        let mut keep = |kind: ListKind, item: &Value| {
-            if kind == ListKind::Tools {
-                catalog.learn(&server.name, std::slice::from_ref(item));
-            }
-            visible(config, catalog, principal, &server.name, kind, item)
+        let mut visitor = StreamVisitor {
+            config,
+            catalog,
+            principal,
+            server: &server.name,
+            task_call: self.task_call.as_ref(),
+            created_task: &mut self.created_task,
         };
-        let mut out = events.push(chunk, &mut keep)?;
+        let mut out = events.push(chunk, &mut visitor)?;
         if end_of_stream {
-            out.extend(events.finish(&mut keep));
+            out.extend(events.finish(&mut visitor));
         }
         if !events.filtered.removed.is_empty() {
             let removed = std::mem::take(&mut events.filtered.removed);
             self.record.hidden.get_or_insert_with(Vec::new).extend(removed);
         }
         Ok(out)
+    }
+
+    /// The task the reply created, once (the adapter records it in the shared table).
+    pub fn take_created_task(&mut self) -> Option<session::Change> {
+        self.created_task.take()
     }
 
     /// Extra request header changes once the body is decided: list requests ask for an
@@ -479,6 +521,14 @@ impl Exchange {
         content_type: &str,
         body: &[u8],
     ) -> Option<Vec<u8>> {
+        if self.list.is_none() {
+            // A task-augmented call: read the task id, pass the reply on as it is.
+            if let Some(call) = self.task_call.take() {
+                let id = jsonrpc::parse_strict(body).ok().and_then(|v| created_task_id(&v));
+                self.created_task = id.and_then(|id| task_change(id, &call));
+            }
+            return Some(body.to_vec());
+        }
         let kind = self.list?;
         let (Some(principal), Some(server)) = (&self.principal, &self.server) else { return None };
         if kind == ListKind::Tools {
@@ -598,6 +648,71 @@ pub fn decide(
     Ok(rule)
 }
 
+/// Decides `tasks/get`, `tasks/result` and `tasks/cancel` like the tool call that created
+/// the task: by the same caller, on the same server, still allowed now. `record` is what
+/// the gateway stored when it saw the task created; without it the task is unknown.
+pub fn decide_task(
+    config: &Config,
+    catalog: &Catalog,
+    principal: &Principal,
+    server: &str,
+    id: &str,
+    record: Option<&str>,
+) -> Result<String, Denial> {
+    let unknown = || Denial::UnknownTask { task: id.chars().take(64).collect() };
+    let record: session::TaskRecord = record.and_then(|r| serde_json::from_str(r).ok()).ok_or_else(unknown)?;
+    if record.owner != session::owner(&principal.provider, &principal.user_id) || record.server != server {
+        return Err(unknown());
+    }
+    let call = Message {
+        kind: jsonrpc::Kind::Request,
+        id: None,
+        method: "tools/call".to_owned(),
+        target: Some(Target::Tool(record.tool)),
+        arguments: record.arguments,
+        creates_task: true,
+    };
+    decide(config, catalog, principal, server, &call).map(|rule| format!("task of {rule}"))
+}
+
+/// The task id a `CreateTaskResult` names (`result.task.taskId`).
+fn created_task_id(message: &Value) -> Option<String> {
+    message.pointer("/result/task/taskId").and_then(Value::as_str).map(str::to_owned)
+}
+
+fn task_change(id: String, call: &session::TaskRecord) -> Option<session::Change> {
+    let record = serde_json::to_string(call).ok().filter(|r| r.len() <= session::MAX_TASK_RECORD_BYTES)?;
+    Some(session::Change::Task { id, record })
+}
+
+/// What SSE filtering asks: list items are decided like calls; tool annotations are
+/// learned; the task a task-augmented call created is noted.
+struct StreamVisitor<'a> {
+    config: &'a Config,
+    catalog: &'a mut Catalog,
+    principal: &'a Principal,
+    server: &'a str,
+    task_call: Option<&'a session::TaskRecord>,
+    created_task: &'a mut Option<session::Change>,
+}
+
+impl listing::Visitor for StreamVisitor<'_> {
+    fn keep(&mut self, kind: ListKind, item: &Value) -> bool {
+        if kind == ListKind::Tools {
+            self.catalog.learn(self.server, std::slice::from_ref(item));
+        }
+        visible(self.config, self.catalog, self.principal, self.server, kind, item)
+    }
+
+    fn message(&mut self, message: &serde_json::Map<String, Value>) {
+        let Some(call) = self.task_call else { return };
+        if self.created_task.is_none() {
+            let id = message.get("result").and_then(|r| r.pointer("/task/taskId")).and_then(Value::as_str);
+            *self.created_task = id.and_then(|id| task_change(id.to_owned(), call));
+        }
+    }
+}
+
 /// What the filter does with a body-time denial: `Ok` gives it back when shadow mode lets
 /// the request through; `Err` is the refusal the client gets (an unknown tool, when
 /// hiding). `mcpgw explain` uses this too.
@@ -637,6 +752,7 @@ pub fn visible(
         method: method.to_owned(),
         target: Some(target),
         arguments: None,
+        creates_task: false,
     };
     match kind {
         // Templates cannot be checked against resource rules; RBAC on the template decides.
@@ -692,7 +808,11 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn config() -> Config {
-        let v = json!({
+        Config::from_json(config_json().to_string().as_bytes(), &|_| None).unwrap()
+    }
+
+    fn config_json() -> Value {
+        json!({
             "max_body_bytes": 1024,
             "servers": [{"name": "github", "path_prefix": "/mcp/github"}, {"name": "filesystem", "path_prefix": "/mcp/filesystem"}],
             "jwt": {"providers": [{"name": "p", "issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]}]},
@@ -700,8 +820,7 @@ mod tests {
                 "developer": {"servers": ["github", "filesystem"], "tools": ["get_*", "list_*", "create_*"]},
                 "readonly": {"servers": ["github"], "tools": ["get_*", "list_*"]},
             }},
-        });
-        Config::from_json(v.to_string().as_bytes(), &|_| None).unwrap()
+        })
     }
 
     fn now() -> SystemTime {
@@ -956,6 +1075,44 @@ mod tests {
         ex.set_session_owner(Some((owner.clone(), true)));
         with_session("alice").method("GET").headers_step(&mut ex);
         assert_eq!(ex.session_change(200, None), Some(session::Change::Refresh { id: "s-1".into(), owner }));
+    }
+
+    #[test]
+    fn tasks_are_decided_like_the_call_that_created_them() {
+        let mut v = config_json();
+        for role in ["developer", "readonly"] {
+            v["rbac"]["roles"][role]["methods"] = json!(["tools/call", "tasks/*"]);
+        }
+        let config = Config::from_json(v.to_string().as_bytes(), &|_| None).unwrap();
+        let mut ex = Exchange::new(now());
+        let (step, _) = ex.on_request_headers(
+            &config,
+            &mut KeyStore::new(1, 8),
+            request().by("alice", &["developer"]).head(),
+            false,
+            now(),
+        );
+        assert_eq!(step, Step::WaitForBody);
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_issue","arguments":{"title":"x"},"task":{"ttl":60000}}}"#;
+        assert_eq!(ex.on_request_body(&config, &Catalog::default(), call), Step::Continue);
+        assert_eq!(ex.on_response_headers("application/json", None), ResponseBody::BufferJson);
+        let reply = br#"{"jsonrpc":"2.0","id":1,"result":{"task":{"taskId":"t-1","status":"working"}}}"#;
+        let mut catalog = Catalog::default();
+        assert_eq!(ex.on_response_body(&config, &mut catalog, "application/json", reply).as_deref(), Some(&reply[..]));
+        let Some(session::Change::Task { id, record }) = ex.take_created_task() else { panic!("no task recorded") };
+        assert_eq!(id, "t-1");
+
+        let get = br#"{"jsonrpc":"2.0","id":2,"method":"tasks/result","params":{"taskId":"t-1"}}"#;
+        let ask = |who: &str, roles: &[&str], known: Option<&str>| {
+            let mut ex = Exchange::new(now());
+            ex.on_request_headers(&config, &mut KeyStore::new(1, 8), request().by(who, roles).head(), false, now());
+            let lookup = |_: &str| known.map(str::to_owned);
+            status(&ex.on_request_body_with(&config, &Catalog::default(), get, &lookup))
+        };
+        assert_eq!(ask("alice", &["developer"], Some(&record)), None, "the creator may follow up");
+        assert_eq!(ask("bob", &["developer"], Some(&record)), Some(403), "another caller may not");
+        assert_eq!(ask("alice", &["readonly"], Some(&record)), Some(403), "nor one who may no longer call the tool");
+        assert_eq!(ask("alice", &["developer"], None), Some(403), "an unknown task is refused");
     }
 
     #[test]

@@ -80,12 +80,15 @@ pub enum Target {
     Tool(String),
     Resource(String),
     Prompt(String),
+    /// A task (`tasks/get`, `tasks/result`, `tasks/cancel`), decided like the tool call
+    /// that created it.
+    Task(String),
 }
 
 impl Target {
     pub fn name(&self) -> &str {
         match self {
-            Target::Tool(n) | Target::Resource(n) | Target::Prompt(n) => n,
+            Target::Tool(n) | Target::Resource(n) | Target::Prompt(n) | Target::Task(n) => n,
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct Message {
     pub target: Option<Target>,
     /// `params.arguments` of a `tools/call` / `prompts/get` (for the audit record).
     pub arguments: Option<Value>,
+    /// A `tools/call` that asks to run as a task (`params.task`): its reply names the task.
+    pub creates_task: bool,
 }
 
 /// Best effort: the `id` of a body that failed to parse as a whole, so even error
@@ -302,12 +307,14 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
                 Some(_) => return Err(ParseError::Invalid("\"params\" must be an object")),
             };
             let (target, arguments) = target_of(method, params)?;
+            let creates_task = method == "tools/call" && params.is_some_and(|p| p.contains_key("task"));
             Ok(Message {
                 kind: if id.is_some() { Kind::Request } else { Kind::Notification },
                 id,
                 method: method.clone(),
                 target,
                 arguments,
+                creates_task,
             })
         }
         Some(_) => Err(ParseError::Invalid("\"method\" must be a string")),
@@ -322,7 +329,14 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
             if id.is_none() {
                 return Err(ParseError::Invalid("a response needs an \"id\""));
             }
-            Ok(Message { kind: Kind::Response, id, method: String::new(), target: None, arguments: None })
+            Ok(Message {
+                kind: Kind::Response,
+                id,
+                method: String::new(),
+                target: None,
+                arguments: None,
+                creates_task: false,
+            })
         }
     }
 }
@@ -377,6 +391,9 @@ fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<Target
                 _ => return Err(ParseError::InvalidParams("\"ref.type\" must be ref/prompt or ref/resource")),
             };
             (Some(target), None)
+        }
+        "tasks/get" | "tasks/result" | "tasks/cancel" => {
+            (Some(Target::Task(field("taskId", "this method needs a string \"taskId\"")?)), None)
         }
         _ => (None, None),
     })
@@ -571,6 +588,21 @@ mod tests {
         ] {
             assert!(matches!(parse_str(bad), Err(ParseError::InvalidParams(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn tasks_name_their_task_and_task_calls_are_marked() {
+        let m = parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId":"t-1"}}"#).unwrap();
+        assert_eq!(m.target, Some(Target::Task("t-1".into())));
+        assert!(matches!(
+            parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"tasks/cancel","params":{}}"#),
+            Err(ParseError::InvalidParams(_))
+        ));
+        let m = parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","task":{"ttl":1}}}"#)
+            .unwrap();
+        assert!(m.creates_task);
+        let m = parse_str(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#).unwrap();
+        assert!(!m.creates_task);
     }
 
     #[test]

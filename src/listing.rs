@@ -131,6 +131,20 @@ fn media_type(content_type: &str) -> Option<Media> {
     }
 }
 
+/// What filtering asks of its caller.
+pub trait Visitor {
+    /// Whether the caller may see this list item.
+    fn keep(&mut self, kind: ListKind, item: &Value) -> bool;
+    /// Every message read (before filtering), for callers that learn from replies.
+    fn message(&mut self, _message: &serde_json::Map<String, Value>) {}
+}
+
+impl<F: FnMut(ListKind, &Value) -> bool> Visitor for F {
+    fn keep(&mut self, kind: ListKind, item: &Value) -> bool {
+        self(kind, item)
+    }
+}
+
 /// Members of a list result (what the four list methods answer).
 const RESULT_FIELDS: &[&str] = &["tools", "prompts", "resources", "resourceTemplates", "nextCursor", "_meta"];
 
@@ -145,7 +159,7 @@ const RESULT_FIELDS: &[&str] = &["tools", "prompts", "resources", "resourceTempl
 fn filter_message(
     text: &str,
     kinds: &[ListKind],
-    keep: &mut dyn FnMut(ListKind, &Value) -> bool,
+    keep: &mut dyn Visitor,
     filtered: &mut Filtered,
 ) -> Result<Option<String>, ()> {
     let (mut message, mut changed) = match jsonrpc::parse_strict(text.as_bytes()) {
@@ -156,6 +170,7 @@ fn filter_message(
     // Batches left MCP in 2025-06-18; filtering one element and not another would leak.
     let object = message.as_object_mut().ok_or(())?;
     jsonrpc::check_keys(object, ENVELOPE_FIELDS, "reply").map_err(|_| ())?;
+    keep.message(object);
     // Anything carrying `result.<field>` is filtered, whatever else it claims to be:
     // filtering only removes, so being generous here is the safe side.
     if let Some(result) = object.get_mut("result").and_then(Value::as_object_mut) {
@@ -170,7 +185,7 @@ fn filter_message(
                     filtered.removed.push(MALFORMED.to_string());
                     return false;
                 };
-                if keep(kind, item) {
+                if keep.keep(kind, item) {
                     true
                 } else {
                     filtered.removed.push(name.to_string());
@@ -237,7 +252,7 @@ fn is_sse_line(line: &str) -> bool {
 fn filter_event(
     event: &str,
     kinds: &[ListKind],
-    keep: &mut dyn FnMut(ListKind, &Value) -> bool,
+    keep: &mut dyn Visitor,
     filtered: &mut Filtered,
 ) -> Result<Vec<u8>, ()> {
     let lines: Vec<Line> = lines(event).into_iter().filter(|l| is_sse_line(l.text)).collect();
@@ -327,11 +342,7 @@ impl EventStream {
     }
 
     /// Takes the next chunk; returns the bytes to forward now.
-    pub fn push(
-        &mut self,
-        chunk: &[u8],
-        keep: &mut dyn FnMut(ListKind, &Value) -> bool,
-    ) -> Result<Vec<u8>, EventTooLarge> {
+    pub fn push(&mut self, chunk: &[u8], keep: &mut dyn Visitor) -> Result<Vec<u8>, EventTooLarge> {
         self.pending.extend_from_slice(chunk);
         let mut out = Vec::new();
         if self.at_start {
@@ -359,7 +370,7 @@ impl EventStream {
 
     /// The stream ended: filters what is left (a last event without its blank line, which
     /// lenient clients may still act on).
-    pub fn finish(&mut self, keep: &mut dyn FnMut(ListKind, &Value) -> bool) -> Vec<u8> {
+    pub fn finish(&mut self, keep: &mut dyn Visitor) -> Vec<u8> {
         let rest = std::mem::take(&mut self.pending);
         self.scanned = 0;
         self.line_start = 0;
@@ -369,7 +380,7 @@ impl EventStream {
         self.event(&rest, keep)
     }
 
-    fn event(&mut self, event: &[u8], keep: &mut dyn FnMut(ListKind, &Value) -> bool) -> Vec<u8> {
+    fn event(&mut self, event: &[u8], keep: &mut dyn Visitor) -> Vec<u8> {
         let filtered = std::str::from_utf8(event)
             .map_err(|_| ())
             .and_then(|text| filter_event(text, &self.kinds, keep, &mut self.filtered));

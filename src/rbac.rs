@@ -125,6 +125,10 @@ pub enum Denial {
     },
     /// A resource-level policy.
     Resource(crate::resource::ResourceDenial),
+    /// A task id the caller did not create through the gateway (or that expired).
+    UnknownTask {
+        task: String,
+    },
 }
 
 impl fmt::Display for Denial {
@@ -142,6 +146,9 @@ impl fmt::Display for Denial {
             }
             Denial::DeniedBy { role, rule } => write!(f, "denied by role {role}: {rule}"),
             Denial::Resource(d) => write!(f, "{d}"),
+            Denial::UnknownTask { task } => {
+                write!(f, "task {task:?} was not created by this caller through the gateway")
+            }
         }
     }
 }
@@ -281,8 +288,13 @@ impl Policy {
         if with_method.is_empty() {
             return Err(Denial::MethodNotAllowed { method: method.to_owned() });
         }
-        let Some(target) = &message.target else {
-            return Ok(with_method.first().map(|(n, _)| format!("role {n}: method {method}")).unwrap_or_default());
+        // A task is decided like the call that created it (the gateway re-checks that call);
+        // here only its method is.
+        let target = match &message.target {
+            Some(Target::Task(_)) | None => {
+                return Ok(with_method.first().map(|(n, _)| format!("role {n}: method {method}")).unwrap_or_default());
+            }
+            Some(target) => target,
         };
         let name = target.name();
         // Resource URIs are matched in normalized form, on every reading a server could
@@ -322,12 +334,12 @@ impl Policy {
         let (patterns_of, deny_of): (RoleGlobs, DenyGlobs) = match target {
             Target::Tool(_) => (|r| &r.tools, |d| &d.tools),
             Target::Resource(_) => (|r| &r.resources, |d| &d.resources),
-            Target::Prompt(_) => (|r| &r.prompts, |d| &d.prompts),
+            Target::Prompt(_) | Target::Task(_) => (|r| &r.prompts, |d| &d.prompts),
         };
         let kind = match target {
             Target::Tool(_) => "tool",
             Target::Resource(_) => "resource",
-            Target::Prompt(_) => "prompt",
+            Target::Prompt(_) | Target::Task(_) => "prompt",
         };
         self.check_denies(roles, |d| denied_by(deny_of(d)).map(|p| format!("{kind} {p}")))?;
         let by_name: Vec<(&String, &Role, Pattern)> =

@@ -1,5 +1,5 @@
-//! Which caller opened each MCP session, so a session id cannot be used by anyone else
-//! (MCP security best practices: session hijacking).
+//! Which caller opened each MCP session (and created each task), so a session id or
+//! task id cannot be used by anyone else (MCP security best practices: session hijacking).
 //!
 //! The gateway learns `Mcp-Session-Id -> caller` from the reply to `initialize` and
 //! refuses a request that presents a session id it did not see opened by the same caller,
@@ -18,17 +18,47 @@ pub const PER_BUCKET: usize = 32;
 /// Longest session id remembered; longer ones are never registered (so refused).
 pub const MAX_ID_BYTES: usize = 256;
 
-/// Shared-data key of the bucket that holds `session_id`.
-pub fn bucket_key(session_id: &str) -> String {
-    // FNV-1a: the server, not the client, chooses session ids.
-    let hash =
-        session_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    bucket_key_of(usize::try_from(hash % BUCKETS as u64).unwrap_or(0))
+/// The two tables kept this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `Mcp-Session-Id` -> [`owner`].
+    Sessions,
+    /// Task id -> [`TaskRecord`] (JSON).
+    Tasks,
+}
+
+impl Table {
+    fn prefix(self) -> &'static str {
+        match self {
+            Table::Sessions => "mcp_gateway/sessions/",
+            Table::Tasks => "mcp_gateway/tasks/",
+        }
+    }
+}
+
+/// Shared-data key of the bucket that holds `id`.
+pub fn bucket_key(table: Table, id: &str) -> String {
+    // FNV-1a: the server, not the client, chooses session and task ids.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    bucket_key_of(table, usize::try_from(hash % BUCKETS as u64).unwrap_or(0))
 }
 
 /// Shared-data key of bucket number `index`.
-pub fn bucket_key_of(index: usize) -> String {
-    format!("mcp_gateway/sessions/{index}")
+pub fn bucket_key_of(table: Table, index: usize) -> String {
+    format!("{}{index}", table.prefix())
+}
+
+/// Largest task record kept; a call whose record is larger cannot be followed up.
+pub const MAX_TASK_RECORD_BYTES: usize = 4096;
+
+/// The tool call that created a task, so `tasks/get`, `tasks/result` and `tasks/cancel`
+/// are decided like that call, for the caller who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub owner: String,
+    pub server: String,
+    pub tool: String,
+    pub arguments: Option<serde_json::Value>,
 }
 
 /// The caller a session belongs to: provider and user id.
@@ -41,6 +71,8 @@ pub fn owner(provider: &str, user_id: &str) -> String {
 pub enum Change {
     /// `initialize` answered with a new `Mcp-Session-Id`.
     Open { id: String, owner: String },
+    /// A task-augmented `tools/call` answered with a task id; `record` is a [`TaskRecord`].
+    Task { id: String, record: String },
     /// A session in use, seen more than half its idle time ago.
     Refresh { id: String, owner: String },
     /// `DELETE` of the session succeeded.
@@ -158,8 +190,14 @@ mod tests {
     }
 
     #[test]
+    fn tables_do_not_share_buckets() {
+        assert_ne!(bucket_key(Table::Sessions, "x"), bucket_key(Table::Tasks, "x"));
+    }
+
+    #[test]
     fn buckets_spread_ids() {
-        let keys: std::collections::HashSet<String> = (0..2000).map(|i| bucket_key(&format!("session-{i}"))).collect();
+        let keys: std::collections::HashSet<String> =
+            (0..2000).map(|i| bucket_key(Table::Sessions, &format!("session-{i}"))).collect();
         assert!(keys.len() > BUCKETS / 2, "{}", keys.len());
     }
 }

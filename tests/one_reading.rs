@@ -464,3 +464,60 @@ async fn a_session_belongs_to_the_caller_who_opened_it() {
     let rec = gw.envoy.wait_for_audit(|r| r["user_id"] == "bob" && r["decision"] == "deny").await;
     assert!(rec["reason"].as_str().unwrap().contains("another caller"), "{rec}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_are_followed_up_only_by_their_creator() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let script: Script = std::sync::Arc::new(|path: &str| {
+        let reply =
+            |id: &str| json!({"jsonrpc": "2.0", "id": 1, "result": {"task": {"taskId": id, "status": "working"}}});
+        if path.contains("case=sse") {
+            let body = format!("data: {}\n\n", reply("t-sse"));
+            (vec![("content-type", "text/event-stream".to_owned())], vec![body.into_bytes()])
+        } else {
+            (vec![("content-type", "application/json".to_owned())], vec![reply("t-json").to_string().into_bytes()])
+        }
+    });
+    let raw = ScriptedSse::start(script, gate).await;
+    let gw = Gateway::start_custom(
+        |c| {
+            c["servers"].as_array_mut().unwrap().push(json!({"name": "raw", "path_prefix": "/mcp/raw"}));
+            for role in ["developer", "readonly"] {
+                c["rbac"]["roles"][role]["servers"] = json!(["raw"]);
+                c["rbac"]["roles"][role]["methods"] = json!(["tools/call", "tasks/*"]);
+            }
+        },
+        vec![],
+        vec![],
+        vec![("raw".into(), "/mcp/raw".into(), raw.addr)],
+    )
+    .await;
+    let alice = gw.token("alice", &["developer"]);
+    let bob = gw.token("bob", &["developer"]);
+    let rita = gw.token("alice", &["readonly"]);
+    for (case, task) in [("json", "t-json"), ("sse", "t-sse")] {
+        let url = format!("{}?case={case}", gw.url("raw"));
+        let create = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "create_item", "arguments": {"name": "x"}, "task": {"ttl": 60000}}});
+        let r = post_json(&url, Some(&alice), &create).await;
+        assert_eq!(r.status, 200, "{case}: {:?}", String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).contains(task), "the reply passes unchanged");
+        let before = raw.heads.lock().unwrap().len();
+        for method in ["tasks/get", "tasks/result", "tasks/cancel"] {
+            let follow = json!({"jsonrpc": "2.0", "id": 2, "method": method, "params": {"taskId": task}});
+            post_json(&url, Some(&bob), &follow).await.assert_rpc_error(403, -32003);
+            // The same user, without the role that allowed the call, may not either.
+            post_json(&url, Some(&rita), &follow).await.assert_rpc_error(403, -32003);
+            let unknown = json!({"jsonrpc": "2.0", "id": 3, "method": method, "params": {"taskId": "t-other"}});
+            post_json(&url, Some(&alice), &unknown).await.assert_rpc_error(403, -32003);
+            assert_eq!(
+                raw.heads.lock().unwrap().len(),
+                before,
+                "{case} {method}: a refused follow-up reached the server"
+            );
+            assert_eq!(post_json(&url, Some(&alice), &follow).await.status, 200, "{case} {method}");
+            assert_eq!(raw.heads.lock().unwrap().len(), before + 1);
+            raw.heads.lock().unwrap().pop();
+        }
+    }
+}
