@@ -756,22 +756,9 @@ impl Filter {
                 return Action::Continue;
             }
         };
-        let (filtered, learned) = {
-            let mut vmb = vm.borrow_mut();
-            let Vm { config, catalog, .. } = &mut *vmb;
-            let config = config.clone();
-            let before = catalog.generation;
-            let mut r = self.request.borrow_mut();
-            let out = match r.exchange.as_mut() {
-                Some(ex) => ex.on_response_events(&config, catalog, &chunk, end_of_stream),
-                None => Ok(Vec::new()),
-            };
-            (out, catalog.generation != before)
-        };
-        if learned {
-            publish_catalog(&vm);
-        }
-        self.record_created_task(&vm);
+        let filtered = self
+            .read_response(&vm, |ex, config, catalog| ex.on_response_events(config, catalog, &chunk, end_of_stream))
+            .unwrap_or_else(|| Ok(Vec::new()));
         match filtered {
             Ok(out) => {
                 if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out).is_err() {
@@ -788,12 +775,31 @@ impl Filter {
         Action::Continue
     }
 
-    /// Stores the task a reply created, before the reply reaches the client.
-    fn record_created_task(&self, vm: &SharedVm) {
-        let change = self.request.borrow_mut().exchange.as_mut().and_then(Exchange::take_created_task);
-        if let Some(change) = change {
+    /// Runs `read` on the exchange with the worker's catalog, then shares what the reply
+    /// taught (tool operations) and stores the task it created, before the reply reaches
+    /// the client. `None` when the request has no exchange.
+    fn read_response<T>(
+        &self,
+        vm: &SharedVm,
+        read: impl FnOnce(&mut Exchange, &Config, &mut Catalog) -> T,
+    ) -> Option<T> {
+        let (out, learned, task) = {
+            let mut vmb = vm.borrow_mut();
+            let Vm { config, catalog, .. } = &mut *vmb;
+            let config = config.clone();
+            let before = catalog.generation;
+            let mut r = self.request.borrow_mut();
+            let ex = r.exchange.as_mut()?;
+            let out = read(ex, &config, catalog);
+            (out, catalog.generation != before, ex.take_created_task())
+        };
+        if learned {
+            publish_catalog(vm);
+        }
+        if let Some(change) = task {
             change_session(&change, vm.borrow().config.session_idle_ms, epoch_ms(now()));
         }
+        Some(out)
     }
 
     /// A JSON list reply (or a task-augmented call's reply): buffered whole (bounded),
@@ -811,19 +817,9 @@ impl Filter {
         let Some(vm) = self.vm.clone() else { return Action::Continue };
         let content_type = self.request.borrow().response_type.clone();
         let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-        let (rewritten, learned) = {
-            let mut vmb = vm.borrow_mut();
-            let Vm { config, catalog, .. } = &mut *vmb;
-            let config = config.clone();
-            let before = catalog.generation;
-            let mut r = self.request.borrow_mut();
-            let out = r.exchange.as_mut().and_then(|ex| ex.on_response_body(&config, catalog, &content_type, &body));
-            (out, catalog.generation != before)
-        };
-        if learned {
-            publish_catalog(&vm);
-        }
-        self.record_created_task(&vm);
+        let rewritten = self
+            .read_response(&vm, |ex, config, catalog| ex.on_response_body(config, catalog, &content_type, &body))
+            .flatten();
         // A reply that cannot be read is not passed on (fail closed).
         let replacement = rewritten.unwrap_or_else(|| {
             log(LogLevel::Warn, "mcp-gateway: list reply not understood; dropping it");

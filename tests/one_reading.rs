@@ -521,3 +521,50 @@ async fn tasks_are_followed_up_only_by_their_creator() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_decodes_gets_only_values_whose_every_reading_is_allowed() {
+    // This upstream stands for a server that percent-decodes its `path` argument (a URL
+    // library): the policy says so with `"mode": "uri"`.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let script: Script = std::sync::Arc::new(|_: &str| {
+        let reply = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "ok"}]}});
+        (vec![("content-type", "application/json".to_owned())], vec![reply.to_string().into_bytes()])
+    });
+    let raw = ScriptedSse::start(script, gate).await;
+    let gw = Gateway::start_custom(
+        |c| {
+            c["servers"].as_array_mut().unwrap().push(json!({"name": "raw", "path_prefix": "/mcp/raw"}));
+            c["rbac"]["roles"]["developer"]["servers"] = json!(["raw"]);
+            c["resource_policies"] = json!({"raw": {
+                "arguments": [{"argument": "path", "mode": "uri"}],
+                "rules": [{"pattern": "/public/**", "roles": ["*"]}]
+            }});
+        },
+        vec![],
+        vec![],
+        vec![("raw".into(), "/mcp/raw".into(), raw.addr)],
+    )
+    .await;
+    let url = gw.url("raw");
+    let token = gw.token("dave", &["developer"]);
+    let get = |path: &str| tool_call(1, "get_item", json!({"path": path}));
+    for path in [
+        "/public/a%2f..%2f..%2fprivate/x",
+        "/public/%2e%2e/private/x",
+        "/public/%252e%252e/private/x",
+        "/public/a%5c..%5c..%5cprivate/x",
+        "/public/100%",
+        "/public/%zz",
+        "/public/%EF%BC%8E%EF%BC%8E/x",
+    ] {
+        post_json(&url, Some(&token), &get(path)).await.assert_rpc_error(403, -32003);
+    }
+    assert!(raw.heads.lock().unwrap().is_empty(), "a refused call reached the server");
+    // Values whose readings all stay in /public pass, encoded as the server expects.
+    for path in ["/public/a%20b.txt", "/public/caf%C3%A9", "/public/readme.md"] {
+        let r = post_json(&url, Some(&token), &get(path)).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(raw.heads.lock().unwrap().len(), 3);
+}

@@ -182,7 +182,10 @@ impl JwksServer {
         match tokio::time::timeout(STOP_GRACE, &mut task).await {
             Ok(finished) => Ok(finished.context("JWKS server task failed")??),
             Err(_) => {
+                // Connections Envoy keeps open hold up a graceful stop. Abort, and wait until
+                // the task (and with it the listening socket) is gone, so `restart` can bind.
                 task.abort();
+                let _ = task.await;
                 Ok(())
             }
         }
