@@ -908,16 +908,27 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let needed = self.request.borrow().exchange.as_ref().map(Exchange::response_headers_needed);
+        let Some((inspect, track_session)) = needed else { return Action::Continue };
+        if !inspect && !track_session {
+            return Action::Continue;
+        }
         let header = |name: &str| {
             hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
                 .ok()
                 .flatten()
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
         };
-        let content_type = header("content-type").unwrap_or_default();
-        let encoding = header("content-encoding");
-        let status = header(":status").and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
-        let session_id = header("mcp-session-id");
+        let (content_type, encoding) = if inspect {
+            (header("content-type").unwrap_or_default(), header("content-encoding"))
+        } else {
+            Default::default()
+        };
+        let (status, session_id) = if track_session {
+            (header(":status").and_then(|s| s.parse::<u32>().ok()).unwrap_or(0), header("mcp-session-id"))
+        } else {
+            (0, None)
+        };
         let (handling, change) = {
             let mut r = self.request.borrow_mut();
             match r.exchange.as_mut() {

@@ -435,6 +435,17 @@ impl Exchange {
         None
     }
 
+    /// Which response headers the exchange needs: (`Content-Type` and `Content-Encoding`,
+    /// to inspect the body; `:status` and `Mcp-Session-Id`, to track the session). Most
+    /// replies need neither, and reading headers costs host calls.
+    pub fn response_headers_needed(&self) -> (bool, bool) {
+        let allowed = matches!(self.record.decision, Some(Outcome::Allow));
+        let inspect = self.list.is_some() || self.task_call.is_some() || (allowed && self.record.http_method == "GET");
+        let session =
+            allowed && (self.record.session_id.is_some() || self.record.method.as_deref() == Some("initialize"));
+        (inspect, session)
+    }
+
     /// Decides how the response body is read, from its headers. List replies are
     /// filtered, and so is every SSE stream opened by GET: a server resuming a stream
     /// after `Last-Event-ID` may replay an earlier `tools/list` reply there.
