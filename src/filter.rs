@@ -656,13 +656,9 @@ fn create_session_buckets() {
 
 /// Who opened session `id` (and whether its entry is due for a refresh), from the shared
 /// table; `None` when no live entry exists.
+/// Parsed buckets are cached per VM, by CAS.
 fn session_owner(vm: &SharedVm, id: &str, now_ms: u64) -> Option<(String, bool)> {
-    lookup(vm, session::Table::Sessions, id, now_ms)
-}
-
-/// An entry of a shared table (parsed buckets are cached per VM by CAS).
-fn lookup(vm: &SharedVm, table: session::Table, id: &str, now_ms: u64) -> Option<(String, bool)> {
-    let key = session::bucket_key(table, id);
+    let key = session::bucket_key(session::Table::Sessions, id);
     let Ok((Some(bytes), Some(cas))) = hostcalls::get_shared_data(&key) else { return None };
     let mut vmb = vm.borrow_mut();
     let idle_ms = vmb.config.session_idle_ms;

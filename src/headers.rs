@@ -1,5 +1,7 @@
-//! Identity headers: the ones the gateway sets for upstream servers, and the rule for
-//! which client-sent headers are removed because they could pose as identity.
+//! Request headers: the identity headers the gateway sets for upstream servers, the rule
+//! for which client-sent headers are removed because they could pose as identity, the
+//! headers refused because a server could read them another way (`_` spellings, repeats,
+//! method overrides), and the MCP header value encoding.
 
 /// Every header with this prefix (any case) is removed from client requests; the
 /// gateway's own identity headers use it.
