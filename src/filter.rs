@@ -667,14 +667,14 @@ fn session_owner(vm: &SharedVm, id: &str, now_ms: u64) -> Option<(String, bool)>
         vmb.sessions.insert(key.clone(), (cas, session::Bucket::from_bytes(&bytes)));
     }
     let (_, bucket) = vmb.sessions.get(&key)?;
-    bucket.owner(id, now_ms, idle_ms).map(|(owner, refresh)| (owner.to_owned(), refresh))
+    bucket.get(id, now_ms, idle_ms).map(|(owner, refresh)| (owner.to_owned(), refresh))
 }
 
 /// The record of a task (tasks are looked up rarely: no per-VM cache).
 fn lookup_task(id: &str, now_ms: u64, idle_ms: u64) -> Option<String> {
     let key = session::bucket_key(session::Table::Tasks, id);
     let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&key) else { return None };
-    session::Bucket::from_bytes(&bytes).owner(id, now_ms, idle_ms).map(|(record, _)| record.to_owned())
+    session::Bucket::from_bytes(&bytes).get(id, now_ms, idle_ms).map(|(record, _)| record.to_owned())
 }
 
 /// Applies a change to the shared session table (read, modify, compare-and-swap).

@@ -87,7 +87,8 @@ pub struct Bucket {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     id: String,
-    owner: String,
+    /// The owner (sessions) or the task record (tasks).
+    value: String,
     /// When the entry was last refreshed (ms since the epoch).
     seen_ms: u64,
 }
@@ -101,17 +102,17 @@ impl Bucket {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The owner of a live session, and whether its entry should be refreshed (more than
+    /// The value of a live entry, and whether the entry should be refreshed (more than
     /// half its idle time has passed).
-    pub fn owner(&self, id: &str, now_ms: u64, idle_ms: u64) -> Option<(&str, bool)> {
+    pub fn get(&self, id: &str, now_ms: u64, idle_ms: u64) -> Option<(&str, bool)> {
         let e = self.entries.iter().find(|e| e.id == id)?;
         let age = now_ms.saturating_sub(e.seen_ms);
-        (age < idle_ms).then_some((e.owner.as_str(), age > idle_ms / 2))
+        (age < idle_ms).then_some((e.value.as_str(), age > idle_ms / 2))
     }
 
-    /// Records (or refreshes) a session. Expired entries go first; when the bucket is
+    /// Records (or refreshes) an entry. Expired entries go first; when the bucket is
     /// still full, the least recently seen one.
-    pub fn insert(&mut self, id: &str, owner: &str, now_ms: u64, idle_ms: u64) {
+    pub fn insert(&mut self, id: &str, value: &str, now_ms: u64, idle_ms: u64) {
         if id.len() > MAX_ID_BYTES {
             return;
         }
@@ -121,7 +122,7 @@ impl Bucket {
                 self.entries.remove(oldest);
             }
         }
-        self.entries.push(Entry { id: id.to_owned(), owner: owner.to_owned(), seen_ms: now_ms });
+        self.entries.push(Entry { id: id.to_owned(), value: value.to_owned(), seen_ms: now_ms });
     }
 
     /// Forgets a session (after `DELETE`).
@@ -150,12 +151,12 @@ mod tests {
     fn remembers_owners_until_idle() {
         let mut b = Bucket::default();
         b.insert("s1", "alice", 0, IDLE);
-        assert_eq!(b.owner("s1", 100, IDLE), Some(("alice", false)));
-        assert_eq!(b.owner("s1", 600, IDLE), Some(("alice", true)), "refresh after half the idle time");
-        assert_eq!(b.owner("s1", 1000, IDLE), None, "expired");
-        assert_eq!(b.owner("s2", 0, IDLE), None);
+        assert_eq!(b.get("s1", 100, IDLE), Some(("alice", false)));
+        assert_eq!(b.get("s1", 600, IDLE), Some(("alice", true)), "refresh after half the idle time");
+        assert_eq!(b.get("s1", 1000, IDLE), None, "expired");
+        assert_eq!(b.get("s2", 0, IDLE), None);
         b.insert("s1", "alice", 900, IDLE);
-        assert_eq!(b.owner("s1", 1500, IDLE), Some(("alice", true)));
+        assert_eq!(b.get("s1", 1500, IDLE), Some(("alice", true)));
     }
 
     #[test]
@@ -166,8 +167,8 @@ mod tests {
         }
         b.insert("new", "u", 100, IDLE);
         assert_eq!(b.len(), PER_BUCKET);
-        assert_eq!(b.owner("s0", 100, IDLE), None, "the oldest went");
-        assert!(b.owner("s1", 100, IDLE).is_some());
+        assert_eq!(b.get("s0", 100, IDLE), None, "the oldest went");
+        assert!(b.get("s1", 100, IDLE).is_some());
         b.insert("later", "u", 5000, IDLE);
         assert_eq!(b.len(), 1, "expired entries are purged on insert");
     }
