@@ -1,10 +1,13 @@
 //! Filtering of MCP list replies (`tools/list`, `prompts/list`, `resources/list`,
 //! `resources/templates/list`) so a caller only sees what they may use.
 //!
-//! The reply body is either one JSON-RPC message (`application/json`) or a Server-Sent
-//! Events stream (`text/event-stream`) carrying JSON-RPC messages in its events. Only
-//! responses with a `result.<field>` array are rewritten; everything else passes through
-//! byte for byte. Anything not understood yields `None` so the caller can fail closed.
+//! The reply body is either one JSON-RPC message (`application/json`, [`filter_reply`])
+//! or a Server-Sent Events stream (`text/event-stream`, [`EventStream`], fed chunk by
+//! chunk as it arrives, so streams keep streaming). Only messages with a `result.<field>`
+//! array are rewritten; everything else passes through byte for byte, except what a
+//! compliant SSE client would not read (such lines are dropped) and messages with a
+//! repeated key (re-serialized from the reading that was filtered). Anything not
+//! understood is refused (`None`, or a dropped event) so the caller fails closed.
 
 use crate::jsonrpc;
 use serde_json::Value;
