@@ -65,6 +65,10 @@ lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
+	cargo clippy -p mcpgw --all-targets --features testing -- -D warnings
+	@# The shipped binary ships the product: no test fixtures (test server, fake IdP, forger).
+	cargo build --release -p mcpgw
+	@if grep -aqE 'testing::|TestServer|JwksServer' $(MCPGW); then echo "$(MCPGW) links test fixtures"; exit 1; fi
 
 fmt:
 	cargo fmt --all

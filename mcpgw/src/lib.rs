@@ -1,14 +1,18 @@
-//! Native side of the MCP gateway: development keys and tokens, the MCP servers that the
-//! demo and the integration tests put behind Envoy, and `explain` (the filter's decision,
-//! offline).
+//! Native side of the MCP gateway: development keys and tokens, the demo MCP servers,
+//! the `call` client and `explain` (the filter's decision, offline). With the `testing`
+//! feature, also what the integration tests need and the product must not ship: the test
+//! MCP server, the fake identity provider, the token forger and the request log.
 
 pub mod client;
 pub mod demo;
 pub mod explain;
+#[cfg(feature = "testing")]
 pub mod request_log;
 pub mod server;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod token;
 
+#[cfg(feature = "testing")]
 pub use request_log::{RecordedRequest, RequestLog};
 pub use server::{spawn, RunningServer, ServerKind, MCP_PATH};

@@ -12,13 +12,16 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServerHandler;
 use tokio::net::TcpListener;
+#[cfg(feature = "testing")]
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::demo::filesystem::{self, FilesystemServer};
 use crate::demo::github::{GithubData, GithubServer};
+#[cfg(feature = "testing")]
 use crate::request_log::{self, RequestLog};
+#[cfg(feature = "testing")]
 use crate::testing::TestServer;
 
 /// Where the MCP endpoint is mounted on every server.
@@ -35,10 +38,12 @@ pub enum ServerKind {
         sandbox: PathBuf,
     },
     Github,
-    /// The integration-test server (see [`crate::testing`]).
+    /// The integration-test server (see `crate::testing`; feature `testing`).
+    #[cfg(feature = "testing")]
     Test,
     /// The test server without sessions, answering plain `application/json` where it can
     /// (as MCP servers without streaming do).
+    #[cfg(feature = "testing")]
     TestJson,
 }
 
@@ -47,9 +52,11 @@ pub enum ServerKind {
 #[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
-    /// Every HTTP request that reached this server.
+    /// Every HTTP request that reached this server (tests only: the demo keeps no log).
+    #[cfg(feature = "testing")]
     pub requests: RequestLog,
     /// Gate of the test server's `stepped` tool; starts with no permits.
+    #[cfg(feature = "testing")]
     pub gate: Arc<Semaphore>,
     cancel: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -87,10 +94,19 @@ impl Drop for RunningServer {
 /// Serves `kind` on `listener` in a background task.
 pub async fn spawn(kind: ServerKind, listener: TcpListener) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
-    let requests = RequestLog::new();
-    let gate = Arc::new(Semaphore::new(0));
     let cancel = CancellationToken::new();
-    let app = router(&kind, requests.clone(), gate.clone(), cancel.clone())?;
+    let app = router(&kind, cancel.clone())?;
+    #[cfg(feature = "testing")]
+    let (app, requests, gate) = {
+        let requests = RequestLog::new();
+        let gate = Arc::new(Semaphore::new(0));
+        let app = match kind {
+            ServerKind::Test => mcp_router(test_server(&gate), cancel.clone()),
+            ServerKind::TestJson => mcp_router_with(test_server(&gate), cancel.clone(), true),
+            _ => app,
+        };
+        (app.layer(axum::middleware::from_fn_with_state(requests.clone(), request_log::record)), requests, gate)
+    };
 
     // Without TCP_NODELAY every SSE reply waits ~40 ms (Nagle against delayed ACK).
     let listener = listener.tap_io(|stream| {
@@ -98,17 +114,27 @@ pub async fn spawn(kind: ServerKind, listener: TcpListener) -> anyhow::Result<Ru
     });
     let shutdown = cancel.clone().cancelled_owned();
     let task = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await });
-    Ok(RunningServer { addr, requests, gate, cancel, task: Some(task) })
+    Ok(RunningServer {
+        addr,
+        #[cfg(feature = "testing")]
+        requests,
+        #[cfg(feature = "testing")]
+        gate,
+        cancel,
+        task: Some(task),
+    })
 }
 
-/// The HTTP application of one server: the MCP service at [`MCP_PATH`] behind the request log.
-/// Cancelling `cancel` ends its sessions (so graceful shutdown is not held up by open streams).
-pub fn router(
-    kind: &ServerKind,
-    requests: RequestLog,
-    gate: Arc<Semaphore>,
-    cancel: CancellationToken,
-) -> anyhow::Result<Router> {
+#[cfg(feature = "testing")]
+fn test_server(gate: &Arc<Semaphore>) -> impl Fn() -> TestServer + Send + Sync + 'static {
+    let gate = gate.clone();
+    move || TestServer::new(gate.clone())
+}
+
+/// The HTTP application of a demo server: the MCP service at [`MCP_PATH`]. Cancelling
+/// `cancel` ends its sessions (so graceful shutdown is not held up by open streams). The
+/// test servers are set up by [`spawn`] (feature `testing`); here they get an empty router.
+pub fn router(kind: &ServerKind, cancel: CancellationToken) -> anyhow::Result<Router> {
     let app = match kind {
         ServerKind::Filesystem { sandbox } => {
             filesystem::ensure_sandbox(sandbox)
@@ -121,10 +147,10 @@ pub fn router(
             let data = GithubData::default();
             mcp_router(move || GithubServer::new(data.clone()), cancel)
         }
-        ServerKind::Test => mcp_router(move || TestServer::new(gate.clone()), cancel),
-        ServerKind::TestJson => mcp_router_with(move || TestServer::new(gate.clone()), cancel, true),
+        #[cfg(feature = "testing")]
+        ServerKind::Test | ServerKind::TestJson => Router::new(),
     };
-    Ok(app.layer(axum::middleware::from_fn_with_state(requests, request_log::record)))
+    Ok(app)
 }
 
 fn mcp_router<S>(new_session: impl Fn() -> S + Send + Sync + 'static, cancel: CancellationToken) -> Router
