@@ -450,12 +450,11 @@ impl Exchange {
     /// filtered, and so is every SSE stream opened by GET: a server resuming a stream
     /// after `Last-Event-ID` may replay an earlier `tools/list` reply there.
     pub fn on_response_headers(&mut self, content_type: &str, content_encoding: Option<&str>) -> ResponseBody {
-        let allowed = matches!(self.record.decision, Some(Outcome::Allow));
-        let get_stream = allowed && self.record.http_method == "GET";
-        let buffered = self.list.is_some() || self.task_call.is_some();
-        if !buffered && !get_stream {
+        let (inspect, _) = self.response_headers_needed();
+        if !inspect {
             return ResponseBody::Untouched;
         }
+        let buffered = self.list.is_some() || self.task_call.is_some();
         let media = content_type.split(';').next().unwrap_or_default().trim();
         let is_sse = media.eq_ignore_ascii_case("text/event-stream");
         if !is_sse && !buffered {

@@ -119,7 +119,7 @@ pub fn salvage_id(body: &[u8], max_depth: usize) -> Option<Value> {
 }
 
 /// The members of the JSON-RPC envelope.
-const ENVELOPE_FIELDS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+pub const ENVELOPE_FIELDS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 
 /// Members of `params` the gateway reads (or that name what a call acts on).
 const PARAMS_FIELDS: &[&str] = &["name", "arguments", "uri", "ref", "argument", "context", "_meta", "taskId", "task"];

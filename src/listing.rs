@@ -172,7 +172,7 @@ fn filter_message(
     };
     // Batches left MCP in 2025-06-18; filtering one element and not another would leak.
     let object = message.as_object_mut().ok_or(())?;
-    jsonrpc::check_keys(object, ENVELOPE_FIELDS, "reply").map_err(|_| ())?;
+    jsonrpc::check_keys(object, jsonrpc::ENVELOPE_FIELDS, "reply").map_err(|_| ())?;
     keep.message(object);
     // Anything carrying `result.<field>` is filtered, whatever else it claims to be:
     // filtering only removes, so being generous here is the safe side.
@@ -204,8 +204,6 @@ fn filter_message(
     }
     serde_json::to_string(&message).map(Some).map_err(|_| ())
 }
-
-const ENVELOPE_FIELDS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 
 /// One line of an SSE stream with its terminator (`\r\n`, `\n`, `\r`, or empty at the
 /// end of the body), so unchanged lines are written back exactly.
