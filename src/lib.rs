@@ -5,6 +5,7 @@
 //! natively and reused by the `mcpgw` CLI. The `filter` module is the thin proxy-wasm
 //! adapter and only exists when compiling for wasm.
 
+pub mod adapter;
 pub mod audit;
 pub mod config;
 pub mod discovery;
@@ -20,6 +21,3 @@ pub mod rbac;
 pub mod reject;
 pub mod resource;
 pub mod session;
-
-#[cfg(target_arch = "wasm32")]
-mod filter;

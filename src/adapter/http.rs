@@ -1,0 +1,431 @@
+//! The HTTP context: one request's hooks, from its headers to its log line.
+//!
+//! A request's state lives in a [`Request`] shared with the waiter list while it waits
+//! for keys; the root context resumes it through [`act`].
+
+use super::host::{Buffer, Flow, Host, Level, Map};
+use super::{epoch_ms, shared, Metrics, SharedVm, Vm, Waiter, MAX_LIST_REPLY, MAX_WAITERS};
+use crate::config::Config;
+use crate::gateway::{Exchange, Head, HeaderEdits, ResponseBody, Step};
+use crate::rbac::Catalog;
+use crate::reject::Reply;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Where a request is in its life.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    #[default]
+    Head,
+    AwaitKeys,
+    AwaitBody,
+    Forwarded,
+    Replied,
+}
+
+/// One request's state, shared with the waiter list while it waits for keys.
+#[derive(Default)]
+pub(super) struct Request {
+    pub(super) exchange: Option<Exchange>,
+    pub(super) phase: Phase,
+    /// The complete body, when it arrived while the request waited for keys.
+    body: Option<Vec<u8>>,
+    /// How the response body is handled (set from the response headers).
+    response: Option<ResponseBody>,
+    /// Content type of the response.
+    response_type: String,
+}
+
+/// One HTTP request.
+pub struct Filter {
+    context_id: u32,
+    vm: Option<SharedVm>,
+    request: Rc<RefCell<Request>>,
+}
+
+impl Filter {
+    pub(super) fn new(context_id: u32, vm: Option<SharedVm>) -> Filter {
+        Filter { context_id, vm, request: Rc::new(RefCell::new(Request::default())) }
+    }
+
+    pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Flow {
+        let Some(vm) = self.vm.clone() else {
+            return fail_closed(host, &self.request, "no configuration");
+        };
+        // Bytes, not strings: the SDK's string variant panics on non-UTF-8 values.
+        let headers: Vec<(String, String)> = match host.map(Map::RequestHeaders) {
+            Ok(h) => h.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect(),
+            Err(_) => return fail_closed(host, &self.request, "cannot read request headers"),
+        };
+        let started = host.now();
+        let mut exchange = Exchange::new(started);
+        let session_id = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id")).map(|(_, v)| v.trim());
+        if let Some(id) = session_id {
+            exchange.set_session_owner(shared::session_owner(host, &vm, id, epoch_ms(started)));
+        }
+        let (step, edits) = {
+            let mut vmb = vm.borrow_mut();
+            let Vm { config, store, .. } = &mut *vmb;
+            let config = config.clone();
+            exchange.on_request_headers(&config, store, Head::new(headers), end_of_stream, started)
+        };
+        self.request.borrow_mut().exchange = Some(exchange);
+        act(host, &vm, &self.request, self.context_id, step, &edits, false)
+    }
+
+    pub fn on_request_body(&mut self, host: &impl Host, body_size: usize, end_of_stream: bool) -> Flow {
+        let phase = self.request.borrow().phase;
+        match phase {
+            Phase::Replied => return Flow::Pause,
+            Phase::Forwarded => return Flow::Continue,
+            Phase::Head | Phase::AwaitKeys | Phase::AwaitBody => {}
+        }
+        let Some(vm) = self.vm.clone() else {
+            return fail_closed(host, &self.request, "no configuration");
+        };
+        let config = vm.borrow().config.clone();
+        let too_large =
+            self.request.borrow_mut().exchange.as_mut().and_then(|ex| ex.on_body_progress(&config, body_size));
+        if let Some(reply) = too_large {
+            return send(host, &self.request, reply);
+        }
+        if !end_of_stream {
+            return Flow::Pause;
+        }
+        let body = match host.buffer(Buffer::RequestBody, 0, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(_) => return fail_closed(host, &self.request, "cannot read request body"),
+        };
+        if phase != Phase::AwaitBody {
+            // Still waiting for keys: keep the body until the head is decided.
+            self.request.borrow_mut().body = Some(body);
+            return Flow::Pause;
+        }
+        let (step, edits) = decide_body(host, &vm, &self.request, &body);
+        act(host, &vm, &self.request, self.context_id, step, &edits, false)
+    }
+
+    /// MCP clients never send request trailers; a body that ends in trailers never
+    /// reaches `end_of_stream` in the body callback, so refuse it instead of waiting.
+    pub fn on_request_trailers(&mut self, host: &impl Host) -> Flow {
+        let phase = self.request.borrow().phase;
+        match phase {
+            Phase::Replied => Flow::Pause,
+            Phase::Forwarded => Flow::Continue,
+            _ => {
+                let reply = self.request.borrow_mut().exchange.as_mut().and_then(Exchange::on_request_trailers);
+                match reply {
+                    Some(reply) => send(host, &self.request, reply),
+                    None => Flow::Continue,
+                }
+            }
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &impl Host) -> Flow {
+        let needed = self.request.borrow().exchange.as_ref().map(Exchange::response_headers_needed);
+        let Some((inspect, track_session)) = needed else { return Flow::Continue };
+        if !inspect && !track_session {
+            return Flow::Continue;
+        }
+        let header = |name: &str| {
+            host.map_value(Map::ResponseHeaders, name).ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        let (content_type, encoding) = if inspect {
+            (header("content-type").unwrap_or_default(), header("content-encoding"))
+        } else {
+            Default::default()
+        };
+        let (status, session_id) = if track_session {
+            (header(":status").and_then(|s| s.parse::<u32>().ok()).unwrap_or(0), header("mcp-session-id"))
+        } else {
+            (0, None)
+        };
+        let (handling, change) = {
+            let mut r = self.request.borrow_mut();
+            match r.exchange.as_mut() {
+                Some(ex) => (
+                    ex.on_response_headers(&content_type, encoding.as_deref()),
+                    ex.session_change(status, session_id.as_deref()),
+                ),
+                None => (ResponseBody::Untouched, None),
+            }
+        };
+        // Recorded before the reply reaches the client, so its next request finds it.
+        if let (Some(change), Some(vm)) = (change, &self.vm) {
+            let idle_ms = vm.borrow().config.session_idle_ms;
+            shared::change_session(host, &change, idle_ms, epoch_ms(host.now()));
+        }
+        if handling != ResponseBody::Untouched {
+            // The body may change length.
+            let _ = host.remove_map_value(Map::ResponseHeaders, "content-length");
+        }
+        let mut r = self.request.borrow_mut();
+        r.response = Some(handling);
+        r.response_type = content_type;
+        Flow::Continue
+    }
+
+    pub fn on_response_body(&mut self, host: &impl Host, body_size: usize, end_of_stream: bool) -> Flow {
+        let handling = self.request.borrow().response.unwrap_or(ResponseBody::Untouched);
+        match handling {
+            ResponseBody::Untouched => Flow::Continue,
+            ResponseBody::Drop => {
+                if host.set_buffer(Buffer::ResponseBody, 0, body_size, b"").is_err() {
+                    host.reset_response();
+                }
+                Flow::Continue
+            }
+            ResponseBody::Events => self.filter_events(host, body_size, end_of_stream),
+            ResponseBody::BufferJson => self.filter_list_reply(host, body_size, end_of_stream),
+        }
+    }
+
+    /// The request is over: forget it as a waiter, count it, write its audit line.
+    pub fn on_log(&mut self, host: &impl Host) {
+        if let Some(vm) = &self.vm {
+            // A request that ends while waiting must not be resumed later.
+            vm.borrow_mut().waiters.retain(|w| w.context_id != self.context_id);
+        }
+        let Some(exchange) = self.request.borrow_mut().exchange.take() else {
+            return;
+        };
+        let status = host
+            .property(&["response", "code"])
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .and_then(|c| u32::try_from(c).ok())
+            .unwrap_or(0);
+        let client_ip = host
+            .property(&["source", "address"])
+            .ok()
+            .flatten()
+            .map(|b| strip_port(&String::from_utf8_lossy(&b)).to_owned());
+        let record = exchange.finish(status, host.now(), client_ip);
+        if let Some(vm) = &self.vm {
+            let metrics = &vm.borrow().metrics;
+            let allowed = record.decision == Some(crate::audit::Outcome::Allow);
+            Metrics::bump(host, if allowed { metrics.allowed } else { metrics.denied });
+        }
+        host.log(Level::Info, &record.to_line());
+    }
+
+    /// One chunk of an SSE reply: complete events go on at once (filtered), the event
+    /// still arriving is held by the exchange, bounded.
+    fn filter_events(&mut self, host: &impl Host, body_size: usize, end_of_stream: bool) -> Flow {
+        let Some(vm) = self.vm.clone() else { return Flow::Continue };
+        let chunk = match host.buffer(Buffer::ResponseBody, 0, body_size) {
+            Ok(chunk) => chunk.unwrap_or_default(),
+            Err(_) => {
+                host.reset_response();
+                return Flow::Continue;
+            }
+        };
+        let filtered = self
+            .read_response(host, &vm, |ex, config, catalog| {
+                ex.on_response_events(config, catalog, &chunk, end_of_stream)
+            })
+            .unwrap_or_else(|| Ok(Vec::new()));
+        match filtered {
+            Ok(out) => {
+                if host.set_buffer(Buffer::ResponseBody, 0, body_size, &out).is_err() {
+                    host.reset_response();
+                }
+            }
+            Err(e) => {
+                host.log(Level::Warn, &format!("mcp-gateway: SSE event over {} bytes; ending the stream", e.limit));
+                self.request.borrow_mut().response = Some(ResponseBody::Drop);
+                let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, b"");
+                host.reset_response();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs `read` on the exchange with the worker's catalog, then shares what the reply
+    /// taught (tool operations) and stores the task it created, before the reply reaches
+    /// the client. `None` when the request has no exchange.
+    fn read_response<T>(
+        &self,
+        host: &impl Host,
+        vm: &SharedVm,
+        read: impl FnOnce(&mut Exchange, &Config, &mut Catalog) -> T,
+    ) -> Option<T> {
+        let (out, learned, task) = {
+            let mut vmb = vm.borrow_mut();
+            let Vm { config, catalog, .. } = &mut *vmb;
+            let config = config.clone();
+            let before = catalog.generation;
+            let mut r = self.request.borrow_mut();
+            let ex = r.exchange.as_mut()?;
+            let out = read(ex, &config, catalog);
+            (out, catalog.generation != before, ex.take_created_task())
+        };
+        if learned {
+            shared::publish_catalog(host, vm);
+        }
+        if let Some(change) = task {
+            shared::change_session(host, &change, vm.borrow().config.session_idle_ms, epoch_ms(host.now()));
+        }
+        Some(out)
+    }
+
+    /// A JSON list reply (or a task-augmented call's reply): buffered whole (bounded),
+    /// then rewritten or read.
+    fn filter_list_reply(&mut self, host: &impl Host, body_size: usize, end_of_stream: bool) -> Flow {
+        if body_size > MAX_LIST_REPLY {
+            host.log(Level::Warn, "mcp-gateway: list reply too large to filter; dropping it");
+            let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, b"");
+            self.request.borrow_mut().response = Some(ResponseBody::Drop);
+            return Flow::Continue;
+        }
+        if !end_of_stream {
+            return Flow::Pause;
+        }
+        let Some(vm) = self.vm.clone() else { return Flow::Continue };
+        let content_type = self.request.borrow().response_type.clone();
+        let body = host.buffer(Buffer::ResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let rewritten = self
+            .read_response(host, &vm, |ex, config, catalog| ex.on_response_body(config, catalog, &content_type, &body))
+            .flatten();
+        // A reply that cannot be read is not passed on (fail closed).
+        let replacement = rewritten.unwrap_or_else(|| {
+            host.log(Level::Warn, "mcp-gateway: list reply not understood; dropping it");
+            Vec::new()
+        });
+        if host.set_buffer(Buffer::ResponseBody, 0, body_size, &replacement).is_err() {
+            host.reset_response();
+        }
+        Flow::Continue
+    }
+}
+
+fn send(host: &impl Host, request: &Rc<RefCell<Request>>, reply: Reply) -> Flow {
+    request.borrow_mut().phase = Phase::Replied;
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    if host.send_reply(reply.status, &headers, &reply.body).is_err() {
+        host.reset_request();
+    }
+    Flow::Pause
+}
+
+/// Last resort when the host misbehaves: refuse without a JSON-RPC body.
+fn fail_closed(host: &impl Host, request: &Rc<RefCell<Request>>, what: &str) -> Flow {
+    host.log(Level::Error, &format!("mcp-gateway: {what}; refusing request"));
+    send(
+        host,
+        request,
+        Reply {
+            status: 500,
+            headers: vec![("content-type", "application/json".to_owned())],
+            body: br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Internal error"}}"#.to_vec(),
+        },
+    )
+}
+
+fn apply(host: &impl Host, edits: &HeaderEdits) -> bool {
+    let removed = edits.remove.iter().all(|name| host.remove_map_value(Map::RequestHeaders, name).is_ok());
+    let set = edits.set.iter().all(|(name, value)| host.set_map_value(Map::RequestHeaders, name, value).is_ok());
+    removed && set
+}
+
+/// Carries out a step. `resumed` is true when called outside the request's own
+/// callbacks (from the root context), where continuing means resuming the request.
+pub(super) fn act(
+    host: &impl Host,
+    vm: &SharedVm,
+    request: &Rc<RefCell<Request>>,
+    context_id: u32,
+    step: Step,
+    edits: &HeaderEdits,
+    resumed: bool,
+) -> Flow {
+    match step {
+        Step::Reply(reply) => send(host, request, reply),
+        Step::Continue => {
+            if !apply(host, edits) {
+                return fail_closed(host, request, "cannot edit request headers");
+            }
+            request.borrow_mut().phase = Phase::Forwarded;
+            if resumed && host.resume_request().is_err() {
+                return fail_closed(host, request, "cannot resume request");
+            }
+            Flow::Continue
+        }
+        Step::WaitForBody => {
+            if !apply(host, edits) {
+                return fail_closed(host, request, "cannot edit request headers");
+            }
+            let body = {
+                let mut r = request.borrow_mut();
+                r.phase = Phase::AwaitBody;
+                r.body.take()
+            };
+            match body {
+                // The body arrived while we waited for keys: decide on it now.
+                Some(body) => {
+                    let (step, edits) = decide_body(host, vm, request, &body);
+                    act(host, vm, request, context_id, step, &edits, resumed)
+                }
+                None => Flow::Pause,
+            }
+        }
+        Step::WaitForKeys { provider, refetch } => {
+            if vm.borrow().waiters.len() >= MAX_WAITERS {
+                // Bounded: past this many held requests, decide now with the keys we have.
+                let (step, edits) = {
+                    let mut vmb = vm.borrow_mut();
+                    let Vm { config, store, .. } = &mut *vmb;
+                    let config = config.clone();
+                    let mut r = request.borrow_mut();
+                    match r.exchange.as_mut() {
+                        Some(ex) => ex.decide_head(&config, store, host.now(), true),
+                        None => return fail_closed(host, request, "waiting request without state"),
+                    }
+                };
+                return act(host, vm, request, context_id, step, &edits, resumed);
+            }
+            request.borrow_mut().phase = Phase::AwaitKeys;
+            let mut vmb = vm.borrow_mut();
+            let since_done_ms = vmb.states.get(provider).map_or(0, |s| s.done_ms);
+            let deadline = host.now() + vmb.config.key_wait;
+            vmb.waiters.push(Waiter {
+                context_id,
+                provider,
+                since_done_ms,
+                deadline,
+                refetch,
+                request: request.clone(),
+            });
+            Flow::Pause
+        }
+    }
+}
+
+fn decide_body(host: &impl Host, vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> (Step, HeaderEdits) {
+    shared::sync_catalog(host, vm);
+    let vm = vm.borrow();
+    let mut r = request.borrow_mut();
+    match r.exchange.as_mut() {
+        Some(ex) => {
+            let now_ms = epoch_ms(host.now());
+            let tasks = |id: &str| shared::lookup_task(host, id, now_ms, vm.config.session_idle_ms);
+            let step = ex.on_request_body_with(&vm.config, &vm.catalog, body, &tasks);
+            (step, ex.body_edits())
+        }
+        None => (Step::Continue, HeaderEdits::default()),
+    }
+}
+
+/// `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:5678` -> `::1`.
+fn strip_port(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match address.rsplit_once(':') {
+        Some((host, _)) if !host.contains(':') => host,
+        _ => address,
+    }
+}

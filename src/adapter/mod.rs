@@ -1,0 +1,127 @@
+//! The proxy-wasm adapter: moves data between Envoy and
+//! [`Exchange`](crate::gateway::Exchange), decides nothing
+//! about a request itself.
+//!
+//! Envoy calls the proxy-wasm hooks in `wasm.rs`; each is a line of glue into the state
+//! machine of this worker: [`Root`] (configuration, JWKS lifecycle, waiting requests,
+//! tick; `root.rs`) and one [`Filter`] per request (request and response hooks;
+//! `http.rs`). They reach Envoy only through the [`Host`] trait, so the native tests
+//! drive them through a mock host (`mock.rs`, `tests.rs`). What workers share through
+//! Envoy's shared data (JWKS state, sessions, tool catalog) is in `shared.rs`.
+//!
+//! Host call errors are handled, never unwrapped: a panic traps the VM and takes every
+//! request on the worker with it. Where a host call fails mid-request the request is
+//! refused (fail closed).
+
+pub mod host;
+mod http;
+mod root;
+mod shared;
+
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
+pub use http::Filter;
+pub use root::Root;
+
+use crate::config::Config;
+use crate::jwks::FetchState;
+use crate::jwt::KeyStore;
+use crate::rbac::Catalog;
+use crate::session;
+use host::Host;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+/// How often the root context looks at shared keys and waiting requests.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Most requests one worker holds while waiting for keys.
+const MAX_WAITERS: usize = 1024;
+
+/// Largest list reply buffered for filtering.
+const MAX_LIST_REPLY: usize = 4 * 1024 * 1024;
+
+/// Most waiting requests released in one call into the VM.
+///
+/// Envoy does not act on `send_http_response` or `resume_http_request` during the call
+/// that asks for them: it queues the action and runs the queue when the call returns. The
+/// first action re-enters the VM (the reply passes this filter's `on_response_headers`,
+/// then `on_log`; a resumed request its `on_http_request_body`), and when that inner call
+/// returns, Envoy drains the rest of the same queue from inside it, one native stack level
+/// deeper per action. Releasing N requests in one call thus nests N levels; measured
+/// through Envoy 1.40 (tests/key_wait.rs), V8 gives up between 290 and 320
+/// ("Maximum call stack size exceeded" in `proxy_on_response_headers`), which fails the
+/// VM for every request on the worker. A batch well under that, at most two levels per
+/// request, keeps the nesting shallow whatever the number of waiters; the next batch goes
+/// out from a fresh call (see `Root::release_queue`).
+const RELEASE_BATCH: usize = 32;
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+/// Counters in Envoy's stats (prefixed `wasmcustom.` by Envoy).
+struct Metrics {
+    jwks_fetch_success: Option<u32>,
+    jwks_fetch_failure: Option<u32>,
+    allowed: Option<u32>,
+    denied: Option<u32>,
+}
+
+impl Metrics {
+    fn define(host: &impl Host) -> Metrics {
+        Metrics {
+            jwks_fetch_success: host.define_counter("mcp_gateway.jwks_fetch_success"),
+            jwks_fetch_failure: host.define_counter("mcp_gateway.jwks_fetch_failure"),
+            allowed: host.define_counter("mcp_gateway.requests_allowed"),
+            denied: host.define_counter("mcp_gateway.requests_denied"),
+        }
+    }
+
+    fn bump(host: &impl Host, metric: Option<u32>) {
+        if let Some(id) = metric {
+            host.increment(id);
+        }
+    }
+}
+
+/// A request held until its token's provider has (new) keys.
+struct Waiter {
+    context_id: u32,
+    provider: usize,
+    /// The provider's `done_ms` when the request started waiting: a fetch that ended
+    /// since then is the answer it waited for.
+    since_done_ms: u64,
+    deadline: SystemTime,
+    refetch: bool,
+    request: Rc<RefCell<http::Request>>,
+}
+
+/// Per-VM state shared by the root context and the HTTP contexts.
+struct Vm {
+    config: Rc<Config>,
+    store: KeyStore,
+    /// Per provider: the shared state as last read by this VM, and its CAS.
+    states: Vec<FetchState>,
+    state_cas: Vec<Option<u32>>,
+    waiters: Vec<Waiter>,
+    /// Tool operations learned from tools/list replies.
+    catalog: Catalog,
+    /// CAS of the shared catalog last merged.
+    catalog_cas: Option<u32>,
+    /// Session buckets as last parsed, with their CAS (re-parsed only when it changed).
+    sessions: HashMap<String, (u32, session::Bucket)>,
+    metrics: Metrics,
+}
+
+type SharedVm = Rc<RefCell<Vm>>;
