@@ -87,26 +87,53 @@ pub enum Step {
     Reply(Reply),
 }
 
+/// Who is calling, and which server: known once the head is admitted.
+#[derive(Debug)]
+struct Caller {
+    principal: Principal,
+    server: Server,
+}
+
+/// What the reply to a forwarded request needs.
+#[derive(Debug)]
+enum Follow {
+    /// Nothing (a GET stream is still read: it may replay list results).
+    Nothing,
+    /// A list reply: filtered to what the caller may use.
+    List(ListKind),
+    /// A task-augmented tool call: its reply names the task, which is recorded with the
+    /// call so that later `tasks/*` requests are decided like it.
+    Task(session::TaskRecord),
+}
+
+/// How far a request got. Only an admitted request has a caller and only a forwarded one
+/// reaches the upstream, so a decision on a request that was never admitted cannot be
+/// written.
+#[derive(Debug)]
+enum Stage {
+    /// The head is not decided yet (or waits for keys), or was refused.
+    Unadmitted,
+    /// The head is admitted; the POST waits for its body.
+    Admitted(Caller),
+    /// Let through to the upstream: allowed, or denied in shadow mode.
+    Forwarded(Caller, Follow),
+}
+
 /// One request's way through the gateway.
 #[derive(Debug)]
 pub struct Exchange {
     started: SystemTime,
     head: Head,
     end_of_stream: bool,
-    principal: Option<Principal>,
-    server: Option<Server>,
+    stage: Stage,
     /// RFC 9728 metadata URL for challenges (set when the head is refused).
     metadata_url: Option<String>,
-    /// Set when the allowed request is a list whose reply gets filtered.
-    list: Option<ListKind>,
     /// The filter over an SSE reply being inspected.
     events: Option<EventStream>,
     /// Who opened the session the request names (from the shared session table), and
     /// whether that entry is due for a refresh.
     session_owner: Option<(String, bool)>,
-    /// The allowed tool call that asked to run as a task, until its reply names the task.
-    task_call: Option<session::TaskRecord>,
-    /// The task its reply created, to record.
+    /// The task the reply created, to record.
     created_task: Option<session::Change>,
     record: AuditRecord,
 }
@@ -117,13 +144,10 @@ impl Exchange {
             started,
             head: Head::default(),
             end_of_stream: false,
-            principal: None,
-            server: None,
+            stage: Stage::Unadmitted,
             metadata_url: None,
-            list: None,
             events: None,
             session_owner: None,
-            task_call: None,
             created_task: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
@@ -138,7 +162,7 @@ impl Exchange {
 
     /// What the response changes in the session table, once its headers are known.
     pub fn session_change(&self, status: u32, response_session_id: Option<&str>) -> Option<session::Change> {
-        let principal = self.principal.as_ref()?;
+        let principal = &self.caller()?.principal;
         if self.record.decision != Some(Outcome::Allow) || !(200..300).contains(&status) {
             return None;
         }
@@ -232,7 +256,6 @@ impl Exchange {
         if !is_post && has_body {
             return Err(Refusal::Header(headers::HeaderProblem::BodyNotAllowed(self.head.method().to_owned())));
         }
-        self.server = Some(server);
         let principal = match authenticate(config, store, &self.head, now) {
             Ok(p) => p,
             Err(Verdict::Invalid(e)) => return Err(e.into()),
@@ -262,11 +285,11 @@ impl Exchange {
                 return Err(Refusal::InsufficientScope { required: md.required_scopes.clone() });
             }
         }
-        let server_name = self.server.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        let role = config.policy.allows_server(&principal.roles, &server_name)?;
-        self.principal = Some(principal);
+        let role = config.policy.allows_server(&principal.roles, &server.name)?;
+        let caller = Caller { principal, server };
         if !is_post {
             self.allow(role);
+            self.stage = Stage::Forwarded(caller, Follow::Nothing);
             return Ok(Step::Continue);
         }
         if !is_json(self.head.header("content-type")) {
@@ -283,6 +306,7 @@ impl Exchange {
         if self.end_of_stream {
             return Err(Refusal::Parse(jsonrpc::ParseError::Empty));
         }
+        self.stage = Stage::Admitted(caller);
         Ok(Step::WaitForBody)
     }
 
@@ -351,15 +375,15 @@ impl Exchange {
         self.record.target = message.target.as_ref().map(|t| t.name().to_owned());
         self.record.jsonrpc_id = message.id.clone();
         self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
-        // MCP 2026-07-28 repeats the method and name in headers (for routing); they must
-        // agree with the body, which is what authorization reads.
-        if let Some(header) = self.disagreeing_header(config, &message) {
-            return Step::Reply(self.refuse(&Refusal::HeaderMismatch { header }, message.id));
-        }
-        let (Some(principal), Some(server)) = (&self.principal, &self.server) else {
+        let Stage::Admitted(Caller { principal, server }) = &self.stage else {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
         };
+        // MCP 2026-07-28 repeats the method and name in headers (for routing); they must
+        // agree with the body, which is what authorization reads.
+        if let Some(header) = self.disagreeing_header(config, server, &message) {
+            return Step::Reply(self.refuse(&Refusal::HeaderMismatch { header }, message.id));
+        }
         let decision =
             decide(config, catalog, principal, &server.name, &message).and_then(|rule| match &message.target {
                 Some(Target::Task(id)) => {
@@ -370,16 +394,18 @@ impl Exchange {
             });
         match decision {
             Ok(rule) => {
-                if message.creates_task {
-                    self.task_call = Some(session::TaskRecord {
+                let follow = if message.creates_task {
+                    Follow::Task(session::TaskRecord {
                         owner: session::owner(&principal.provider, &principal.user_id),
                         server: server.name.clone(),
                         tool: message.target.as_ref().map(|t| t.name().to_owned()).unwrap_or_default(),
                         arguments: message.arguments.clone(),
-                    });
-                }
+                    })
+                } else {
+                    ListKind::of_method(&message.method).map_or(Follow::Nothing, Follow::List)
+                };
                 self.allow(rule);
-                self.list = ListKind::of_method(&message.method);
+                self.forward(follow);
                 Step::Continue
             }
             Err(denial) => {
@@ -388,6 +414,7 @@ impl Exchange {
                     Ok(shadowed) => {
                         self.record.decision = Some(Outcome::WouldDeny);
                         self.record.reason = Some(format!("shadow: {shadowed}"));
+                        self.forward(Follow::Nothing);
                         Step::Continue
                     }
                     Err(refusal) => Step::Reply(self.refuse(&refusal, id)),
@@ -396,12 +423,40 @@ impl Exchange {
         }
     }
 
+    /// The admitted request goes upstream; `follow` says what its reply needs.
+    fn forward(&mut self, follow: Follow) {
+        if let Stage::Admitted(caller) = std::mem::replace(&mut self.stage, Stage::Unadmitted) {
+            self.stage = Stage::Forwarded(caller, follow);
+        }
+    }
+
+    /// The caller, once the head is admitted.
+    fn caller(&self) -> Option<&Caller> {
+        match &self.stage {
+            Stage::Admitted(caller) | Stage::Forwarded(caller, _) => Some(caller),
+            Stage::Unadmitted => None,
+        }
+    }
+
+    /// What the reply needs, once the request is forwarded.
+    fn follow(&self) -> Option<&Follow> {
+        match &self.stage {
+            Stage::Forwarded(_, follow) => Some(follow),
+            _ => None,
+        }
+    }
+
+    /// Whether the reply is buffered whole: a list to filter, or a task to read.
+    fn reply_is_buffered(&self) -> bool {
+        matches!(self.follow(), Some(Follow::List(_) | Follow::Task(_)))
+    }
+
     /// The first `Mcp-*` header that disagrees with the body (MCP 2026-07-28 repeats the
     /// method, the name, and arguments marked for it in headers, so servers and proxies can
     /// route without reading the body; values may be base64-wrapped). `Mcp-Param-*`
     /// headers are compared when they mirror an argument the server's resource policy
     /// reads, so a server that takes the header cannot act on another value.
-    fn disagreeing_header(&self, config: &Config, message: &Message) -> Option<String> {
+    fn disagreeing_header(&self, config: &Config, server: &Server, message: &Message) -> Option<String> {
         let decoded = |name: &str| self.head.header(name).map(headers::decode_mcp_value);
         if let Some(method) = decoded("mcp-method") {
             if method.as_deref() != Some(message.method.as_str()) {
@@ -413,7 +468,7 @@ impl Exchange {
                 return Some("Mcp-Name".into());
             }
         }
-        let policy = self.server.as_ref().and_then(|s| config.resource_policies.get(&s.name))?;
+        let policy = config.resource_policies.get(&server.name)?;
         for (header, value) in &self.head.headers {
             let Some(param) = header.get(..10).filter(|p| p.eq_ignore_ascii_case("mcp-param-")).and(header.get(10..))
             else {
@@ -440,7 +495,7 @@ impl Exchange {
     /// replies need neither, and reading headers costs host calls.
     pub fn response_headers_needed(&self) -> (bool, bool) {
         let allowed = matches!(self.record.decision, Some(Outcome::Allow));
-        let inspect = self.list.is_some() || self.task_call.is_some() || (allowed && self.record.http_method == "GET");
+        let inspect = self.reply_is_buffered() || (allowed && self.record.http_method == "GET");
         let session =
             allowed && (self.record.session_id.is_some() || self.record.method.as_deref() == Some("initialize"));
         (inspect, session)
@@ -454,7 +509,7 @@ impl Exchange {
         if !inspect {
             return ResponseBody::Untouched;
         }
-        let buffered = self.list.is_some() || self.task_call.is_some();
+        let buffered = self.reply_is_buffered();
         let media = content_type.split(';').next().unwrap_or_default().trim();
         let is_sse = media.eq_ignore_ascii_case("text/event-stream");
         if !is_sse && !buffered {
@@ -483,16 +538,18 @@ impl Exchange {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Vec<u8>, EventTooLarge> {
-        let (Some(principal), Some(server), Some(events)) = (&self.principal, &self.server, self.events.as_mut())
-        else {
+        let (Stage::Forwarded(caller, follow), Some(events)) = (&self.stage, self.events.as_mut()) else {
             return Ok(Vec::new());
         };
         let mut visitor = StreamVisitor {
             config,
             catalog,
-            principal,
-            server: &server.name,
-            task_call: self.task_call.as_ref(),
+            principal: &caller.principal,
+            server: &caller.server.name,
+            task_call: match follow {
+                Follow::Task(call) => Some(call),
+                _ => None,
+            },
             created_task: &mut self.created_task,
         };
         let mut out = events.push(chunk, &mut visitor)?;
@@ -515,7 +572,7 @@ impl Exchange {
     /// unencoded reply, which the filter can read.
     pub fn body_edits(&self) -> HeaderEdits {
         let mut edits = HeaderEdits::default();
-        if self.list.is_some() {
+        if matches!(self.follow(), Some(Follow::List(_))) {
             edits.set.push(("accept-encoding".into(), "identity".into()));
         }
         edits
@@ -531,16 +588,21 @@ impl Exchange {
         content_type: &str,
         body: &[u8],
     ) -> Option<Vec<u8>> {
-        if self.list.is_none() {
-            // A task-augmented call: read the task id, pass the reply on as it is.
-            if let Some(call) = self.task_call.take() {
-                let id = jsonrpc::parse_strict(body).ok().and_then(|v| created_task_id(&v));
-                self.created_task = id.and_then(|id| task_change(id, &call));
-            }
+        let Stage::Forwarded(Caller { principal, server }, follow) = &self.stage else {
             return Some(body.to_vec());
-        }
-        let kind = self.list?;
-        let (Some(principal), Some(server)) = (&self.principal, &self.server) else { return None };
+        };
+        let kind = match follow {
+            Follow::List(kind) => *kind,
+            // A task-augmented call: read the task id, pass the reply on as it is.
+            Follow::Task(call) => {
+                if self.created_task.is_none() {
+                    let id = jsonrpc::parse_strict(body).ok().and_then(|v| created_task_id(&v));
+                    self.created_task = id.and_then(|id| task_change(id, call));
+                }
+                return Some(body.to_vec());
+            }
+            Follow::Nothing => return Some(body.to_vec()),
+        };
         if kind == ListKind::Tools {
             if let Some(tools) = listing::items(body, content_type, kind) {
                 catalog.learn(&server.name, &tools);
@@ -598,7 +660,8 @@ impl Exchange {
         let head = &self.head;
         let mut remove: Vec<String> =
             head.headers.iter().filter(|(n, _)| headers::is_spoofable(n)).map(|(n, _)| n.clone()).collect();
-        let upstream_auth = self.server.as_ref().map(|s| &s.upstream_auth);
+        let caller = self.caller();
+        let upstream_auth = caller.map(|c| &c.server.upstream_auth);
         if upstream_auth != Some(&UpstreamAuth::ForwardClientToken) {
             remove.push("authorization".into());
         }
@@ -615,12 +678,12 @@ impl Exchange {
         if let Some(UpstreamAuth::Inject { header, value }) = upstream_auth {
             set.push((header.clone(), value.expose().to_owned()));
         }
-        if let Some(p) = &self.principal {
+        if let Some(p) = caller.map(|c| &c.principal) {
             set.push((headers::USER_ID.into(), headers::header_safe(&p.user_id)));
             let roles: Vec<String> = p.roles.iter().map(|r| headers::header_safe(r).replace(',', "%2C")).collect();
             set.push((headers::ROLES.into(), roles.join(",")));
         }
-        if let Some(server) = &self.server {
+        if let Some(server) = caller.map(|c| &c.server) {
             set.push((headers::SERVER.into(), server.name.clone()));
         }
         if let Some(session) = &self.record.session_id {

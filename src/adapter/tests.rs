@@ -596,3 +596,65 @@ fn the_audit_line_and_counters_come_from_on_log() {
     assert_eq!(host.counter("mcp_gateway.requests_allowed"), 1);
     assert_eq!(host.counter("mcp_gateway.requests_denied"), 0);
 }
+
+#[test]
+fn an_sse_event_past_the_bound_ends_the_stream_and_nothing_of_it_is_passed_on() {
+    use crate::gateway::MAX_EVENT_BYTES;
+    let host = MockHost::new();
+    let issuer = Issuer::new();
+    let root = configure(&host, ROOT, &inline_config(&issuer));
+    let auth = format!("Bearer {}", issuer.token("alice", &["developer"]));
+    host.set_map_of(
+        10,
+        Map::RequestHeaders,
+        &[(":method", "GET"), (":path", "/mcp/github"), ("accept", "text/event-stream"), ("authorization", &auth)],
+    );
+    host.enter(10).unwrap();
+    let mut stream = root.create_http_context(10);
+    assert_eq!(stream.on_request_headers(&host, true), Flow::Continue);
+    assert_eq!(header(&host, 10, "accept-encoding").as_deref(), Some("identity"));
+    host.set_map_of(10, Map::ResponseHeaders, &[(":status", "200"), ("content-type", "text/event-stream")]);
+    stream.on_response_headers(&host);
+    // A complete event goes on at once.
+    let note = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n";
+    assert_eq!(respond(&host, &mut stream, 10, &[note]), vec![Flow::Continue]);
+    assert_eq!(host.buffer_of(10, Buffer::ResponseBody), note.to_vec());
+    // An event that never ends within the bound: the stream is reset, the part dropped.
+    let mut huge = b"data: ".to_vec();
+    huge.resize(MAX_EVENT_BYTES + 1, b'x');
+    respond(&host, &mut stream, 10, &[&huge]);
+    assert!(host.buffer_of(10, Buffer::ResponseBody).is_empty());
+    assert!(host.calls.borrow().contains(&Call::ResetResponse { context: 10 }));
+    respond(&host, &mut stream, 10, &[b"\n\n"]);
+    assert!(host.buffer_of(10, Buffer::ResponseBody).is_empty(), "the rest is dropped too");
+}
+
+#[test]
+fn a_body_past_the_limit_while_waiting_is_refused_and_not_resumed_later() {
+    let host = MockHost::new();
+    let issuer = Issuer::new();
+    let mut config = remote_config();
+    config["max_body_bytes"] = json!(1024);
+    let mut root = configure(&host, ROOT, &config);
+    let (mut f, _) = post(&host, &root, 10, &issuer.token("alice", &["developer"]));
+    host.set_buffer_of(10, Buffer::RequestBody, &[b' '; 1025]);
+    host.enter(10).unwrap();
+    assert_eq!(f.on_request_body(&host, 1025, false), Flow::Pause);
+    assert_eq!(replies(&host), vec![(10, 413)]);
+    tick(&host, &mut root, ROOT);
+    answer(&host, &mut root, ROOT, dispatched(&host)[0], Some("200"), &issuer.jwks);
+    assert!(resumed(&host).is_empty());
+    assert_eq!(replies(&host), vec![(10, 413)], "answered once");
+}
+
+#[test]
+fn request_trailers_before_the_body_ended_are_refused() {
+    let host = MockHost::new();
+    let issuer = Issuer::new();
+    let root = configure(&host, ROOT, &inline_config(&issuer));
+    let (mut f, flow) = post(&host, &root, 10, &issuer.token("alice", &["developer"]));
+    assert_eq!(flow, Flow::Pause);
+    host.enter(10).unwrap();
+    assert_eq!(f.on_request_trailers(&host), Flow::Pause);
+    assert_eq!(replies(&host), vec![(10, 400)]);
+}
