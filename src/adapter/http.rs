@@ -405,7 +405,7 @@ pub(super) fn act(
 }
 
 fn decide_body(host: &impl Host, vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> (Step, HeaderEdits) {
-    shared::sync_catalog(host, vm);
+    shared::refresh_catalog(host, vm);
     let vm = vm.borrow();
     let mut r = request.borrow_mut();
     match r.exchange.as_mut() {

@@ -34,6 +34,8 @@ pub struct MockHost {
     properties: RefCell<HashMap<(u32, String), Vec<u8>>>,
     shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     next_cas: Cell<u32>,
+    /// How often each shared-data entry was read (copied into the VM).
+    reads: RefCell<HashMap<String, usize>>,
     /// Writes "another worker" makes to a key just before this worker's next write of it.
     rivals: RefCell<Vec<(String, Vec<u8>)>>,
     queues: RefCell<HashMap<u32, VecDeque<Vec<u8>>>>,
@@ -106,6 +108,10 @@ impl MockHost {
 
     pub fn shared_value(&self, key: &str) -> Option<Vec<u8>> {
         self.shared.borrow().get(key).map(|(v, _)| v.clone())
+    }
+
+    pub fn reads_of(&self, key: &str) -> usize {
+        self.reads.borrow().get(key).copied().unwrap_or(0)
     }
 
     /// Another worker writes `value` to `key` right before this worker's next write of it.
@@ -243,6 +249,7 @@ impl Host for MockHost {
 
     fn shared(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError> {
         self.check("shared")?;
+        *self.reads.borrow_mut().entry(key.to_owned()).or_default() += 1;
         Ok(match self.shared.borrow().get(key) {
             Some((value, cas)) => (Some(value.clone()), Some(*cas)),
             None => (None, None),

@@ -119,6 +119,8 @@ struct Vm {
     catalog: Catalog,
     /// CAS of the shared catalog last merged.
     catalog_cas: Option<u32>,
+    /// CAS of the catalog's stamp last seen.
+    catalog_stamp: Option<u32>,
     /// Session buckets as last parsed, with their CAS (re-parsed only when it changed).
     sessions: HashMap<String, (u32, session::Bucket)>,
     metrics: Metrics,

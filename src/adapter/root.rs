@@ -72,6 +72,7 @@ impl Root {
             waiters: Vec::new(),
             catalog: Catalog::default(),
             catalog_cas: None,
+            catalog_stamp: None,
             sessions: HashMap::new(),
             metrics: Metrics::define(host),
         };

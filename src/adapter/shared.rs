@@ -68,6 +68,7 @@ pub(super) fn create_entries(host: &impl Host, config: &Config) {
         }
     }
     create(host, CATALOG_KEY, &serde_json::to_vec(&Catalog::default().to_json()).unwrap_or_default());
+    create(host, CATALOG_STAMP_KEY, b"");
 }
 
 /// Who opened session `id` (and whether its entry is due for a refresh), from the shared
@@ -124,8 +125,22 @@ pub(super) fn change_session(host: &impl Host, change: &session::Change, idle_ms
 
 pub(super) const CATALOG_KEY: &str = "mcp_gateway/catalog";
 
-/// Takes in tool operations other workers learned.
-pub(super) fn sync_catalog(host: &impl Host, vm: &SharedVm) {
+/// Bumped (its CAS) after each publication of the catalog: requests compare its CAS, a
+/// few bytes, instead of copying the whole catalog into the VM to compare the catalog's.
+pub(super) const CATALOG_STAMP_KEY: &str = "mcp_gateway/catalog/stamp";
+
+/// Takes in tool operations other workers learned, if any published since the last look.
+pub(super) fn refresh_catalog(host: &impl Host, vm: &SharedVm) {
+    let Ok((_, stamp)) = host.shared(CATALOG_STAMP_KEY) else { return };
+    if stamp.is_some() && stamp == vm.borrow().catalog_stamp {
+        return;
+    }
+    vm.borrow_mut().catalog_stamp = stamp;
+    sync_catalog(host, vm);
+}
+
+/// Merges the shared catalog (unless it is the one last merged).
+fn sync_catalog(host: &impl Host, vm: &SharedVm) {
     let Ok((Some(bytes), cas)) = host.shared(CATALOG_KEY) else { return };
     let mut vm = vm.borrow_mut();
     if cas.is_some() && cas == vm.catalog_cas {
@@ -137,7 +152,10 @@ pub(super) fn sync_catalog(host: &impl Host, vm: &SharedVm) {
     vm.catalog_cas = cas;
 }
 
-/// Shares what this worker learned (merging with what others stored meanwhile).
+/// Shares what this worker learned (merging with what others stored meanwhile), then
+/// bumps the stamp. The stamp this worker last saw stays as it was: another worker may
+/// have published between this write and the bump, and its tools are merged on the
+/// next request.
 pub(super) fn publish_catalog(host: &impl Host, vm: &SharedVm) {
     for _ in 0..4 {
         sync_catalog(host, vm);
@@ -150,6 +168,7 @@ pub(super) fn publish_catalog(host: &impl Host, vm: &SharedVm) {
             if let Ok((_, cas)) = host.shared(CATALOG_KEY) {
                 vm.borrow_mut().catalog_cas = cas;
             }
+            let _ = host.set_shared(CATALOG_STAMP_KEY, b"", None);
             return;
         }
     }

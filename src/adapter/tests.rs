@@ -658,3 +658,39 @@ fn request_trailers_before_the_body_ended_are_refused() {
     assert_eq!(f.on_request_trailers(&host), Flow::Pause);
     assert_eq!(replies(&host), vec![(10, 400)]);
 }
+
+#[test]
+fn a_tool_operation_one_worker_learned_decides_on_another_which_copies_the_catalog_only_when_it_changed() {
+    use super::shared::CATALOG_KEY;
+    let host = MockHost::new();
+    let issuer = Issuer::new();
+    let mut config = inline_config(&issuer);
+    // Readers may use tools whose annotations say they only read.
+    config["rbac"]["roles"]["reader"] = json!({"servers": ["github"], "tools": ["*"], "operations": ["read"]});
+    let a = configure(&host, 1, &config);
+    let b = configure(&host, 2, &config);
+    let token = issuer.token("rita", &["reader"]);
+    let on_b = |id: u32| {
+        let (mut f, _) = post(&host, &b, id, &token);
+        body(&host, &mut f, id, &call_body("get_repository"))
+    };
+    assert_eq!(on_b(10), Flow::Pause);
+    assert_eq!(replies(&host), vec![(10, 403)], "unknown operation: denied");
+
+    // Worker a lists the tools and learns get_repository only reads.
+    let (mut lister, _) = post(&host, &a, 20, &token);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    assert_eq!(body(&host, &mut lister, 20, list.as_bytes()), Flow::Continue);
+    host.set_map_of(20, Map::ResponseHeaders, &[(":status", "200"), ("content-type", "application/json")]);
+    host.enter(20).unwrap();
+    lister.on_response_headers(&host);
+    respond(&host, &mut lister, 20, &[&list_reply(400)]);
+
+    let before = host.reads_of(CATALOG_KEY);
+    assert_eq!(on_b(11), Flow::Continue, "b now allows the call");
+    assert_eq!(replies(&host), vec![(10, 403)]);
+    assert_eq!(host.reads_of(CATALOG_KEY), before + 1, "copied once after the publication");
+    on_b(12);
+    on_b(13);
+    assert_eq!(host.reads_of(CATALOG_KEY), before + 1, "not copied again while unchanged");
+}
