@@ -47,10 +47,12 @@ tests/interop/node_modules/.package-lock.json: tests/interop/package.json tests/
 test: wasm envoy interop
 	cargo test --workspace --no-fail-fast
 
-## bench: JWT verification cost per algorithm (wasm on V8 via node, and native), then the
-## gateway's end-to-end cost per MCP call through a real Envoy, against Envoy alone
+## bench: JWT verification cost per algorithm (wasm on V8 via node, and native), the
+## decision code's cost per MCP call (native), then the gateway's end-to-end cost per MCP
+## call through a real Envoy, against Envoy alone
 bench: wasm envoy
 	scripts/bench-jwt.sh
+	cargo test --release --test bench_pipeline -- --ignored --nocapture
 	cargo test --release --test bench_gateway -- --ignored --nocapture
 
 ## fuzz: run each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 600) in turn and print

@@ -276,7 +276,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
     }
     check_depth(body, max_depth)?;
     let value = parse_strict(body)?;
-    let obj = match value {
+    let mut obj = match value {
         Value::Object(obj) => obj,
         Value::Array(_) => return Err(ParseError::Batch),
         _ => return Err(ParseError::Invalid("not a JSON object")),
@@ -306,12 +306,15 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
                 }
                 Some(_) => return Err(ParseError::Invalid("\"params\" must be an object")),
             };
-            let (target, arguments) = target_of(method, params)?;
+            let (target, takes_arguments) = target_of(method, params)?;
             let creates_task = method == "tools/call" && params.is_some_and(|p| p.contains_key("task"));
+            let method = method.clone();
+            // Moved out of the parsed message, not copied: they can be large.
+            let arguments = if takes_arguments { take_arguments(&mut obj) } else { None };
             Ok(Message {
                 kind: if id.is_some() { Kind::Request } else { Kind::Notification },
                 id,
-                method: method.clone(),
+                method,
                 target,
                 arguments,
                 creates_task,
@@ -345,7 +348,14 @@ fn is_valid_id(id: &Value) -> bool {
     matches!(id, Value::String(_) | Value::Number(_))
 }
 
-type TargetAndArgs = (Option<Target>, Option<Value>);
+/// What a method acts on, and whether it takes `arguments` (already checked).
+type TargetAndArgs = (Option<Target>, bool);
+
+/// `params.arguments`, when it is an object, moved out of the message.
+fn take_arguments(obj: &mut Map<String, Value>) -> Option<Value> {
+    let Some(Value::Object(params)) = obj.get_mut("params") else { return None };
+    params.remove("arguments").filter(Value::is_object)
+}
 
 /// Extracts what a method acts on. Methods that name a tool, resource or prompt must
 /// name it; otherwise policy could not be evaluated and the call is refused.
@@ -357,12 +367,12 @@ fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<Target
             .map(str::to_owned)
             .ok_or(ParseError::InvalidParams(why))
     };
-    let arguments = || -> Result<Option<Value>, ParseError> {
+    let arguments = || -> Result<bool, ParseError> {
         match params.and_then(|p| p.get("arguments")) {
-            None | Some(Value::Null) => Ok(None),
+            None | Some(Value::Null) => Ok(false),
             Some(Value::Object(args)) => {
                 check_keys(args, &[], "arguments")?;
-                Ok(Some(Value::Object(args.clone())))
+                Ok(true)
             }
             Some(_) => Err(ParseError::InvalidParams("\"arguments\" must be an object")),
         }
@@ -371,7 +381,7 @@ fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<Target
         "tools/call" => (Some(Target::Tool(field("name", "tools/call needs a string \"name\"")?)), arguments()?),
         "prompts/get" => (Some(Target::Prompt(field("name", "prompts/get needs a string \"name\"")?)), arguments()?),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            (Some(Target::Resource(field("uri", "this method needs a string \"uri\"")?)), None)
+            (Some(Target::Resource(field("uri", "this method needs a string \"uri\"")?)), false)
         }
         // A completion reveals values of a prompt's arguments or a resource template's
         // variables: it is decided like getting that prompt or reading that resource.
@@ -390,12 +400,12 @@ fn target_of(method: &str, params: Option<&Map<String, Value>>) -> Result<Target
                 ),
                 _ => return Err(ParseError::InvalidParams("\"ref.type\" must be ref/prompt or ref/resource")),
             };
-            (Some(target), None)
+            (Some(target), false)
         }
         "tasks/get" | "tasks/result" | "tasks/cancel" => {
-            (Some(Target::Task(field("taskId", "this method needs a string \"taskId\"")?)), None)
+            (Some(Target::Task(field("taskId", "this method needs a string \"taskId\"")?)), false)
         }
-        _ => (None, None),
+        _ => (None, false),
     })
 }
 
