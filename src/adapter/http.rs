@@ -54,7 +54,7 @@ impl Filter {
         };
         // Bytes, not strings: the SDK's string variant panics on non-UTF-8 values.
         let headers: Vec<(String, String)> = match host.map(Map::RequestHeaders) {
-            Ok(h) => h.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect(),
+            Ok(h) => h.into_iter().map(|(n, v)| (n, text(v))).collect(),
             Err(_) => return fail_closed(host, &self.request, "cannot read request headers"),
         };
         let started = host.now();
@@ -417,6 +417,12 @@ fn decide_body(host: &impl Host, vm: &SharedVm, request: &Rc<RefCell<Request>>, 
         }
         None => (Step::Continue, HeaderEdits::default()),
     }
+}
+
+/// A header value as text: its own buffer when it is UTF-8 (as it nearly always is),
+/// a lossy copy otherwise.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:5678` -> `::1`.
