@@ -5,6 +5,7 @@
 //! field below is part of the user's manual (README "Configuration").
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
+use crate::claims;
 use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
 use crate::normalize::Mode;
 use crate::rbac::{DenyRules, Operation, Policy, Role};
@@ -776,13 +777,7 @@ fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<Strin
     if static_keys.is_empty() && jwks.is_none() {
         return Err(err(at("keys"), "a provider needs keys, jwks_inline or jwks"));
     }
-    let claim_path = |field: &str, path: &str| -> Result<Vec<String>, ConfigError> {
-        let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
-        if segs.iter().any(String::is_empty) {
-            return Err(err(at(field), format!("{path:?} is not a dotted claim path")));
-        }
-        Ok(segs)
-    };
+    let claim_path = |field: &str, path: &str| claims::parse_path(path).map_err(|m| err(at(field), m));
     Ok(Provider {
         claims: ClaimMapping {
             user: claim_path("claims.user", &p.claims.user)?,
@@ -989,10 +984,7 @@ fn compile_resource_policies(
                         .claim
                         .map(|c| {
                             check_placeholders(&c.value, true).map_err(|m| err(at("claim.value"), m))?;
-                            let path: Vec<String> = c.name.split('.').map(str::to_owned).collect();
-                            if path.iter().any(String::is_empty) {
-                                return Err(err(at("claim.name"), format!("{:?} is not a dotted claim path", c.name)));
-                            }
+                            let path = claims::parse_path(&c.name).map_err(|m| err(at("claim.name"), m))?;
                             Ok(ClaimCondition { path, value: c.value })
                         })
                         .transpose()?;

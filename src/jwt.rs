@@ -5,6 +5,7 @@
 //! its provider allows. That closes `alg: none` (no key has it) and algorithm confusion
 //! (an RSA public key is never used as an HMAC secret).
 
+use crate::claims;
 use crate::fast_rsa::{check_public_key, FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
@@ -596,12 +597,12 @@ impl Verifier {
 /// Who verified claims name, by the provider's claim mapping (also used by `mcpgw
 /// explain` with claims given as JSON).
 pub fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
-    let user_id = lookup(claims, &provider.claims.user)
+    let user_id = claims::lookup(claims, &provider.claims.user)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or(AuthError::MissingSubject)?
         .to_owned();
-    let raw_roles = strings(lookup(claims, &provider.claims.roles));
+    let raw_roles = strings(claims::lookup(claims, &provider.claims.roles));
     let roles = match &provider.claims.role_map {
         None => raw_roles,
         Some(map) => {
@@ -623,12 +624,6 @@ fn strings(value: Option<&Value>) -> Vec<String> {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     }
-}
-
-/// Follows a dotted claim path such as `realm_access.roles`.
-fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(claims.get(first)?, |v, seg| v.get(seg))
 }
 
 /// An attacker-chosen header value, made safe and short for a log line.

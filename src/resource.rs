@@ -5,6 +5,7 @@
 //! (see [`crate::normalize`]); the first rule whose pattern matches decides; no match
 //! denies. Patterns may name the caller: `/user/{user_id}/**`, `{claims.tenant}/**`.
 
+use crate::claims;
 use crate::jsonrpc::{folds_equal, Message, Target};
 use crate::jwt::Principal;
 use crate::normalize::{readings, resource_of_uri, Mode, NormalizeError};
@@ -161,18 +162,13 @@ pub fn check_placeholders(template: &str, allow_resource: bool) -> Result<(), St
         let name = after.get(..end).unwrap_or_default();
         let ok = name == "user_id"
             || (allow_resource && name == "resource")
-            || name.strip_prefix("claims.").is_some_and(|p| !p.is_empty() && p.split('.').all(|s| !s.is_empty()));
+            || name.strip_prefix("claims.").is_some_and(|p| claims::parse_path(p).is_ok());
         if !ok {
             return Err(format!("unknown placeholder {{{name}}} in {template:?}"));
         }
         rest = after.get(end + 1..).unwrap_or_default();
     }
     Ok(())
-}
-
-fn claim<'a>(principal: &'a Principal, path: &[&str]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(principal.claims.get(*first)?, |v, seg| v.get(seg))
 }
 
 /// Fills placeholders. Values go in escaped for glob matching when `for_glob`; a value
@@ -190,8 +186,8 @@ fn substitute(template: &str, principal: &Principal, resource: Option<&str>, for
             "user_id" => principal.user_id.clone(),
             "resource" => resource?.to_owned(),
             _ => {
-                let path: Vec<&str> = name.strip_prefix("claims.")?.split('.').collect();
-                match claim(principal, &path)? {
+                let path = claims::parse_path(name.strip_prefix("claims.")?).ok()?;
+                match claims::lookup(&principal.claims, &path)? {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
                     _ => return None,
@@ -230,8 +226,7 @@ impl ResourceRule {
             self.users.iter().any(|u| substitute(u, principal, None, false).is_some_and(|u| u == principal.user_id));
         let by_claim = self.claim.as_ref().is_some_and(|c| {
             let Some(want) = substitute(&c.value, principal, Some(resource), false) else { return false };
-            let path: Vec<&str> = c.path.iter().map(String::as_str).collect();
-            match claim(principal, &path) {
+            match claims::lookup(&principal.claims, &c.path) {
                 Some(Value::String(s)) => *s == want,
                 Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(want.as_str())),
                 _ => false,
