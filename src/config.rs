@@ -10,6 +10,7 @@ use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier}
 use crate::normalize::Mode;
 use crate::rbac::{DenyRules, Operation, Policy, Role};
 use crate::resource::{check_placeholders, ClaimCondition, ResourcePolicy, ResourceRule, Selector};
+use crate::time;
 use glob::Pattern;
 use serde::Deserialize;
 use serde_json::Value;
@@ -592,7 +593,7 @@ impl RawConfig {
             redactor: Redactor::new(&self.audit.redact_fields, self.audit.max_string_bytes),
             resource_metadata,
             resource_policies,
-            session_idle_ms: self.session_idle_secs * 1000,
+            session_idle_ms: time::millis(Duration::from_secs(self.session_idle_secs)),
         })
     }
 }

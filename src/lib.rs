@@ -20,6 +20,7 @@
 //! - `reject`: the one place refusals become HTTP + JSON-RPC errors
 //! - `resource`: resource-level policies
 //! - `session`: who opened each MCP session and created each task
+//! - `time`: millisecond conversions
 
 pub mod audit;
 pub mod claims;
@@ -37,6 +38,7 @@ pub mod rbac;
 pub mod reject;
 pub mod resource;
 pub mod session;
+pub mod time;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
