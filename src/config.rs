@@ -9,7 +9,8 @@ use crate::claims;
 use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
 use crate::normalize::Mode;
 use crate::rbac::{DenyRules, Operation, Policy, Role};
-use crate::resource::{check_placeholders, ClaimCondition, ResourcePolicy, ResourceRule, Selector};
+use crate::resource::{ClaimCondition, ResourcePolicy, ResourceRule, Selector};
+use crate::template::{Part, Placeholders, Template};
 use crate::time;
 use glob::Pattern;
 use serde::Deserialize;
@@ -956,40 +957,38 @@ fn compile_resource_policies(
                 .enumerate()
                 .map(|(i, r)| {
                     let at = |f: &str| format!("resource_policies.{server}.rules[{i}].{f}");
-                    let pattern = if case_fold { r.pattern.to_lowercase() } else { r.pattern };
-                    check_placeholders(&pattern, false).map_err(|m| err(at("pattern"), m))?;
+                    let text = if case_fold { r.pattern.to_lowercase() } else { r.pattern };
+                    let pattern = Template::parse(&text, Placeholders::Caller).map_err(|m| err(at("pattern"), m))?;
                     // Validate the glob with placeholders filled by a harmless value.
-                    let probe = pattern.replace("{user_id}", "u").replace("{claims.", "{");
-                    let probe: String = {
-                        let mut out = String::new();
-                        let mut skip = false;
-                        for c in probe.chars() {
-                            match (c, skip) {
-                                ('{', _) => {
-                                    skip = true;
-                                    out.push('x');
-                                }
-                                ('}', true) => skip = false,
-                                (_, true) => {}
-                                (c, false) => out.push(c),
-                            }
-                        }
-                        out
-                    };
-                    Pattern::new(&probe).map_err(|e| err(at("pattern"), format!("bad glob {pattern:?}: {e}")))?;
-                    let compiled = if pattern.contains('{') { None } else { Pattern::new(&pattern).ok() };
-                    for (u, user) in r.users.iter().enumerate() {
-                        check_placeholders(user, false).map_err(|m| err(format!("{}[{u}]", at("users")), m))?;
-                    }
+                    let probe: String = pattern
+                        .parts()
+                        .iter()
+                        .map(|p| match p {
+                            Part::Text(text) => text.as_str(),
+                            _ => "x",
+                        })
+                        .collect();
+                    Pattern::new(&probe).map_err(|e| err(at("pattern"), format!("bad glob {text:?}: {e}")))?;
+                    let compiled = if pattern.is_literal() { Pattern::new(&text).ok() } else { None };
+                    let users = r
+                        .users
+                        .iter()
+                        .enumerate()
+                        .map(|(u, user)| {
+                            Template::parse(user, Placeholders::Caller)
+                                .map_err(|m| err(format!("{}[{u}]", at("users")), m))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
                     let claim = r
                         .claim
                         .map(|c| {
-                            check_placeholders(&c.value, true).map_err(|m| err(at("claim.value"), m))?;
+                            let value = Template::parse(&c.value, Placeholders::CallerAndResource)
+                                .map_err(|m| err(at("claim.value"), m))?;
                             let path = claims::parse_path(&c.name).map_err(|m| err(at("claim.name"), m))?;
-                            Ok(ClaimCondition { path, value: c.value })
+                            Ok(ClaimCondition { path, value })
                         })
                         .transpose()?;
-                    Ok(ResourceRule { pattern, compiled, roles: r.roles, users: r.users, claim, shadow: r.shadow })
+                    Ok(ResourceRule { pattern, compiled, roles: r.roles, users, claim, shadow: r.shadow })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((server, ResourcePolicy { arguments, case_fold, rules }))

@@ -20,6 +20,7 @@
 //! - `reject`: the one place refusals become HTTP + JSON-RPC errors
 //! - `resource`: resource-level policies
 //! - `session`: who opened each MCP session and created each task
+//! - `template`: `{placeholder}` templates of resource rules, split once
 //! - `time`: millisecond conversions
 
 pub mod audit;
@@ -38,6 +39,7 @@ pub mod rbac;
 pub mod reject;
 pub mod resource;
 pub mod session;
+pub mod template;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]
