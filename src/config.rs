@@ -8,7 +8,7 @@ use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
 use crate::claims;
 use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
 use crate::normalize::Mode;
-use crate::rbac::{DenyRules, Operation, Policy, Role};
+use crate::rbac::Policy;
 use crate::resource::{ClaimCondition, ResourcePolicy, ResourceRule, Selector};
 use crate::template::{Part, Placeholders, Template};
 use crate::time;
@@ -34,7 +34,22 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// The same error seen from the section holding the value: under `jwt`,
+    /// `providers[0].keys` becomes `jwt.providers[0].keys`. Each domain compiles its section
+    /// with fields relative to it, and the caller names where the section sits. An empty
+    /// field is the value itself.
+    pub(crate) fn within(self, at: &str) -> ConfigError {
+        let field = match self.field.as_str() {
+            "" => at.to_owned(),
+            f if f.starts_with('[') => format!("{at}{f}"),
+            f => format!("{at}.{f}"),
+        };
+        ConfigError { field, message: self.message }
+    }
+}
+
+pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { field: field.into(), message: message.into() }
 }
 
@@ -577,7 +592,7 @@ impl RawConfig {
         let key_wait = Duration::from_millis(self.jwt.key_wait_ms);
         let cache_entries = self.jwt.cache_entries;
         let verifier = compile_jwt(self.jwt, env)?;
-        let policy = compile_rbac(self.rbac, &names)?;
+        let policy = Policy::compile(self.rbac, &names).map_err(|e| e.within("rbac"))?;
         let resource_policies = compile_resource_policies(self.resource_policies, &names)?;
         let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
         if !(60..=30 * 24 * 3600).contains(&self.session_idle_secs) {
@@ -857,65 +872,6 @@ fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadat
     })
 }
 
-fn compile_rbac(raw: RawRbac, servers: &HashSet<&str>) -> Result<Policy, ConfigError> {
-    if raw.roles.is_empty() {
-        return Err(err("rbac.roles", "at least one role is required"));
-    }
-    let globs = |at: &str, list: &[String]| -> Result<Vec<Pattern>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, p)| Pattern::new(p).map_err(|e| err(format!("{at}[{i}]"), format!("bad glob {p:?}: {e}"))))
-            .collect()
-    };
-    let operation = |at: String, name: &str| {
-        Operation::parse(name)
-            .ok_or_else(|| err(at, format!("unknown operation {name:?}; use read, write, delete or admin")))
-    };
-    let mut roles = BTreeMap::new();
-    for (name, r) in raw.roles {
-        let at = |f: &str| format!("rbac.roles.{name}.{f}");
-        for (i, s) in r.servers.iter().enumerate() {
-            let is_glob = s.contains(['*', '?', '[']);
-            if !is_glob && !servers.contains(s.as_str()) {
-                return Err(err(format!("{}[{i}]", at("servers")), format!("unknown server {s:?}")));
-            }
-        }
-        let operations = r
-            .operations
-            .map(|ops| {
-                ops.iter()
-                    .enumerate()
-                    .map(|(i, op)| operation(format!("{}[{i}]", at("operations")), op))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
-        let role = Role {
-            servers: globs(&at("servers"), &r.servers)?,
-            methods: globs(&at("methods"), &r.methods)?,
-            tools: globs(&at("tools"), &r.tools)?,
-            resources: globs(&at("resources"), &r.resources)?,
-            prompts: globs(&at("prompts"), &r.prompts)?,
-            operations,
-            deny: DenyRules {
-                servers: globs(&at("deny.servers"), &r.deny.servers)?,
-                methods: globs(&at("deny.methods"), &r.deny.methods)?,
-                tools: globs(&at("deny.tools"), &r.deny.tools)?,
-                resources: globs(&at("deny.resources"), &r.deny.resources)?,
-                prompts: globs(&at("deny.prompts"), &r.deny.prompts)?,
-            },
-        };
-        roles.insert(name, role);
-    }
-    // Most privileged first, so a tool matching several gets the stronger operation.
-    let mut operations = Vec::new();
-    for (name, list) in &raw.operations {
-        let op = operation(format!("rbac.operations.{name}"), name)?;
-        operations.push((op, globs(&format!("rbac.operations.{name}"), list)?));
-    }
-    operations.sort_by_key(|(op, _)| std::cmp::Reverse(*op));
-    Ok(Policy { roles, operations, shadow: raw.shadow, hide_denied_tools: raw.hide_denied_tools })
-}
-
 fn compile_resource_policies(
     raw: BTreeMap<String, RawResourcePolicy>,
     servers: &HashSet<&str>,
@@ -1059,6 +1015,14 @@ mod tests {
         let mut v = base();
         v["jwt"]["providers"][0]["audiences"] = json!([]);
         assert_eq!(field_of(v), "jwt.providers[0].audiences");
+    }
+
+    #[test]
+    fn section_errors_are_named_from_the_root() {
+        let e = err("keys[0].alg", "bad").within("providers[1]").within("jwt");
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("jwt.providers[1].keys[0].alg", "bad"));
+        assert_eq!(err("[2]", "bad").within("tools").field, "tools[2]");
+        assert_eq!(err("", "bad").within("arguments[0]").field, "arguments[0]");
     }
 
     #[test]
