@@ -6,7 +6,7 @@
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
 use crate::claims;
-use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
+use crate::jwt::Verifier;
 use crate::normalize::Mode;
 use crate::rbac::Policy;
 use crate::resource::{ClaimCondition, ResourcePolicy, ResourceRule, Selector};
@@ -591,7 +591,7 @@ impl RawConfig {
         let names: HashSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
         let key_wait = Duration::from_millis(self.jwt.key_wait_ms);
         let cache_entries = self.jwt.cache_entries;
-        let verifier = compile_jwt(self.jwt, env)?;
+        let verifier = Verifier::compile(self.jwt, env).map_err(|e| e.within("jwt"))?;
         let policy = Policy::compile(self.rbac, &names).map_err(|e| e.within("rbac"))?;
         let resource_policies = compile_resource_policies(self.resource_policies, &names)?;
         let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
@@ -690,160 +690,6 @@ fn compile_upstream_auth(
         (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
         (false, None, Some(_)) => Err(err(format!("{at}.header"), "value needs a header name")),
     }
-}
-
-fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Verifier, ConfigError> {
-    if raw.leeway_secs > MAX_LEEWAY_SECS {
-        return Err(err("jwt.leeway_secs", format!("must be at most {MAX_LEEWAY_SECS}, got {}", raw.leeway_secs)));
-    }
-    if raw.key_wait_ms > MAX_KEY_WAIT_MS {
-        return Err(err("jwt.key_wait_ms", format!("must be at most {MAX_KEY_WAIT_MS}, got {}", raw.key_wait_ms)));
-    }
-    if raw.providers.is_empty() {
-        return Err(err("jwt.providers", "at least one provider is required"));
-    }
-    let mut issuers = HashSet::new();
-    let providers = raw
-        .providers
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            if !issuers.insert(p.issuer.clone()) {
-                return Err(err(format!("jwt.providers[{i}].issuer"), format!("duplicate issuer {:?}", p.issuer)));
-            }
-            compile_provider(i, p, env)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Verifier { providers, leeway_secs: raw.leeway_secs, max_token_bytes: raw.max_token_bytes })
-}
-
-fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ConfigError> {
-    let at = |f: &str| format!("jwt.providers[{i}].{f}");
-    if p.name.is_empty() {
-        return Err(err(at("name"), "must not be empty"));
-    }
-    if p.issuer.is_empty() {
-        return Err(err(at("issuer"), "must not be empty"));
-    }
-    if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
-        return Err(err(at("audiences"), "needs at least one non-empty audience"));
-    }
-    let mut static_keys = p
-        .keys
-        .into_iter()
-        .enumerate()
-        .map(|(k, raw)| compile_key(&format!("jwt.providers[{i}].keys[{k}]"), raw, env))
-        .collect::<Result<Vec<_>, _>>()?;
-    let algorithms: Vec<Alg> = match &p.algorithms {
-        None => {
-            let mut algs = Alg::ASYMMETRIC.to_vec();
-            algs.extend(static_keys.iter().map(|k| k.alg()).filter(|a| a.is_hmac()));
-            algs
-        }
-        Some(names) => names
-            .iter()
-            .enumerate()
-            .map(|(n, name)| {
-                let alg = Alg::parse(name).ok_or_else(|| {
-                    err(format!("{}[{n}]", at("algorithms")), format!("unsupported algorithm {name:?}"))
-                })?;
-                let has_secret = static_keys.iter().any(|k| k.alg() == alg);
-                if alg.is_hmac() && !has_secret {
-                    return Err(err(
-                        format!("{}[{n}]", at("algorithms")),
-                        format!("{name} needs a shared secret in this provider's keys"),
-                    ));
-                }
-                Ok(alg)
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    if algorithms.is_empty() {
-        return Err(err(at("algorithms"), "allows no algorithm"));
-    }
-    if let Some(k) = static_keys.iter().position(|k| !algorithms.contains(&k.alg())) {
-        return Err(err(format!("{}[{k}].alg", at("keys")), "algorithm not in this provider's algorithms"));
-    }
-    if let Some(doc) = &p.jwks_inline {
-        let (set, _) = KeySet::from_jwks(doc.expose().to_string().as_bytes(), &algorithms)
-            .map_err(|m| err(at("jwks_inline"), m))?;
-        static_keys.extend(set.keys);
-    }
-    let jwks = p
-        .jwks
-        .map(|j| {
-            if j.cluster.is_empty() {
-                return Err(err(at("jwks.cluster"), "must not be empty"));
-            }
-            if !j.path.starts_with('/') {
-                return Err(err(at("jwks.path"), format!("{:?} must start with '/'", j.path)));
-            }
-            if j.min_refetch_secs == 0 || j.refresh_secs < j.min_refetch_secs {
-                return Err(err(at("jwks.refresh_secs"), "must be at least min_refetch_secs, which must be > 0"));
-            }
-            Ok(JwksSource {
-                authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
-                cluster: j.cluster,
-                path: j.path,
-                refresh: Duration::from_secs(j.refresh_secs),
-                min_refetch: Duration::from_secs(j.min_refetch_secs),
-                timeout: Duration::from_millis(j.timeout_ms.max(1)),
-            })
-        })
-        .transpose()?;
-    if static_keys.is_empty() && jwks.is_none() {
-        return Err(err(at("keys"), "a provider needs keys, jwks_inline or jwks"));
-    }
-    let claim_path = |field: &str, path: &str| claims::parse_path(path).map_err(|m| err(at(field), m));
-    Ok(Provider {
-        claims: ClaimMapping {
-            user: claim_path("claims.user", &p.claims.user)?,
-            roles: claim_path("claims.roles", &p.claims.roles)?,
-            role_map: p.claims.role_map,
-        },
-        name: p.name,
-        issuer: p.issuer,
-        audiences: p.audiences,
-        algorithms,
-        static_keys,
-        jwks,
-    })
-}
-
-fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Result<Key, ConfigError> {
-    let at = |f: &str| format!("{at}.{f}");
-    let alg = Alg::parse(&k.alg).ok_or_else(|| {
-        err(
-            at("alg"),
-            format!("unsupported algorithm {:?}; use one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, EdDSA", k.alg),
-        )
-    })?;
-    let from_env = |field: &str, var: &str| {
-        env(var).ok_or_else(|| err(at(field), format!("environment variable {var:?} is not set in the VM")))
-    };
-    let sources = [k.secret.is_some(), k.secret_env.is_some(), k.jwk.is_some(), k.jwk_env.is_some()];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(err(at("secret"), "give exactly one of secret, secret_env, jwk, jwk_env"));
-    }
-    // Errors below never echo key material.
-    if let Some(secret) = &k.secret {
-        return Key::from_secret(k.kid, alg, secret.expose().as_bytes()).map_err(|m| err(at("secret"), m));
-    }
-    if let Some(var) = &k.secret_env {
-        let secret = from_env("secret_env", var)?;
-        return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret_env"), m));
-    }
-    let (field, jwk) = match (k.jwk, &k.jwk_env) {
-        (Some(jwk), _) => ("jwk", jwk.into_exposed()),
-        (None, Some(var)) => {
-            let text = from_env("jwk_env", var)?;
-            let jwk = serde_json::from_str(&text)
-                .map_err(|e| err(at("jwk_env"), format!("{var:?} does not hold JSON: {e}")))?;
-            ("jwk_env", jwk)
-        }
-        (None, None) => return Err(err(at("jwk"), "missing key source")),
-    };
-    Key::from_jwk(k.kid, alg, &jwk).map_err(|m| err(at(field), m))
 }
 
 fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadata, ConfigError> {
@@ -953,13 +799,15 @@ fn compile_resource_policies(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::jwt::Alg;
     use serde_json::json;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    fn base() -> Value {
+    /// A small valid configuration, for tests to break one field of.
+    pub(crate) fn base() -> Value {
         json!({
             "servers": [{"name": "github", "path_prefix": "/mcp/github"}, {"name": "filesystem", "path_prefix": "/mcp/filesystem"}],
             "jwt": {"providers": [{"name": "p", "issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]}]},
@@ -967,11 +815,11 @@ mod tests {
         })
     }
 
-    fn compile(v: &Value) -> Result<Config, ConfigError> {
+    pub(crate) fn compile(v: &Value) -> Result<Config, ConfigError> {
         Config::from_json(v.to_string().as_bytes(), &|_| None)
     }
 
-    fn field_of(v: Value) -> String {
+    pub(crate) fn field_of(v: Value) -> String {
         compile(&v).unwrap_err().field
     }
 
@@ -1039,80 +887,6 @@ mod tests {
 
         let e = Config::from_json(b"{not json", &|_| None).unwrap_err();
         assert!(e.to_string().contains("invalid plugin configuration"));
-    }
-
-    #[test]
-    fn leeway_and_key_wait_are_capped() {
-        let mut v = base();
-        v["jwt"]["leeway_secs"] = json!(300);
-        v["jwt"]["key_wait_ms"] = json!(10_000);
-        assert!(compile(&v).is_ok());
-        v["jwt"]["leeway_secs"] = json!(301);
-        let e = compile(&v).unwrap_err();
-        assert_eq!((e.field.as_str(), e.message.as_str()), ("jwt.leeway_secs", "must be at most 300, got 301"));
-        v["jwt"]["leeway_secs"] = json!(0);
-        v["jwt"]["key_wait_ms"] = json!(10_001);
-        assert_eq!(field_of(v), "jwt.key_wait_ms");
-    }
-
-    #[test]
-    fn inline_rsa_keys_out_of_bounds_are_errors_naming_the_key() {
-        // An RSA JWK with a 1024-bit modulus (the bounds are checked before any arithmetic).
-        let weak = jwt_compact::jwk::JsonWebKey::Rsa {
-            modulus: vec![0xff; 128].into(),
-            public_exponent: vec![1, 0, 1].into(),
-            private_parts: None,
-        };
-        let weak = serde_json::to_value(&weak).unwrap();
-        for alg in ["RS256", "PS384"] {
-            let mut v = base();
-            v["jwt"]["providers"][0]["keys"][0] = json!({"alg": alg, "jwk": weak});
-            let e = compile(&v).unwrap_err();
-            assert_eq!(e.field, "jwt.providers[0].keys[0].jwk", "{alg}");
-            assert!(e.message.contains("2048 to 4096 bits, got 1024"), "{alg}: {e}");
-        }
-        // In an inline JWKS document it is skipped like in a fetched one; with nothing
-        // else there, the document is unusable.
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"] = json!([]);
-        v["jwt"]["providers"][0]["jwks_inline"] = json!({"keys": [weak]});
-        let e = compile(&v).unwrap_err();
-        assert_eq!(e.field, "jwt.providers[0].jwks_inline");
-        assert!(e.message.contains("got 1024"), "{e}");
-    }
-
-    #[test]
-    fn key_errors_never_echo_secrets() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"][0]["secret"] = json!("tooshort-secret");
-        let e = compile(&v).unwrap_err().to_string();
-        assert!(!e.contains("tooshort-secret"), "{e}");
-    }
-
-    #[test]
-    fn keys_can_come_from_the_environment() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"][0] = json!({"alg": "HS256", "secret_env": "GW_SECRET"});
-        let env = |name: &str| (name == "GW_SECRET").then(|| SECRET.to_owned());
-        assert!(Config::from_json(v.to_string().as_bytes(), &env).is_ok());
-        assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret_env");
-    }
-
-    #[test]
-    fn a_key_needs_exactly_one_source() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"][0]["secret_env"] = json!("X");
-        assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret");
-    }
-
-    #[test]
-    fn hmac_needs_a_secret_and_keys_must_fit_the_allow_list() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["algorithms"] = json!(["RS256", "HS384"]);
-        assert_eq!(field_of(v), "jwt.providers[0].algorithms[1]");
-        let mut v = base();
-        v["jwt"]["providers"][0]["algorithms"] = json!(["RS256"]);
-        assert_eq!(field_of(v), "jwt.providers[0].keys[0].alg");
     }
 
     #[test]
