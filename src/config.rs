@@ -5,14 +5,10 @@
 //! field below is part of the user's manual (README "Configuration").
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
-use crate::claims;
 use crate::jwt::Verifier;
-use crate::normalize::Mode;
 use crate::rbac::Policy;
-use crate::resource::{ClaimCondition, ResourcePolicy, ResourceRule, Selector};
-use crate::template::{Part, Placeholders, Template};
+use crate::resource::ResourcePolicy;
 use crate::time;
-use glob::Pattern;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -593,7 +589,18 @@ impl RawConfig {
         let cache_entries = self.jwt.cache_entries;
         let verifier = Verifier::compile(self.jwt, env).map_err(|e| e.within("jwt"))?;
         let policy = Policy::compile(self.rbac, &names).map_err(|e| e.within("rbac"))?;
-        let resource_policies = compile_resource_policies(self.resource_policies, &names)?;
+        let resource_policies = self
+            .resource_policies
+            .into_iter()
+            .map(|(server, raw)| {
+                let at = format!("resource_policies.{server}");
+                if !names.contains(server.as_str()) {
+                    return Err(err(at, format!("unknown server {server:?}")));
+                }
+                let policy = ResourcePolicy::try_from(raw).map_err(|e| e.within(&at))?;
+                Ok((server, policy))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
         let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
         if !(60..=30 * 24 * 3600).contains(&self.session_idle_secs) {
             return Err(err("session_idle_secs", "must be between 60 and 2592000 (30 days)"));
@@ -716,86 +723,6 @@ fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadat
         resource_name: raw.resource_name,
         resource_documentation: raw.resource_documentation,
     })
-}
-
-fn compile_resource_policies(
-    raw: BTreeMap<String, RawResourcePolicy>,
-    servers: &HashSet<&str>,
-) -> Result<BTreeMap<String, ResourcePolicy>, ConfigError> {
-    raw.into_iter()
-        .map(|(server, p)| {
-            let at = |f: &str| format!("resource_policies.{server}.{f}");
-            if !servers.contains(server.as_str()) {
-                return Err(err(format!("resource_policies.{server}"), format!("unknown server {server:?}")));
-            }
-            let arguments = p
-                .arguments
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let (name, mode, optional) = match a {
-                        RawSelector::Argument(name) => (name, Mode::Literal, false),
-                        RawSelector::Spec(spec) => {
-                            let mode = match spec.mode {
-                                RawMode::Literal => Mode::Literal,
-                                RawMode::Uri => Mode::Uri,
-                            };
-                            (&spec.argument, mode, spec.optional)
-                        }
-                    };
-                    if name.is_empty() || name == "/" {
-                        return Err(err(format!("{}[{i}]", at("arguments")), "must name an argument"));
-                    }
-                    Ok(Selector { mode, optional, ..Selector::parse(name) })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if p.rules.is_empty() {
-                return Err(err(at("rules"), "at least one rule is required (no rule would deny everything)"));
-            }
-            let case_fold = p.case_insensitive;
-            let rules = p
-                .rules
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let at = |f: &str| format!("resource_policies.{server}.rules[{i}].{f}");
-                    let text = if case_fold { r.pattern.to_lowercase() } else { r.pattern };
-                    let pattern = Template::parse(&text, Placeholders::Caller).map_err(|m| err(at("pattern"), m))?;
-                    // Validate the glob with placeholders filled by a harmless value.
-                    let probe: String = pattern
-                        .parts()
-                        .iter()
-                        .map(|p| match p {
-                            Part::Text(text) => text.as_str(),
-                            _ => "x",
-                        })
-                        .collect();
-                    Pattern::new(&probe).map_err(|e| err(at("pattern"), format!("bad glob {text:?}: {e}")))?;
-                    let compiled = if pattern.is_literal() { Pattern::new(&text).ok() } else { None };
-                    let users = r
-                        .users
-                        .iter()
-                        .enumerate()
-                        .map(|(u, user)| {
-                            Template::parse(user, Placeholders::Caller)
-                                .map_err(|m| err(format!("{}[{u}]", at("users")), m))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let claim = r
-                        .claim
-                        .map(|c| {
-                            let value = Template::parse(&c.value, Placeholders::CallerAndResource)
-                                .map_err(|m| err(at("claim.value"), m))?;
-                            let path = claims::parse_path(&c.name).map_err(|m| err(at("claim.name"), m))?;
-                            Ok(ClaimCondition { path, value })
-                        })
-                        .transpose()?;
-                    Ok(ResourceRule { pattern, compiled, roles: r.roles, users, claim, shadow: r.shadow })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((server, ResourcePolicy { arguments, case_fold, rules }))
-        })
-        .collect()
 }
 
 #[cfg(test)]

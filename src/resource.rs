@@ -6,10 +6,11 @@
 //! denies. Patterns may name the caller: `/user/{user_id}/**`, `{claims.tenant}/**`.
 
 use crate::claims;
+use crate::config::{err, ConfigError, RawClaimCondition, RawMode, RawResourcePolicy, RawResourceRule, RawSelector};
 use crate::jsonrpc::{folds_equal, Message, Target};
 use crate::jwt::Principal;
 use crate::normalize::{readings, resource_of_uri, Mode, NormalizeError};
-use crate::template::{Part, Template};
+use crate::template::{Part, Placeholders, Template};
 use glob::{MatchOptions, Pattern};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -84,12 +85,44 @@ impl Selector {
     }
 }
 
+impl TryFrom<RawSelector> for Selector {
+    type Error = ConfigError;
+
+    /// An error is about the entry as a whole (its field is empty).
+    fn try_from(raw: RawSelector) -> Result<Selector, ConfigError> {
+        let (name, mode, optional) = match raw {
+            RawSelector::Argument(name) => (name, Mode::Literal, false),
+            RawSelector::Spec(spec) => {
+                let mode = match spec.mode {
+                    RawMode::Literal => Mode::Literal,
+                    RawMode::Uri => Mode::Uri,
+                };
+                (spec.argument, mode, spec.optional)
+            }
+        };
+        if name.is_empty() || name == "/" {
+            return Err(err("", "must name an argument"));
+        }
+        Ok(Selector { mode, optional, ..Selector::parse(&name) })
+    }
+}
+
 /// A claim that must hold the given value (or contain it, when it is an array).
 #[derive(Debug, Clone)]
 pub struct ClaimCondition {
     pub path: Vec<String>,
     /// May use `{resource}`, `{user_id}` and `{claims.<path>}`.
     pub value: Template,
+}
+
+impl TryFrom<RawClaimCondition> for ClaimCondition {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawClaimCondition) -> Result<ClaimCondition, ConfigError> {
+        let value = Template::parse(&raw.value, Placeholders::CallerAndResource).map_err(|m| err("value", m))?;
+        let path = claims::parse_path(&raw.name).map_err(|m| err("name", m))?;
+        Ok(ClaimCondition { path, value })
+    }
 }
 
 /// One ordered rule.
@@ -114,6 +147,31 @@ pub struct ResourcePolicy {
     pub arguments: Vec<Selector>,
     pub case_fold: bool,
     pub rules: Vec<ResourceRule>,
+}
+
+impl TryFrom<RawResourcePolicy> for ResourcePolicy {
+    type Error = ConfigError;
+
+    /// Error fields are relative to the policy (`rules[0].pattern`).
+    fn try_from(raw: RawResourcePolicy) -> Result<ResourcePolicy, ConfigError> {
+        let arguments = raw
+            .arguments
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| Selector::try_from(a).map_err(|e| e.within(&format!("arguments[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.rules.is_empty() {
+            return Err(err("rules", "at least one rule is required (no rule would deny everything)"));
+        }
+        let case_fold = raw.case_insensitive;
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| ResourceRule::compile(r, case_fold).map_err(|e| e.within(&format!("rules[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ResourcePolicy { arguments, case_fold, rules })
+    }
 }
 
 /// Why a resource was refused.
@@ -187,6 +245,32 @@ fn substitute(template: &Template, principal: &Principal, resource: Option<&str>
 }
 
 impl ResourceRule {
+    /// Compiles one rule (error fields are relative to it). The pattern is lowercased
+    /// when the policy folds case.
+    fn compile(raw: RawResourceRule, case_fold: bool) -> Result<ResourceRule, ConfigError> {
+        let text = if case_fold { raw.pattern.to_lowercase() } else { raw.pattern };
+        let pattern = Template::parse(&text, Placeholders::Caller).map_err(|m| err("pattern", m))?;
+        // Validate the glob with placeholders filled by a harmless value.
+        let probe: String = pattern
+            .parts()
+            .iter()
+            .map(|p| match p {
+                Part::Text(text) => text.as_str(),
+                _ => "x",
+            })
+            .collect();
+        Pattern::new(&probe).map_err(|e| err("pattern", format!("bad glob {text:?}: {e}")))?;
+        let compiled = if pattern.is_literal() { Pattern::new(&text).ok() } else { None };
+        let users = raw
+            .users
+            .iter()
+            .enumerate()
+            .map(|(u, user)| Template::parse(user, Placeholders::Caller).map_err(|m| err(format!("users[{u}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let claim = raw.claim.map(|c| ClaimCondition::try_from(c).map_err(|e| e.within("claim"))).transpose()?;
+        Ok(ResourceRule { pattern, compiled, roles: raw.roles, users, claim, shadow: raw.shadow })
+    }
+
     fn matches(&self, principal: &Principal, resource: &str, case_fold: bool) -> bool {
         if let Some(p) = &self.compiled {
             return p.matches_with(resource, MATCH);
@@ -317,7 +401,6 @@ impl ResourcePolicy {
 mod tests {
     use super::*;
     use crate::jsonrpc::{parse, Message};
-    use crate::template::Placeholders;
     use serde_json::{json, Map};
 
     fn principal(user: &str, roles: &[&str], claims: Value) -> Principal {
@@ -452,6 +535,41 @@ mod tests {
                 .unwrap();
         assert_eq!(p.resources(&m).unwrap(), vec![("/public/a.txt".to_owned(), Mode::Uri)]);
         assert!(p.check_message(&alice, &m).is_ok());
+    }
+
+    fn compiled(policy: Value) -> Result<ResourcePolicy, ConfigError> {
+        ResourcePolicy::try_from(serde_json::from_value::<RawResourcePolicy>(policy).unwrap())
+    }
+
+    #[test]
+    fn the_resource_placeholder_is_only_for_claim_values() {
+        let claim = json!({"rules": [{"pattern": "acme/*", "claim": {"name": "repos", "value": "{resource}"}}]});
+        assert!(compiled(claim).is_ok());
+        let field = |p: Value| compiled(p).unwrap_err().field;
+        assert_eq!(field(json!({"rules": [{"pattern": "{resource}/*"}]})), "rules[0].pattern");
+        assert_eq!(field(json!({"rules": [{"pattern": "a", "users": ["x", "{resource}"]}]})), "rules[0].users[1]");
+    }
+
+    #[test]
+    fn compiled_rules_keep_their_text_and_precompile_literals() {
+        let p = compiled(json!({
+            "arguments": ["path", {"argument": "/a/b", "mode": "percent", "optional": true}],
+            "case_insensitive": true,
+            "rules": [{"pattern": "Acme/Web"}, {"pattern": "acme/{claims.team}/*", "users": ["{user_id}"]}],
+        }))
+        .unwrap();
+        assert_eq!(p.arguments[1], Selector { mode: Mode::Uri, optional: true, ..Selector::parse("/a/b") });
+        assert_eq!(p.rules[0].pattern.as_str(), "acme/web");
+        assert!(p.rules[0].compiled.is_some());
+        assert!(p.rules[1].compiled.is_none());
+        let field = |p: Value| compiled(p).unwrap_err().field;
+        assert_eq!(field(json!({"arguments": ["/"], "rules": [{"pattern": "a"}]})), "arguments[0]");
+        assert_eq!(field(json!({"rules": []})), "rules");
+        assert_eq!(field(json!({"rules": [{"pattern": "a/[b"}]})), "rules[0].pattern");
+        assert_eq!(
+            field(json!({"rules": [{"pattern": "a", "claim": {"name": "a..b", "value": "x"}}]})),
+            "rules[0].claim.name"
+        );
     }
 
     #[test]
