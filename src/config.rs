@@ -5,6 +5,7 @@
 //! field below is part of the user's manual (README "Configuration").
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
+use crate::discovery::ResourceMetadata;
 use crate::jwt::Verifier;
 use crate::rbac::Policy;
 use crate::resource::ResourcePolicy;
@@ -524,17 +525,6 @@ pub struct Server {
     pub upstream_auth: UpstreamAuth,
 }
 
-/// Protected resource metadata, compiled.
-#[derive(Debug, Clone)]
-pub struct ResourceMetadata {
-    pub public_url: Option<String>,
-    pub authorization_servers: Vec<String>,
-    pub scopes_supported: Vec<String>,
-    pub required_scopes: Vec<String>,
-    pub resource_name: Option<String>,
-    pub resource_documentation: Option<String>,
-}
-
 /// The validated configuration the filter runs on.
 #[derive(Debug)]
 pub struct Config {
@@ -601,7 +591,10 @@ impl RawConfig {
                 Ok((server, policy))
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
-        let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
+        let resource_metadata = self
+            .resource_metadata
+            .map(|raw| ResourceMetadata::try_from(raw).map_err(|e| e.within("resource_metadata")))
+            .transpose()?;
         if !(60..=30 * 24 * 3600).contains(&self.session_idle_secs) {
             return Err(err("session_idle_secs", "must be between 60 and 2592000 (30 days)"));
         }
@@ -613,7 +606,7 @@ impl RawConfig {
             key_wait,
             cache_entries,
             policy,
-            redactor: Redactor::new(&self.audit.redact_fields, self.audit.max_string_bytes),
+            redactor: Redactor::from(self.audit),
             resource_metadata,
             resource_policies,
             session_idle_ms: time::millis(Duration::from_secs(self.session_idle_secs)),
@@ -697,32 +690,6 @@ fn compile_upstream_auth(
         (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
         (false, None, Some(_)) => Err(err(format!("{at}.header"), "value needs a header name")),
     }
-}
-
-fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadata, ConfigError> {
-    let at = |f: &str| format!("resource_metadata.{f}");
-    if let Some(url) = &raw.public_url {
-        let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/');
-        if !ok {
-            return Err(err(at("public_url"), format!("{url:?} must be an http(s) URL without a trailing '/'")));
-        }
-    }
-    if raw.authorization_servers.is_empty() {
-        return Err(err(at("authorization_servers"), "at least one authorization server is required"));
-    }
-    for (i, scope) in raw.required_scopes.iter().enumerate() {
-        if scope.is_empty() || scope.contains([' ', '"', '\\']) {
-            return Err(err(format!("{}[{i}]", at("required_scopes")), format!("{scope:?} is not a valid scope")));
-        }
-    }
-    Ok(ResourceMetadata {
-        public_url: raw.public_url,
-        authorization_servers: raw.authorization_servers,
-        scopes_supported: raw.scopes_supported,
-        required_scopes: raw.required_scopes,
-        resource_name: raw.resource_name,
-        resource_documentation: raw.resource_documentation,
-    })
 }
 
 #[cfg(test)]
