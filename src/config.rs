@@ -648,47 +648,45 @@ fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) ->
             if !seen_prefixes.insert(s.path_prefix.clone()) {
                 return Err(err(at("path_prefix"), format!("duplicate path prefix {:?}", s.path_prefix)));
             }
-            let upstream_auth = compile_upstream_auth(&at("upstream_auth"), s.upstream_auth, env)?;
+            let upstream_auth =
+                UpstreamAuth::compile(s.upstream_auth, env).map_err(|e| e.within(&at("upstream_auth")))?;
             Ok(Server { name: s.name, path_prefix: s.path_prefix, upstream_auth })
         })
         .collect()
 }
 
-fn compile_upstream_auth(
-    at: &str,
-    raw: RawUpstreamAuth,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<UpstreamAuth, ConfigError> {
-    let value = match (raw.value, &raw.value_env) {
-        (Some(_), Some(_)) => return Err(err(format!("{at}.value"), "give value or value_env, not both")),
-        (Some(v), None) => Some(v),
-        (None, Some(var)) => Some(Secret(env(var).ok_or_else(|| {
-            err(format!("{at}.value_env"), format!("environment variable {var:?} is not set in the VM"))
-        })?)),
-        (None, None) => None,
-    };
-    match (raw.forward_client_token, raw.header, value) {
-        (false, None, None) => Ok(UpstreamAuth::None),
-        (true, None, None) => Ok(UpstreamAuth::ForwardClientToken),
-        (false, Some(header), Some(value)) => {
-            let header = header.to_ascii_lowercase();
-            let valid = !header.is_empty()
-                && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !crate::headers::is_spoofable(&header);
-            if !valid {
-                return Err(err(
-                    format!("{at}.header"),
-                    format!("{header:?} is not a header name the gateway may set"),
-                ));
+impl UpstreamAuth {
+    /// Compiles a server's `upstream_auth` (error fields are relative to it).
+    fn compile(raw: RawUpstreamAuth, env: &dyn Fn(&str) -> Option<String>) -> Result<UpstreamAuth, ConfigError> {
+        let value = match (raw.value, &raw.value_env) {
+            (Some(_), Some(_)) => return Err(err("value", "give value or value_env, not both")),
+            (Some(v), None) => Some(v),
+            (None, Some(var)) => Some(Secret(
+                env(var)
+                    .ok_or_else(|| err("value_env", format!("environment variable {var:?} is not set in the VM")))?,
+            )),
+            (None, None) => None,
+        };
+        match (raw.forward_client_token, raw.header, value) {
+            (false, None, None) => Ok(UpstreamAuth::None),
+            (true, None, None) => Ok(UpstreamAuth::ForwardClientToken),
+            (false, Some(header), Some(value)) => {
+                let header = header.to_ascii_lowercase();
+                let valid = !header.is_empty()
+                    && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !crate::headers::is_spoofable(&header);
+                if !valid {
+                    return Err(err("header", format!("{header:?} is not a header name the gateway may set")));
+                }
+                if value.expose().bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+                    return Err(err("value", "must be printable ASCII"));
+                }
+                Ok(UpstreamAuth::Inject { header, value })
             }
-            if value.expose().bytes().any(|b| !(0x20..0x7f).contains(&b)) {
-                return Err(err(format!("{at}.value"), "must be printable ASCII"));
-            }
-            Ok(UpstreamAuth::Inject { header, value })
+            (true, _, _) => Err(err("forward_client_token", "cannot be combined with header/value")),
+            (false, Some(_), None) => Err(err("value", "header needs value or value_env")),
+            (false, None, Some(_)) => Err(err("header", "value needs a header name")),
         }
-        (true, _, _) => Err(err(format!("{at}.forward_client_token"), "cannot be combined with header/value")),
-        (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
-        (false, None, Some(_)) => Err(err(format!("{at}.header"), "value needs a header name")),
     }
 }
 
