@@ -255,7 +255,7 @@ impl ResourceRule {
             .parts()
             .iter()
             .map(|p| match p {
-                Part::Text(text) => text.as_str(),
+                Part::Text(literal) => literal.as_str(),
                 _ => "x",
             })
             .collect();
