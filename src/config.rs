@@ -2,7 +2,10 @@
 //!
 //! Parsing rejects unknown fields and reports the path of the offending field;
 //! compiling decodes keys and compiles globs once, so requests never pay for it. Every
-//! field below is part of the user's manual (README "Configuration").
+//! field below is part of the user's manual (README "Configuration"). Each section is
+//! compiled by the module that uses it (`Verifier::compile`, `Policy::compile`,
+//! `ResourcePolicy::try_from`...), with error fields relative to the section; this
+//! module says where the section sits (`ConfigError::within`).
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
 use crate::discovery::ResourceMetadata;

@@ -6,7 +6,8 @@
 //!
 //! - `audit`: the audit record and the redaction of arguments copied into it
 //! - `claims`: dotted claim paths, parsed at configure time and looked up in tokens
-//! - `config`: the raw plugin configuration and the compile step that validates it
+//! - `config`: the raw plugin configuration; its compile step hands each section to the
+//!   module that uses it (`jwt`, `rbac`, `resource`, `discovery`, `audit`)
 //! - `discovery`: RFC 9728 protected resource metadata
 //! - `fast_rsa`: the RS* signature verifier
 //! - `gateway`: the per-request pipeline the adapter drives
