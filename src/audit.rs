@@ -5,6 +5,7 @@
 //! a common API key (GitHub, OpenAI/Anthropic, Slack, AWS), is replaced; long strings are
 //! cut so a record stays small.
 
+use crate::config::RawAudit;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -77,6 +78,12 @@ impl Redactor {
             }
             other => other.clone(),
         }
+    }
+}
+
+impl From<RawAudit> for Redactor {
+    fn from(raw: RawAudit) -> Redactor {
+        Redactor::new(&raw.redact_fields, raw.max_string_bytes)
     }
 }
 

@@ -2,14 +2,17 @@
 //!
 //! Parsing rejects unknown fields and reports the path of the offending field;
 //! compiling decodes keys and compiles globs once, so requests never pay for it. Every
-//! field below is part of the user's manual (README "Configuration").
+//! field below is part of the user's manual (README "Configuration"). Each section is
+//! compiled by the module that uses it (`Verifier::compile`, `Policy::compile`,
+//! `ResourcePolicy::try_from`...), with error fields relative to the section; this
+//! module says where the section sits (`ConfigError::within`).
 
 use crate::audit::{Redactor, DEFAULT_REDACT_FIELDS};
-use crate::jwt::{Alg, ClaimMapping, JwksSource, Key, KeySet, Provider, Verifier};
-use crate::normalize::Mode;
-use crate::rbac::{DenyRules, Operation, Policy, Role};
-use crate::resource::{check_placeholders, ClaimCondition, ResourcePolicy, ResourceRule, Selector};
-use glob::Pattern;
+use crate::discovery::ResourceMetadata;
+use crate::jwt::Verifier;
+use crate::rbac::Policy;
+use crate::resource::ResourcePolicy;
+use crate::time;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -31,7 +34,22 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+impl ConfigError {
+    /// The same error seen from the section holding the value: under `jwt`,
+    /// `providers[0].keys` becomes `jwt.providers[0].keys`. Each domain compiles its section
+    /// with fields relative to it, and the caller names where the section sits. An empty
+    /// field is the value itself.
+    pub(crate) fn within(self, at: &str) -> ConfigError {
+        let field = match self.field.as_str() {
+            "" => at.to_owned(),
+            f if f.starts_with('[') => format!("{at}{f}"),
+            f => format!("{at}.{f}"),
+        };
+        ConfigError { field, message: self.message }
+    }
+}
+
+pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { field: field.into(), message: message.into() }
 }
 
@@ -510,17 +528,6 @@ pub struct Server {
     pub upstream_auth: UpstreamAuth,
 }
 
-/// Protected resource metadata, compiled.
-#[derive(Debug, Clone)]
-pub struct ResourceMetadata {
-    pub public_url: Option<String>,
-    pub authorization_servers: Vec<String>,
-    pub scopes_supported: Vec<String>,
-    pub required_scopes: Vec<String>,
-    pub resource_name: Option<String>,
-    pub resource_documentation: Option<String>,
-}
-
 /// The validated configuration the filter runs on.
 #[derive(Debug)]
 pub struct Config {
@@ -573,10 +580,24 @@ impl RawConfig {
         let names: HashSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
         let key_wait = Duration::from_millis(self.jwt.key_wait_ms);
         let cache_entries = self.jwt.cache_entries;
-        let verifier = compile_jwt(self.jwt, env)?;
-        let policy = compile_rbac(self.rbac, &names)?;
-        let resource_policies = compile_resource_policies(self.resource_policies, &names)?;
-        let resource_metadata = self.resource_metadata.map(compile_resource_metadata).transpose()?;
+        let verifier = Verifier::compile(self.jwt, env).map_err(|e| e.within("jwt"))?;
+        let policy = Policy::compile(self.rbac, &names).map_err(|e| e.within("rbac"))?;
+        let resource_policies = self
+            .resource_policies
+            .into_iter()
+            .map(|(server, raw)| {
+                let at = format!("resource_policies.{server}");
+                if !names.contains(server.as_str()) {
+                    return Err(err(at, format!("unknown server {server:?}")));
+                }
+                let policy = ResourcePolicy::try_from(raw).map_err(|e| e.within(&at))?;
+                Ok((server, policy))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let resource_metadata = self
+            .resource_metadata
+            .map(|raw| ResourceMetadata::try_from(raw).map_err(|e| e.within("resource_metadata")))
+            .transpose()?;
         if !(60..=30 * 24 * 3600).contains(&self.session_idle_secs) {
             return Err(err("session_idle_secs", "must be between 60 and 2592000 (30 days)"));
         }
@@ -588,10 +609,10 @@ impl RawConfig {
             key_wait,
             cache_entries,
             policy,
-            redactor: Redactor::new(&self.audit.redact_fields, self.audit.max_string_bytes),
+            redactor: Redactor::from(self.audit),
             resource_metadata,
             resource_policies,
-            session_idle_ms: self.session_idle_secs * 1000,
+            session_idle_ms: time::millis(Duration::from_secs(self.session_idle_secs)),
         })
     }
 }
@@ -630,388 +651,58 @@ fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) ->
             if !seen_prefixes.insert(s.path_prefix.clone()) {
                 return Err(err(at("path_prefix"), format!("duplicate path prefix {:?}", s.path_prefix)));
             }
-            let upstream_auth = compile_upstream_auth(&at("upstream_auth"), s.upstream_auth, env)?;
+            let upstream_auth =
+                UpstreamAuth::compile(s.upstream_auth, env).map_err(|e| e.within(&at("upstream_auth")))?;
             Ok(Server { name: s.name, path_prefix: s.path_prefix, upstream_auth })
         })
         .collect()
 }
 
-fn compile_upstream_auth(
-    at: &str,
-    raw: RawUpstreamAuth,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<UpstreamAuth, ConfigError> {
-    let value = match (raw.value, &raw.value_env) {
-        (Some(_), Some(_)) => return Err(err(format!("{at}.value"), "give value or value_env, not both")),
-        (Some(v), None) => Some(v),
-        (None, Some(var)) => Some(Secret(env(var).ok_or_else(|| {
-            err(format!("{at}.value_env"), format!("environment variable {var:?} is not set in the VM"))
-        })?)),
-        (None, None) => None,
-    };
-    match (raw.forward_client_token, raw.header, value) {
-        (false, None, None) => Ok(UpstreamAuth::None),
-        (true, None, None) => Ok(UpstreamAuth::ForwardClientToken),
-        (false, Some(header), Some(value)) => {
-            let header = header.to_ascii_lowercase();
-            let valid = !header.is_empty()
-                && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !crate::headers::is_spoofable(&header);
-            if !valid {
-                return Err(err(
-                    format!("{at}.header"),
-                    format!("{header:?} is not a header name the gateway may set"),
-                ));
-            }
-            if value.expose().bytes().any(|b| !(0x20..0x7f).contains(&b)) {
-                return Err(err(format!("{at}.value"), "must be printable ASCII"));
-            }
-            Ok(UpstreamAuth::Inject { header, value })
-        }
-        (true, _, _) => Err(err(format!("{at}.forward_client_token"), "cannot be combined with header/value")),
-        (false, Some(_), None) => Err(err(format!("{at}.value"), "header needs value or value_env")),
-        (false, None, Some(_)) => Err(err(format!("{at}.header"), "value needs a header name")),
-    }
-}
-
-fn compile_jwt(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Verifier, ConfigError> {
-    if raw.leeway_secs > MAX_LEEWAY_SECS {
-        return Err(err("jwt.leeway_secs", format!("must be at most {MAX_LEEWAY_SECS}, got {}", raw.leeway_secs)));
-    }
-    if raw.key_wait_ms > MAX_KEY_WAIT_MS {
-        return Err(err("jwt.key_wait_ms", format!("must be at most {MAX_KEY_WAIT_MS}, got {}", raw.key_wait_ms)));
-    }
-    if raw.providers.is_empty() {
-        return Err(err("jwt.providers", "at least one provider is required"));
-    }
-    let mut issuers = HashSet::new();
-    let providers = raw
-        .providers
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            if !issuers.insert(p.issuer.clone()) {
-                return Err(err(format!("jwt.providers[{i}].issuer"), format!("duplicate issuer {:?}", p.issuer)));
-            }
-            compile_provider(i, p, env)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Verifier { providers, leeway_secs: raw.leeway_secs, max_token_bytes: raw.max_token_bytes })
-}
-
-fn compile_provider(i: usize, p: RawProvider, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ConfigError> {
-    let at = |f: &str| format!("jwt.providers[{i}].{f}");
-    if p.name.is_empty() {
-        return Err(err(at("name"), "must not be empty"));
-    }
-    if p.issuer.is_empty() {
-        return Err(err(at("issuer"), "must not be empty"));
-    }
-    if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
-        return Err(err(at("audiences"), "needs at least one non-empty audience"));
-    }
-    let mut static_keys = p
-        .keys
-        .into_iter()
-        .enumerate()
-        .map(|(k, raw)| compile_key(&format!("jwt.providers[{i}].keys[{k}]"), raw, env))
-        .collect::<Result<Vec<_>, _>>()?;
-    let algorithms: Vec<Alg> = match &p.algorithms {
-        None => {
-            let mut algs = Alg::ASYMMETRIC.to_vec();
-            algs.extend(static_keys.iter().map(|k| k.alg()).filter(|a| a.is_hmac()));
-            algs
-        }
-        Some(names) => names
-            .iter()
-            .enumerate()
-            .map(|(n, name)| {
-                let alg = Alg::parse(name).ok_or_else(|| {
-                    err(format!("{}[{n}]", at("algorithms")), format!("unsupported algorithm {name:?}"))
-                })?;
-                let has_secret = static_keys.iter().any(|k| k.alg() == alg);
-                if alg.is_hmac() && !has_secret {
-                    return Err(err(
-                        format!("{}[{n}]", at("algorithms")),
-                        format!("{name} needs a shared secret in this provider's keys"),
-                    ));
-                }
-                Ok(alg)
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    if algorithms.is_empty() {
-        return Err(err(at("algorithms"), "allows no algorithm"));
-    }
-    if let Some(k) = static_keys.iter().position(|k| !algorithms.contains(&k.alg())) {
-        return Err(err(format!("{}[{k}].alg", at("keys")), "algorithm not in this provider's algorithms"));
-    }
-    if let Some(doc) = &p.jwks_inline {
-        let (set, _) = KeySet::from_jwks(doc.expose().to_string().as_bytes(), &algorithms)
-            .map_err(|m| err(at("jwks_inline"), m))?;
-        static_keys.extend(set.keys);
-    }
-    let jwks = p
-        .jwks
-        .map(|j| {
-            if j.cluster.is_empty() {
-                return Err(err(at("jwks.cluster"), "must not be empty"));
-            }
-            if !j.path.starts_with('/') {
-                return Err(err(at("jwks.path"), format!("{:?} must start with '/'", j.path)));
-            }
-            if j.min_refetch_secs == 0 || j.refresh_secs < j.min_refetch_secs {
-                return Err(err(at("jwks.refresh_secs"), "must be at least min_refetch_secs, which must be > 0"));
-            }
-            Ok(JwksSource {
-                authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
-                cluster: j.cluster,
-                path: j.path,
-                refresh: Duration::from_secs(j.refresh_secs),
-                min_refetch: Duration::from_secs(j.min_refetch_secs),
-                timeout: Duration::from_millis(j.timeout_ms.max(1)),
-            })
-        })
-        .transpose()?;
-    if static_keys.is_empty() && jwks.is_none() {
-        return Err(err(at("keys"), "a provider needs keys, jwks_inline or jwks"));
-    }
-    let claim_path = |field: &str, path: &str| -> Result<Vec<String>, ConfigError> {
-        let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
-        if segs.iter().any(String::is_empty) {
-            return Err(err(at(field), format!("{path:?} is not a dotted claim path")));
-        }
-        Ok(segs)
-    };
-    Ok(Provider {
-        claims: ClaimMapping {
-            user: claim_path("claims.user", &p.claims.user)?,
-            roles: claim_path("claims.roles", &p.claims.roles)?,
-            role_map: p.claims.role_map,
-        },
-        name: p.name,
-        issuer: p.issuer,
-        audiences: p.audiences,
-        algorithms,
-        static_keys,
-        jwks,
-    })
-}
-
-fn compile_key(at: &str, k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Result<Key, ConfigError> {
-    let at = |f: &str| format!("{at}.{f}");
-    let alg = Alg::parse(&k.alg).ok_or_else(|| {
-        err(
-            at("alg"),
-            format!("unsupported algorithm {:?}; use one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, EdDSA", k.alg),
-        )
-    })?;
-    let from_env = |field: &str, var: &str| {
-        env(var).ok_or_else(|| err(at(field), format!("environment variable {var:?} is not set in the VM")))
-    };
-    let sources = [k.secret.is_some(), k.secret_env.is_some(), k.jwk.is_some(), k.jwk_env.is_some()];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(err(at("secret"), "give exactly one of secret, secret_env, jwk, jwk_env"));
-    }
-    // Errors below never echo key material.
-    if let Some(secret) = &k.secret {
-        return Key::from_secret(k.kid, alg, secret.expose().as_bytes()).map_err(|m| err(at("secret"), m));
-    }
-    if let Some(var) = &k.secret_env {
-        let secret = from_env("secret_env", var)?;
-        return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err(at("secret_env"), m));
-    }
-    let (field, jwk) = match (k.jwk, &k.jwk_env) {
-        (Some(jwk), _) => ("jwk", jwk.into_exposed()),
-        (None, Some(var)) => {
-            let text = from_env("jwk_env", var)?;
-            let jwk = serde_json::from_str(&text)
-                .map_err(|e| err(at("jwk_env"), format!("{var:?} does not hold JSON: {e}")))?;
-            ("jwk_env", jwk)
-        }
-        (None, None) => return Err(err(at("jwk"), "missing key source")),
-    };
-    Key::from_jwk(k.kid, alg, &jwk).map_err(|m| err(at(field), m))
-}
-
-fn compile_resource_metadata(raw: RawResourceMetadata) -> Result<ResourceMetadata, ConfigError> {
-    let at = |f: &str| format!("resource_metadata.{f}");
-    if let Some(url) = &raw.public_url {
-        let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/');
-        if !ok {
-            return Err(err(at("public_url"), format!("{url:?} must be an http(s) URL without a trailing '/'")));
-        }
-    }
-    if raw.authorization_servers.is_empty() {
-        return Err(err(at("authorization_servers"), "at least one authorization server is required"));
-    }
-    for (i, scope) in raw.required_scopes.iter().enumerate() {
-        if scope.is_empty() || scope.contains([' ', '"', '\\']) {
-            return Err(err(format!("{}[{i}]", at("required_scopes")), format!("{scope:?} is not a valid scope")));
-        }
-    }
-    Ok(ResourceMetadata {
-        public_url: raw.public_url,
-        authorization_servers: raw.authorization_servers,
-        scopes_supported: raw.scopes_supported,
-        required_scopes: raw.required_scopes,
-        resource_name: raw.resource_name,
-        resource_documentation: raw.resource_documentation,
-    })
-}
-
-fn compile_rbac(raw: RawRbac, servers: &HashSet<&str>) -> Result<Policy, ConfigError> {
-    if raw.roles.is_empty() {
-        return Err(err("rbac.roles", "at least one role is required"));
-    }
-    let globs = |at: &str, list: &[String]| -> Result<Vec<Pattern>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, p)| Pattern::new(p).map_err(|e| err(format!("{at}[{i}]"), format!("bad glob {p:?}: {e}"))))
-            .collect()
-    };
-    let operation = |at: String, name: &str| {
-        Operation::parse(name)
-            .ok_or_else(|| err(at, format!("unknown operation {name:?}; use read, write, delete or admin")))
-    };
-    let mut roles = BTreeMap::new();
-    for (name, r) in raw.roles {
-        let at = |f: &str| format!("rbac.roles.{name}.{f}");
-        for (i, s) in r.servers.iter().enumerate() {
-            let is_glob = s.contains(['*', '?', '[']);
-            if !is_glob && !servers.contains(s.as_str()) {
-                return Err(err(format!("{}[{i}]", at("servers")), format!("unknown server {s:?}")));
-            }
-        }
-        let operations = r
-            .operations
-            .map(|ops| {
-                ops.iter()
-                    .enumerate()
-                    .map(|(i, op)| operation(format!("{}[{i}]", at("operations")), op))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
-        let role = Role {
-            servers: globs(&at("servers"), &r.servers)?,
-            methods: globs(&at("methods"), &r.methods)?,
-            tools: globs(&at("tools"), &r.tools)?,
-            resources: globs(&at("resources"), &r.resources)?,
-            prompts: globs(&at("prompts"), &r.prompts)?,
-            operations,
-            deny: DenyRules {
-                servers: globs(&at("deny.servers"), &r.deny.servers)?,
-                methods: globs(&at("deny.methods"), &r.deny.methods)?,
-                tools: globs(&at("deny.tools"), &r.deny.tools)?,
-                resources: globs(&at("deny.resources"), &r.deny.resources)?,
-                prompts: globs(&at("deny.prompts"), &r.deny.prompts)?,
-            },
+impl UpstreamAuth {
+    /// Compiles a server's `upstream_auth` (error fields are relative to it).
+    fn compile(raw: RawUpstreamAuth, env: &dyn Fn(&str) -> Option<String>) -> Result<UpstreamAuth, ConfigError> {
+        let value = match (raw.value, &raw.value_env) {
+            (Some(_), Some(_)) => return Err(err("value", "give value or value_env, not both")),
+            (Some(v), None) => Some(v),
+            (None, Some(var)) => Some(Secret(
+                env(var)
+                    .ok_or_else(|| err("value_env", format!("environment variable {var:?} is not set in the VM")))?,
+            )),
+            (None, None) => None,
         };
-        roles.insert(name, role);
-    }
-    // Most privileged first, so a tool matching several gets the stronger operation.
-    let mut operations = Vec::new();
-    for (name, list) in &raw.operations {
-        let op = operation(format!("rbac.operations.{name}"), name)?;
-        operations.push((op, globs(&format!("rbac.operations.{name}"), list)?));
-    }
-    operations.sort_by_key(|(op, _)| std::cmp::Reverse(*op));
-    Ok(Policy { roles, operations, shadow: raw.shadow, hide_denied_tools: raw.hide_denied_tools })
-}
-
-fn compile_resource_policies(
-    raw: BTreeMap<String, RawResourcePolicy>,
-    servers: &HashSet<&str>,
-) -> Result<BTreeMap<String, ResourcePolicy>, ConfigError> {
-    raw.into_iter()
-        .map(|(server, p)| {
-            let at = |f: &str| format!("resource_policies.{server}.{f}");
-            if !servers.contains(server.as_str()) {
-                return Err(err(format!("resource_policies.{server}"), format!("unknown server {server:?}")));
+        match (raw.forward_client_token, raw.header, value) {
+            (false, None, None) => Ok(UpstreamAuth::None),
+            (true, None, None) => Ok(UpstreamAuth::ForwardClientToken),
+            (false, Some(header), Some(value)) => {
+                let header = header.to_ascii_lowercase();
+                let valid = !header.is_empty()
+                    && header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !crate::headers::is_spoofable(&header);
+                if !valid {
+                    return Err(err("header", format!("{header:?} is not a header name the gateway may set")));
+                }
+                if value.expose().bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+                    return Err(err("value", "must be printable ASCII"));
+                }
+                Ok(UpstreamAuth::Inject { header, value })
             }
-            let arguments = p
-                .arguments
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let (name, mode, optional) = match a {
-                        RawSelector::Argument(name) => (name, Mode::Literal, false),
-                        RawSelector::Spec(spec) => {
-                            let mode = match spec.mode {
-                                RawMode::Literal => Mode::Literal,
-                                RawMode::Uri => Mode::Uri,
-                            };
-                            (&spec.argument, mode, spec.optional)
-                        }
-                    };
-                    if name.is_empty() || name == "/" {
-                        return Err(err(format!("{}[{i}]", at("arguments")), "must name an argument"));
-                    }
-                    Ok(Selector { mode, optional, ..Selector::parse(name) })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if p.rules.is_empty() {
-                return Err(err(at("rules"), "at least one rule is required (no rule would deny everything)"));
-            }
-            let case_fold = p.case_insensitive;
-            let rules = p
-                .rules
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let at = |f: &str| format!("resource_policies.{server}.rules[{i}].{f}");
-                    let pattern = if case_fold { r.pattern.to_lowercase() } else { r.pattern };
-                    check_placeholders(&pattern, false).map_err(|m| err(at("pattern"), m))?;
-                    // Validate the glob with placeholders filled by a harmless value.
-                    let probe = pattern.replace("{user_id}", "u").replace("{claims.", "{");
-                    let probe: String = {
-                        let mut out = String::new();
-                        let mut skip = false;
-                        for c in probe.chars() {
-                            match (c, skip) {
-                                ('{', _) => {
-                                    skip = true;
-                                    out.push('x');
-                                }
-                                ('}', true) => skip = false,
-                                (_, true) => {}
-                                (c, false) => out.push(c),
-                            }
-                        }
-                        out
-                    };
-                    Pattern::new(&probe).map_err(|e| err(at("pattern"), format!("bad glob {pattern:?}: {e}")))?;
-                    let compiled = if pattern.contains('{') { None } else { Pattern::new(&pattern).ok() };
-                    for (u, user) in r.users.iter().enumerate() {
-                        check_placeholders(user, false).map_err(|m| err(format!("{}[{u}]", at("users")), m))?;
-                    }
-                    let claim = r
-                        .claim
-                        .map(|c| {
-                            check_placeholders(&c.value, true).map_err(|m| err(at("claim.value"), m))?;
-                            let path: Vec<String> = c.name.split('.').map(str::to_owned).collect();
-                            if path.iter().any(String::is_empty) {
-                                return Err(err(at("claim.name"), format!("{:?} is not a dotted claim path", c.name)));
-                            }
-                            Ok(ClaimCondition { path, value: c.value })
-                        })
-                        .transpose()?;
-                    Ok(ResourceRule { pattern, compiled, roles: r.roles, users: r.users, claim, shadow: r.shadow })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((server, ResourcePolicy { arguments, case_fold, rules }))
-        })
-        .collect()
+            (true, _, _) => Err(err("forward_client_token", "cannot be combined with header/value")),
+            (false, Some(_), None) => Err(err("value", "header needs value or value_env")),
+            (false, None, Some(_)) => Err(err("header", "value needs a header name")),
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::jwt::Alg;
     use serde_json::json;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    fn base() -> Value {
+    /// A small valid configuration, for tests to break one field of.
+    pub(crate) fn base() -> Value {
         json!({
             "servers": [{"name": "github", "path_prefix": "/mcp/github"}, {"name": "filesystem", "path_prefix": "/mcp/filesystem"}],
             "jwt": {"providers": [{"name": "p", "issuer": "i", "audiences": ["a"], "keys": [{"kid": "k", "alg": "HS256", "secret": SECRET}]}]},
@@ -1019,11 +710,11 @@ mod tests {
         })
     }
 
-    fn compile(v: &Value) -> Result<Config, ConfigError> {
+    pub(crate) fn compile(v: &Value) -> Result<Config, ConfigError> {
         Config::from_json(v.to_string().as_bytes(), &|_| None)
     }
 
-    fn field_of(v: Value) -> String {
+    pub(crate) fn field_of(v: Value) -> String {
         compile(&v).unwrap_err().field
     }
 
@@ -1070,6 +761,14 @@ mod tests {
     }
 
     #[test]
+    fn section_errors_are_named_from_the_root() {
+        let e = err("keys[0].alg", "bad").within("providers[1]").within("jwt");
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("jwt.providers[1].keys[0].alg", "bad"));
+        assert_eq!(err("[2]", "bad").within("tools").field, "tools[2]");
+        assert_eq!(err("", "bad").within("arguments[0]").field, "arguments[0]");
+    }
+
+    #[test]
     fn unknown_and_mistyped_fields_are_errors_with_paths() {
         let mut v = base();
         v["jwt"]["providers"][0]["isuer"] = json!("typo");
@@ -1083,80 +782,6 @@ mod tests {
 
         let e = Config::from_json(b"{not json", &|_| None).unwrap_err();
         assert!(e.to_string().contains("invalid plugin configuration"));
-    }
-
-    #[test]
-    fn leeway_and_key_wait_are_capped() {
-        let mut v = base();
-        v["jwt"]["leeway_secs"] = json!(300);
-        v["jwt"]["key_wait_ms"] = json!(10_000);
-        assert!(compile(&v).is_ok());
-        v["jwt"]["leeway_secs"] = json!(301);
-        let e = compile(&v).unwrap_err();
-        assert_eq!((e.field.as_str(), e.message.as_str()), ("jwt.leeway_secs", "must be at most 300, got 301"));
-        v["jwt"]["leeway_secs"] = json!(0);
-        v["jwt"]["key_wait_ms"] = json!(10_001);
-        assert_eq!(field_of(v), "jwt.key_wait_ms");
-    }
-
-    #[test]
-    fn inline_rsa_keys_out_of_bounds_are_errors_naming_the_key() {
-        // An RSA JWK with a 1024-bit modulus (the bounds are checked before any arithmetic).
-        let weak = jwt_compact::jwk::JsonWebKey::Rsa {
-            modulus: vec![0xff; 128].into(),
-            public_exponent: vec![1, 0, 1].into(),
-            private_parts: None,
-        };
-        let weak = serde_json::to_value(&weak).unwrap();
-        for alg in ["RS256", "PS384"] {
-            let mut v = base();
-            v["jwt"]["providers"][0]["keys"][0] = json!({"alg": alg, "jwk": weak});
-            let e = compile(&v).unwrap_err();
-            assert_eq!(e.field, "jwt.providers[0].keys[0].jwk", "{alg}");
-            assert!(e.message.contains("2048 to 4096 bits, got 1024"), "{alg}: {e}");
-        }
-        // In an inline JWKS document it is skipped like in a fetched one; with nothing
-        // else there, the document is unusable.
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"] = json!([]);
-        v["jwt"]["providers"][0]["jwks_inline"] = json!({"keys": [weak]});
-        let e = compile(&v).unwrap_err();
-        assert_eq!(e.field, "jwt.providers[0].jwks_inline");
-        assert!(e.message.contains("got 1024"), "{e}");
-    }
-
-    #[test]
-    fn key_errors_never_echo_secrets() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"][0]["secret"] = json!("tooshort-secret");
-        let e = compile(&v).unwrap_err().to_string();
-        assert!(!e.contains("tooshort-secret"), "{e}");
-    }
-
-    #[test]
-    fn keys_can_come_from_the_environment() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"][0] = json!({"alg": "HS256", "secret_env": "GW_SECRET"});
-        let env = |name: &str| (name == "GW_SECRET").then(|| SECRET.to_owned());
-        assert!(Config::from_json(v.to_string().as_bytes(), &env).is_ok());
-        assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret_env");
-    }
-
-    #[test]
-    fn a_key_needs_exactly_one_source() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["keys"][0]["secret_env"] = json!("X");
-        assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret");
-    }
-
-    #[test]
-    fn hmac_needs_a_secret_and_keys_must_fit_the_allow_list() {
-        let mut v = base();
-        v["jwt"]["providers"][0]["algorithms"] = json!(["RS256", "HS384"]);
-        assert_eq!(field_of(v), "jwt.providers[0].algorithms[1]");
-        let mut v = base();
-        v["jwt"]["providers"][0]["algorithms"] = json!(["RS256"]);
-        assert_eq!(field_of(v), "jwt.providers[0].keys[0].alg");
     }
 
     #[test]

@@ -4,8 +4,48 @@
 //! `resource_metadata` URL in `WWW-Authenticate` to learn which authorization servers
 //! issue tokens for it and which scopes exist.
 
-use crate::config::{ResourceMetadata, Server};
+use crate::config::{err, ConfigError, RawResourceMetadata, Server};
 use serde_json::{json, Map, Value};
+
+/// Protected resource metadata, compiled.
+#[derive(Debug, Clone)]
+pub struct ResourceMetadata {
+    pub public_url: Option<String>,
+    pub authorization_servers: Vec<String>,
+    pub scopes_supported: Vec<String>,
+    pub required_scopes: Vec<String>,
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<String>,
+}
+
+impl TryFrom<RawResourceMetadata> for ResourceMetadata {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawResourceMetadata) -> Result<ResourceMetadata, ConfigError> {
+        if let Some(url) = &raw.public_url {
+            let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/');
+            if !ok {
+                return Err(err("public_url", format!("{url:?} must be an http(s) URL without a trailing '/'")));
+            }
+        }
+        if raw.authorization_servers.is_empty() {
+            return Err(err("authorization_servers", "at least one authorization server is required"));
+        }
+        for (i, scope) in raw.required_scopes.iter().enumerate() {
+            if scope.is_empty() || scope.contains([' ', '"', '\\']) {
+                return Err(err(format!("required_scopes[{i}]"), format!("{scope:?} is not a valid scope")));
+            }
+        }
+        Ok(ResourceMetadata {
+            public_url: raw.public_url,
+            authorization_servers: raw.authorization_servers,
+            scopes_supported: raw.scopes_supported,
+            required_scopes: raw.required_scopes,
+            resource_name: raw.resource_name,
+            resource_documentation: raw.resource_documentation,
+        })
+    }
+}
 
 /// Where the metadata lives; a server's document is at this path plus its prefix.
 pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";

@@ -510,7 +510,7 @@ impl Exchange {
             return ResponseBody::Untouched;
         }
         let buffered = self.reply_is_buffered();
-        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let media = headers::media_type(content_type);
         let is_sse = media.eq_ignore_ascii_case("text/event-stream");
         if !is_sse && !buffered {
             return ResponseBody::Untouched; // e.g. a JSON error answering the GET
@@ -629,8 +629,7 @@ impl Exchange {
     /// sent to the client (0 when the stream was reset before a response).
     pub fn finish(mut self, status: u32, now: SystemTime, client_ip: Option<String>) -> AuditRecord {
         self.record.status = status;
-        self.record.response_time_ms =
-            now.duration_since(self.started).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
+        self.record.response_time_ms = now.duration_since(self.started).map(crate::time::millis).unwrap_or(0);
         self.record.client_ip = client_ip;
         if self.record.decision.is_none() {
             // The client went away before a decision (e.g. mid-body).
@@ -847,10 +846,9 @@ fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemT
 /// encoding, RFC 8259), since a server honouring another charset would read other text.
 fn is_json(content_type: Option<&str>) -> bool {
     let Some(content_type) = content_type else { return false };
-    let mut parts = content_type.split(';');
-    let media_ok = parts.next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    let media_ok = headers::media_type(content_type).eq_ignore_ascii_case("application/json");
     media_ok
-        && parts.all(|param| {
+        && content_type.split(';').skip(1).all(|param| {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
             !name.trim().eq_ignore_ascii_case("charset")
                 || matches!(value.trim().trim_matches('"').to_ascii_lowercase().as_str(), "utf-8" | "utf8")

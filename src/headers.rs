@@ -1,7 +1,8 @@
 //! Request headers: the identity headers the gateway sets for upstream servers, the rule
 //! for which client-sent headers are removed because they could pose as identity, the
 //! headers refused because a server could read them another way (`_` spellings, repeats,
-//! method overrides), and the MCP header value encoding.
+//! method overrides), the MCP header value encoding, and the media type of a
+//! `Content-Type` value.
 
 /// Every header with this prefix (any case) is removed from client requests; the
 /// gateway's own identity headers use it.
@@ -132,6 +133,13 @@ pub fn header_safe(value: &str) -> String {
     out
 }
 
+/// The media type of a `Content-Type` value without its parameters, trimmed, in the case
+/// it was sent in (media types compare without case): `text/event-stream` for
+/// `text/event-stream; charset=utf-8`.
+pub fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
+}
+
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.trim().split('-');
@@ -204,6 +212,15 @@ mod tests {
         assert_eq!(header_safe("alice"), "alice");
         assert_eq!(header_safe("a\r\nx-mcp-roles: admin"), "a%0D%0Ax-mcp-roles: admin");
         assert_eq!(header_safe("ü%"), "%C3%BC%25");
+    }
+
+    #[test]
+    fn media_types_drop_parameters_and_spaces() {
+        assert_eq!(media_type("application/json"), "application/json");
+        assert_eq!(media_type(" Text/Event-Stream ; charset=utf-8"), "Text/Event-Stream");
+        assert_eq!(media_type("application/json;charset=\"utf-8\""), "application/json");
+        assert_eq!(media_type(""), "");
+        assert_eq!(media_type(";x=y"), "");
     }
 
     #[test]

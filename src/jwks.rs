@@ -7,6 +7,7 @@
 //! fetches. The fetched document travels in the state too, so every VM installs the
 //! same keys.
 
+use crate::time::millis;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -32,14 +33,10 @@ pub struct FetchState {
     pub failures: u32,
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl FetchState {
     /// A fetch was started and has neither ended nor timed out.
     pub fn in_flight(&self, now_ms: u64, timeout: Duration) -> bool {
-        self.attempt_ms > self.done_ms && now_ms < self.attempt_ms.saturating_add(ms(timeout))
+        self.attempt_ms > self.done_ms && now_ms < self.attempt_ms.saturating_add(millis(timeout))
     }
 
     /// Whether a fetch is wanted: never fetched, refresh due, or a `kid` is unknown.
@@ -51,7 +48,7 @@ impl FetchState {
     /// `min_refetch` ago.
     pub fn may_start(&self, now_ms: u64, min_refetch: Duration, timeout: Duration) -> bool {
         let never = self.attempt_ms == 0;
-        !self.in_flight(now_ms, timeout) && (never || now_ms >= self.attempt_ms.saturating_add(ms(min_refetch)))
+        !self.in_flight(now_ms, timeout) && (never || now_ms >= self.attempt_ms.saturating_add(millis(min_refetch)))
     }
 
     pub fn start(&mut self, now_ms: u64) {
@@ -73,7 +70,7 @@ impl FetchState {
             self.version += 1;
             self.jwks = Some(jwks);
         }
-        self.next_ms = now_ms.saturating_add(ms(every));
+        self.next_ms = now_ms.saturating_add(millis(every));
         self.done_ms = now_ms.max(self.attempt_ms);
         self.failures = 0;
     }
@@ -82,7 +79,7 @@ impl FetchState {
     pub fn failed(&mut self, now_ms: u64, min_refetch: Duration) {
         self.failures = self.failures.saturating_add(1);
         self.done_ms = now_ms.max(self.attempt_ms);
-        self.next_ms = now_ms.saturating_add(ms(min_refetch));
+        self.next_ms = now_ms.saturating_add(millis(min_refetch));
     }
 }
 

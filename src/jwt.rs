@@ -5,6 +5,10 @@
 //! its provider allows. That closes `alg: none` (no key has it) and algorithm confusion
 //! (an RSA public key is never used as an HMAC secret).
 
+use crate::claims;
+use crate::config::{
+    err, ConfigError, RawClaims, RawJwks, RawJwt, RawKey, RawProvider, MAX_KEY_WAIT_MS, MAX_LEEWAY_SECS,
+};
 use crate::fast_rsa::{check_public_key, FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
@@ -13,7 +17,7 @@ use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationE
 use lru::LruCache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::time::{Duration, SystemTime};
@@ -316,6 +320,43 @@ impl Key {
         };
         Ok(token.into_parts().1)
     }
+
+    /// Compiles a configured key (error fields are relative to it). `env` looks up the
+    /// variables `secret_env` and `jwk_env` name.
+    fn compile(k: RawKey, env: &dyn Fn(&str) -> Option<String>) -> Result<Key, ConfigError> {
+        let alg = Alg::parse(&k.alg).ok_or_else(|| {
+            err(
+                "alg",
+                format!("unsupported algorithm {:?}; use one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, EdDSA", k.alg),
+            )
+        })?;
+        let from_env = |field: &str, var: &str| {
+            env(var).ok_or_else(|| err(field, format!("environment variable {var:?} is not set in the VM")))
+        };
+        let sources = [k.secret.is_some(), k.secret_env.is_some(), k.jwk.is_some(), k.jwk_env.is_some()];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(err("secret", "give exactly one of secret, secret_env, jwk, jwk_env"));
+        }
+        // Errors below never echo key material.
+        if let Some(secret) = &k.secret {
+            return Key::from_secret(k.kid, alg, secret.expose().as_bytes()).map_err(|m| err("secret", m));
+        }
+        if let Some(var) = &k.secret_env {
+            let secret = from_env("secret_env", var)?;
+            return Key::from_secret(k.kid, alg, secret.as_bytes()).map_err(|m| err("secret_env", m));
+        }
+        let (field, jwk) = match (k.jwk, &k.jwk_env) {
+            (Some(jwk), _) => ("jwk", jwk.into_exposed()),
+            (None, Some(var)) => {
+                let text = from_env("jwk_env", var)?;
+                let jwk = serde_json::from_str(&text)
+                    .map_err(|e| err("jwk_env", format!("{var:?} does not hold JSON: {e}")))?;
+                ("jwk_env", jwk)
+            }
+            (None, None) => return Err(err("jwk", "missing key source")),
+        };
+        Key::from_jwk(k.kid, alg, &jwk).map_err(|m| err(field, m))
+    }
 }
 
 /// Keys parsed from a JWKS document (RFC 7517 section 5).
@@ -364,6 +405,15 @@ pub struct ClaimMapping {
     pub role_map: Option<BTreeMap<String, Vec<String>>>,
 }
 
+impl TryFrom<RawClaims> for ClaimMapping {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawClaims) -> Result<ClaimMapping, ConfigError> {
+        let path = |field: &str, path: &str| claims::parse_path(path).map_err(|m| err(field, m));
+        Ok(ClaimMapping { user: path("user", &raw.user)?, roles: path("roles", &raw.roles)?, role_map: raw.role_map })
+    }
+}
+
 /// A remote JWKS, fetched through an Envoy cluster.
 #[derive(Debug, Clone)]
 pub struct JwksSource {
@@ -376,6 +426,30 @@ pub struct JwksSource {
     /// retries after failures.
     pub min_refetch: Duration,
     pub timeout: Duration,
+}
+
+impl TryFrom<RawJwks> for JwksSource {
+    type Error = ConfigError;
+
+    fn try_from(j: RawJwks) -> Result<JwksSource, ConfigError> {
+        if j.cluster.is_empty() {
+            return Err(err("cluster", "must not be empty"));
+        }
+        if !j.path.starts_with('/') {
+            return Err(err("path", format!("{:?} must start with '/'", j.path)));
+        }
+        if j.min_refetch_secs == 0 || j.refresh_secs < j.min_refetch_secs {
+            return Err(err("refresh_secs", "must be at least min_refetch_secs, which must be > 0"));
+        }
+        Ok(JwksSource {
+            authority: j.authority.unwrap_or_else(|| j.cluster.clone()),
+            cluster: j.cluster,
+            path: j.path,
+            refresh: Duration::from_secs(j.refresh_secs),
+            min_refetch: Duration::from_secs(j.min_refetch_secs),
+            timeout: Duration::from_millis(j.timeout_ms.max(1)),
+        })
+    }
 }
 
 /// A trusted token issuer.
@@ -391,12 +465,103 @@ pub struct Provider {
     pub jwks: Option<JwksSource>,
 }
 
+impl Provider {
+    /// Compiles one provider (error fields are relative to it): its keys, the algorithms
+    /// they may verify, its JWKS source and claim mapping.
+    fn compile(p: RawProvider, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ConfigError> {
+        if p.name.is_empty() {
+            return Err(err("name", "must not be empty"));
+        }
+        if p.issuer.is_empty() {
+            return Err(err("issuer", "must not be empty"));
+        }
+        if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
+            return Err(err("audiences", "needs at least one non-empty audience"));
+        }
+        let mut static_keys = p
+            .keys
+            .into_iter()
+            .enumerate()
+            .map(|(k, raw)| Key::compile(raw, env).map_err(|e| e.within(&format!("keys[{k}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let algorithms: Vec<Alg> = match &p.algorithms {
+            None => {
+                let mut algs = Alg::ASYMMETRIC.to_vec();
+                algs.extend(static_keys.iter().map(|k| k.alg()).filter(|a| a.is_hmac()));
+                algs
+            }
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .map(|(n, name)| {
+                    let at = format!("algorithms[{n}]");
+                    let alg = Alg::parse(name).ok_or_else(|| err(&at, format!("unsupported algorithm {name:?}")))?;
+                    let has_secret = static_keys.iter().any(|k| k.alg() == alg);
+                    if alg.is_hmac() && !has_secret {
+                        return Err(err(at, format!("{name} needs a shared secret in this provider's keys")));
+                    }
+                    Ok(alg)
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if algorithms.is_empty() {
+            return Err(err("algorithms", "allows no algorithm"));
+        }
+        if let Some(k) = static_keys.iter().position(|k| !algorithms.contains(&k.alg())) {
+            return Err(err(format!("keys[{k}].alg"), "algorithm not in this provider's algorithms"));
+        }
+        if let Some(doc) = &p.jwks_inline {
+            let (set, _) = KeySet::from_jwks(doc.expose().to_string().as_bytes(), &algorithms)
+                .map_err(|m| err("jwks_inline", m))?;
+            static_keys.extend(set.keys);
+        }
+        let jwks = p.jwks.map(|j| JwksSource::try_from(j).map_err(|e| e.within("jwks"))).transpose()?;
+        if static_keys.is_empty() && jwks.is_none() {
+            return Err(err("keys", "a provider needs keys, jwks_inline or jwks"));
+        }
+        let claims = ClaimMapping::try_from(p.claims).map_err(|e| e.within("claims"))?;
+        Ok(Provider { name: p.name, issuer: p.issuer, audiences: p.audiences, algorithms, claims, static_keys, jwks })
+    }
+}
+
 /// Token checking for all providers.
 #[derive(Debug)]
 pub struct Verifier {
     pub providers: Vec<Provider>,
     pub leeway_secs: u32,
     pub max_token_bytes: usize,
+}
+
+impl Verifier {
+    /// Compiles the `jwt` section (error fields are relative to it). `env` looks up the
+    /// variables `*_env` fields name.
+    pub fn compile(raw: RawJwt, env: &dyn Fn(&str) -> Option<String>) -> Result<Verifier, ConfigError> {
+        if raw.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(err("leeway_secs", format!("must be at most {MAX_LEEWAY_SECS}, got {}", raw.leeway_secs)));
+        }
+        // The wait itself is the filter's (`Config::key_wait`); its bound is checked with
+        // the rest of the section.
+        if raw.key_wait_ms > MAX_KEY_WAIT_MS {
+            return Err(err("key_wait_ms", format!("must be at most {MAX_KEY_WAIT_MS}, got {}", raw.key_wait_ms)));
+        }
+        if raw.providers.is_empty() {
+            return Err(err("providers", "at least one provider is required"));
+        }
+        let mut issuers = HashSet::new();
+        let providers = raw
+            .providers
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = format!("providers[{i}]");
+                if !issuers.insert(p.issuer.clone()) {
+                    return Err(err(format!("{at}.issuer"), format!("duplicate issuer {:?}", p.issuer)));
+                }
+                Provider::compile(p, env).map_err(|e| e.within(&at))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Verifier { providers, leeway_secs: raw.leeway_secs, max_token_bytes: raw.max_token_bytes })
+    }
 }
 
 /// Why a token could not be decided yet.
@@ -596,12 +761,12 @@ impl Verifier {
 /// Who verified claims name, by the provider's claim mapping (also used by `mcpgw
 /// explain` with claims given as JSON).
 pub fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
-    let user_id = lookup(claims, &provider.claims.user)
+    let user_id = claims::lookup(claims, &provider.claims.user)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or(AuthError::MissingSubject)?
         .to_owned();
-    let raw_roles = strings(lookup(claims, &provider.claims.roles));
+    let raw_roles = strings(claims::lookup(claims, &provider.claims.roles));
     let roles = match &provider.claims.role_map {
         None => raw_roles,
         Some(map) => {
@@ -623,12 +788,6 @@ fn strings(value: Option<&Value>) -> Vec<String> {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     }
-}
-
-/// Follows a dotted claim path such as `realm_access.roles`.
-fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(claims.get(first)?, |v, seg| v.get(seg))
 }
 
 /// An attacker-chosen header value, made safe and short for a log line.
@@ -994,5 +1153,86 @@ mod tests {
         let k = Key::from_secret(Some("k1".into()), Alg::Hs256, SECRET).unwrap();
         let dbg = format!("{k:?}");
         assert!(!dbg.contains("0123456789"), "{dbg}");
+    }
+
+    /// The `jwt` section as a whole configuration compiles it: error fields are full paths.
+    mod from_config {
+        use crate::config::tests::{base, compile, field_of, SECRET};
+        use crate::config::Config;
+        use serde_json::json;
+
+        #[test]
+        fn leeway_and_key_wait_are_capped() {
+            let mut v = base();
+            v["jwt"]["leeway_secs"] = json!(300);
+            v["jwt"]["key_wait_ms"] = json!(10_000);
+            assert!(compile(&v).is_ok());
+            v["jwt"]["leeway_secs"] = json!(301);
+            let e = compile(&v).unwrap_err();
+            assert_eq!((e.field.as_str(), e.message.as_str()), ("jwt.leeway_secs", "must be at most 300, got 301"));
+            v["jwt"]["leeway_secs"] = json!(0);
+            v["jwt"]["key_wait_ms"] = json!(10_001);
+            assert_eq!(field_of(v), "jwt.key_wait_ms");
+        }
+
+        #[test]
+        fn inline_rsa_keys_out_of_bounds_are_errors_naming_the_key() {
+            // An RSA JWK with a 1024-bit modulus (the bounds are checked before any arithmetic).
+            let weak = jwt_compact::jwk::JsonWebKey::Rsa {
+                modulus: vec![0xff; 128].into(),
+                public_exponent: vec![1, 0, 1].into(),
+                private_parts: None,
+            };
+            let weak = serde_json::to_value(&weak).unwrap();
+            for alg in ["RS256", "PS384"] {
+                let mut v = base();
+                v["jwt"]["providers"][0]["keys"][0] = json!({"alg": alg, "jwk": weak});
+                let e = compile(&v).unwrap_err();
+                assert_eq!(e.field, "jwt.providers[0].keys[0].jwk", "{alg}");
+                assert!(e.message.contains("2048 to 4096 bits, got 1024"), "{alg}: {e}");
+            }
+            // In an inline JWKS document it is skipped like in a fetched one; with nothing
+            // else there, the document is unusable.
+            let mut v = base();
+            v["jwt"]["providers"][0]["keys"] = json!([]);
+            v["jwt"]["providers"][0]["jwks_inline"] = json!({"keys": [weak]});
+            let e = compile(&v).unwrap_err();
+            assert_eq!(e.field, "jwt.providers[0].jwks_inline");
+            assert!(e.message.contains("got 1024"), "{e}");
+        }
+
+        #[test]
+        fn key_errors_never_echo_secrets() {
+            let mut v = base();
+            v["jwt"]["providers"][0]["keys"][0]["secret"] = json!("tooshort-secret");
+            let e = compile(&v).unwrap_err().to_string();
+            assert!(!e.contains("tooshort-secret"), "{e}");
+        }
+
+        #[test]
+        fn keys_can_come_from_the_environment() {
+            let mut v = base();
+            v["jwt"]["providers"][0]["keys"][0] = json!({"alg": "HS256", "secret_env": "GW_SECRET"});
+            let env = |name: &str| (name == "GW_SECRET").then(|| SECRET.to_owned());
+            assert!(Config::from_json(v.to_string().as_bytes(), &env).is_ok());
+            assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret_env");
+        }
+
+        #[test]
+        fn a_key_needs_exactly_one_source() {
+            let mut v = base();
+            v["jwt"]["providers"][0]["keys"][0]["secret_env"] = json!("X");
+            assert_eq!(field_of(v), "jwt.providers[0].keys[0].secret");
+        }
+
+        #[test]
+        fn hmac_needs_a_secret_and_keys_must_fit_the_allow_list() {
+            let mut v = base();
+            v["jwt"]["providers"][0]["algorithms"] = json!(["RS256", "HS384"]);
+            assert_eq!(field_of(v), "jwt.providers[0].algorithms[1]");
+            let mut v = base();
+            v["jwt"]["providers"][0]["algorithms"] = json!(["RS256"]);
+            assert_eq!(field_of(v), "jwt.providers[0].keys[0].alg");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! repeated key (re-serialized from the reading that was filtered). Anything not
 //! understood is refused (`None`, or a dropped event) so the caller fails closed.
 
+use crate::headers;
 use crate::jsonrpc;
 use serde_json::Value;
 
@@ -124,7 +125,7 @@ enum Media {
 }
 
 fn media_type(content_type: &str) -> Option<Media> {
-    let media = content_type.split(';').next().unwrap_or_default().trim();
+    let media = headers::media_type(content_type);
     if media.eq_ignore_ascii_case("application/json") {
         Some(Media::Json)
     } else if media.eq_ignore_ascii_case("text/event-stream") {

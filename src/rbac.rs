@@ -7,11 +7,12 @@
 //! caller's roles matches it. Roles a token names but the policy does not define grant
 //! nothing.
 
+use crate::config::{err, ConfigError, RawDeny, RawRbac, RawRole};
 use crate::jsonrpc::{Kind, Message, Target};
 use crate::normalize;
 use glob::{MatchOptions, Pattern};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 /// What a tool does, coarsely.
@@ -95,6 +96,85 @@ pub struct Policy {
     /// A tool the caller may not call is answered as an unknown tool, so policy does
     /// not reveal what exists.
     pub hide_denied_tools: bool,
+}
+
+impl Policy {
+    /// Compiles the `rbac` section (error fields are relative to it). A role's `servers`
+    /// entry that is not a glob must be one of `servers`.
+    pub fn compile(raw: RawRbac, servers: &HashSet<&str>) -> Result<Policy, ConfigError> {
+        if raw.roles.is_empty() {
+            return Err(err("roles", "at least one role is required"));
+        }
+        let mut roles = BTreeMap::new();
+        for (name, r) in raw.roles {
+            let role = Role::compile(r, servers).map_err(|e| e.within(&format!("roles.{name}")))?;
+            roles.insert(name, role);
+        }
+        // Most privileged first, so a tool matching several gets the stronger operation.
+        let mut operations = Vec::new();
+        for (name, list) in &raw.operations {
+            let at = format!("operations.{name}");
+            operations.push((operation(&at, name)?, globs(&at, list)?));
+        }
+        operations.sort_by_key(|(op, _)| std::cmp::Reverse(*op));
+        Ok(Policy { roles, operations, shadow: raw.shadow, hide_denied_tools: raw.hide_denied_tools })
+    }
+}
+
+impl Role {
+    fn compile(raw: RawRole, servers: &HashSet<&str>) -> Result<Role, ConfigError> {
+        for (i, s) in raw.servers.iter().enumerate() {
+            let is_glob = s.contains(['*', '?', '[']);
+            if !is_glob && !servers.contains(s.as_str()) {
+                return Err(err(format!("servers[{i}]"), format!("unknown server {s:?}")));
+            }
+        }
+        let operations = raw
+            .operations
+            .map(|ops| {
+                ops.iter()
+                    .enumerate()
+                    .map(|(i, op)| operation(&format!("operations[{i}]"), op))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        Ok(Role {
+            servers: globs("servers", &raw.servers)?,
+            methods: globs("methods", &raw.methods)?,
+            tools: globs("tools", &raw.tools)?,
+            resources: globs("resources", &raw.resources)?,
+            prompts: globs("prompts", &raw.prompts)?,
+            operations,
+            deny: DenyRules::try_from(raw.deny).map_err(|e| e.within("deny"))?,
+        })
+    }
+}
+
+impl TryFrom<RawDeny> for DenyRules {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawDeny) -> Result<DenyRules, ConfigError> {
+        Ok(DenyRules {
+            servers: globs("servers", &raw.servers)?,
+            methods: globs("methods", &raw.methods)?,
+            tools: globs("tools", &raw.tools)?,
+            resources: globs("resources", &raw.resources)?,
+            prompts: globs("prompts", &raw.prompts)?,
+        })
+    }
+}
+
+/// Compiles a list of globs; an error names the entry (`field[i]`).
+fn globs(field: &str, list: &[String]) -> Result<Vec<Pattern>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| Pattern::new(p).map_err(|e| err(format!("{field}[{i}]"), format!("bad glob {p:?}: {e}"))))
+        .collect()
+}
+
+fn operation(field: &str, name: &str) -> Result<Operation, ConfigError> {
+    Operation::parse(name)
+        .ok_or_else(|| err(field, format!("unknown operation {name:?}; use read, write, delete or admin")))
 }
 
 /// Why a request was denied. Details are for the audit log; the client only learns

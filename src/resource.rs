@@ -5,11 +5,15 @@
 //! (see [`crate::normalize`]); the first rule whose pattern matches decides; no match
 //! denies. Patterns may name the caller: `/user/{user_id}/**`, `{claims.tenant}/**`.
 
+use crate::claims;
+use crate::config::{err, ConfigError, RawClaimCondition, RawMode, RawResourcePolicy, RawResourceRule, RawSelector};
 use crate::jsonrpc::{folds_equal, Message, Target};
 use crate::jwt::Principal;
 use crate::normalize::{readings, resource_of_uri, Mode, NormalizeError};
+use crate::template::{Part, Placeholders, Template};
 use glob::{MatchOptions, Pattern};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Where in a tool call's arguments a resource is.
@@ -81,25 +85,57 @@ impl Selector {
     }
 }
 
+impl TryFrom<RawSelector> for Selector {
+    type Error = ConfigError;
+
+    /// An error is about the entry as a whole (its field is empty).
+    fn try_from(raw: RawSelector) -> Result<Selector, ConfigError> {
+        let (name, mode, optional) = match raw {
+            RawSelector::Argument(name) => (name, Mode::Literal, false),
+            RawSelector::Spec(spec) => {
+                let mode = match spec.mode {
+                    RawMode::Literal => Mode::Literal,
+                    RawMode::Uri => Mode::Uri,
+                };
+                (spec.argument, mode, spec.optional)
+            }
+        };
+        if name.is_empty() || name == "/" {
+            return Err(err("", "must name an argument"));
+        }
+        Ok(Selector { mode, optional, ..Selector::parse(&name) })
+    }
+}
+
 /// A claim that must hold the given value (or contain it, when it is an array).
 #[derive(Debug, Clone)]
 pub struct ClaimCondition {
     pub path: Vec<String>,
     /// May use `{resource}`, `{user_id}` and `{claims.<path>}`.
-    pub value: String,
+    pub value: Template,
+}
+
+impl TryFrom<RawClaimCondition> for ClaimCondition {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawClaimCondition) -> Result<ClaimCondition, ConfigError> {
+        let value = Template::parse(&raw.value, Placeholders::CallerAndResource).map_err(|m| err("value", m))?;
+        let path = claims::parse_path(&raw.name).map_err(|m| err("name", m))?;
+        Ok(ClaimCondition { path, value })
+    }
 }
 
 /// One ordered rule.
 #[derive(Debug, Clone)]
 pub struct ResourceRule {
     /// The pattern as configured (lowercased when the policy folds case).
-    pub pattern: String,
+    pub pattern: Template,
     /// Precompiled when the pattern has no placeholders.
     pub compiled: Option<Pattern>,
     /// Roles that may (`*`: any authenticated caller).
     pub roles: Vec<String>,
     /// User ids that may (placeholders allowed).
-    pub users: Vec<String>,
+    pub users: Vec<Template>,
     pub claim: Option<ClaimCondition>,
     /// Record a denial by this rule as `would_deny` and let the request through.
     pub shadow: bool,
@@ -111,6 +147,31 @@ pub struct ResourcePolicy {
     pub arguments: Vec<Selector>,
     pub case_fold: bool,
     pub rules: Vec<ResourceRule>,
+}
+
+impl TryFrom<RawResourcePolicy> for ResourcePolicy {
+    type Error = ConfigError;
+
+    /// Error fields are relative to the policy (`rules[0].pattern`).
+    fn try_from(raw: RawResourcePolicy) -> Result<ResourcePolicy, ConfigError> {
+        let arguments = raw
+            .arguments
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| Selector::try_from(a).map_err(|e| e.within(&format!("arguments[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.rules.is_empty() {
+            return Err(err("rules", "at least one rule is required (no rule would deny everything)"));
+        }
+        let case_fold = raw.case_insensitive;
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| ResourceRule::compile(r, case_fold).map_err(|e| e.within(&format!("rules[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ResourcePolicy { arguments, case_fold, rules })
+    }
 }
 
 /// Why a resource was refused.
@@ -152,51 +213,24 @@ impl fmt::Display for ResourceDenial {
 const MATCH: MatchOptions =
     MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
 
-/// Placeholders a pattern or value may use.
-pub fn check_placeholders(template: &str, allow_resource: bool) -> Result<(), String> {
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        let after = rest.get(start + 1..).unwrap_or_default();
-        let end = after.find('}').ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
-        let name = after.get(..end).unwrap_or_default();
-        let ok = name == "user_id"
-            || (allow_resource && name == "resource")
-            || name.strip_prefix("claims.").is_some_and(|p| !p.is_empty() && p.split('.').all(|s| !s.is_empty()));
-        if !ok {
-            return Err(format!("unknown placeholder {{{name}}} in {template:?}"));
-        }
-        rest = after.get(end + 1..).unwrap_or_default();
-    }
-    Ok(())
-}
-
-fn claim<'a>(principal: &'a Principal, path: &[&str]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(principal.claims.get(*first)?, |v, seg| v.get(seg))
-}
-
 /// Fills placeholders. Values go in escaped for glob matching when `for_glob`; a value
 /// holding `/` (or empty) makes the template unusable, so a claim can never widen a
 /// pattern across directories.
-fn substitute(template: &str, principal: &Principal, resource: Option<&str>, for_glob: bool) -> Option<String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(rest.get(..start)?);
-        let after = rest.get(start + 1..)?;
-        let end = after.find('}')?;
-        let name = after.get(..end)?;
-        let value = match name {
-            "user_id" => principal.user_id.clone(),
-            "resource" => resource?.to_owned(),
-            _ => {
-                let path: Vec<&str> = name.strip_prefix("claims.")?.split('.').collect();
-                match claim(principal, &path)? {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => return None,
-                }
+fn substitute(template: &Template, principal: &Principal, resource: Option<&str>, for_glob: bool) -> Option<String> {
+    let mut out = String::with_capacity(template.as_str().len());
+    for part in template.parts() {
+        let value: Cow<'_, str> = match part {
+            Part::Text(text) => {
+                out.push_str(text);
+                continue;
             }
+            Part::UserId => Cow::Borrowed(&principal.user_id),
+            Part::Resource => Cow::Borrowed(resource?),
+            Part::Claim(path) => match claims::lookup(&principal.claims, path)? {
+                Value::String(s) => Cow::Borrowed(s),
+                Value::Number(n) => Cow::Owned(n.to_string()),
+                _ => return None,
+            },
         };
         if for_glob {
             if value.is_empty() || value.contains('/') {
@@ -206,13 +240,37 @@ fn substitute(template: &str, principal: &Principal, resource: Option<&str>, for
         } else {
             out.push_str(&value);
         }
-        rest = after.get(end + 1..)?;
     }
-    out.push_str(rest);
     Some(out)
 }
 
 impl ResourceRule {
+    /// Compiles one rule (error fields are relative to it). The pattern is lowercased
+    /// when the policy folds case.
+    fn compile(raw: RawResourceRule, case_fold: bool) -> Result<ResourceRule, ConfigError> {
+        let text = if case_fold { raw.pattern.to_lowercase() } else { raw.pattern };
+        let pattern = Template::parse(&text, Placeholders::Caller).map_err(|m| err("pattern", m))?;
+        // Validate the glob with placeholders filled by a harmless value.
+        let probe: String = pattern
+            .parts()
+            .iter()
+            .map(|p| match p {
+                Part::Text(literal) => literal.as_str(),
+                _ => "x",
+            })
+            .collect();
+        Pattern::new(&probe).map_err(|e| err("pattern", format!("bad glob {text:?}: {e}")))?;
+        let compiled = if pattern.is_literal() { Pattern::new(&text).ok() } else { None };
+        let users = raw
+            .users
+            .iter()
+            .enumerate()
+            .map(|(u, user)| Template::parse(user, Placeholders::Caller).map_err(|m| err(format!("users[{u}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let claim = raw.claim.map(|c| ClaimCondition::try_from(c).map_err(|e| e.within("claim"))).transpose()?;
+        Ok(ResourceRule { pattern, compiled, roles: raw.roles, users, claim, shadow: raw.shadow })
+    }
+
     fn matches(&self, principal: &Principal, resource: &str, case_fold: bool) -> bool {
         if let Some(p) = &self.compiled {
             return p.matches_with(resource, MATCH);
@@ -230,8 +288,7 @@ impl ResourceRule {
             self.users.iter().any(|u| substitute(u, principal, None, false).is_some_and(|u| u == principal.user_id));
         let by_claim = self.claim.as_ref().is_some_and(|c| {
             let Some(want) = substitute(&c.value, principal, Some(resource), false) else { return false };
-            let path: Vec<&str> = c.path.iter().map(String::as_str).collect();
-            match claim(principal, &path) {
+            match claims::lookup(&principal.claims, &c.path) {
                 Some(Value::String(s)) => *s == want,
                 Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(want.as_str())),
                 _ => false,
@@ -323,11 +380,11 @@ impl ResourcePolicy {
                 continue;
             }
             if rule.allows(principal, &resource) {
-                return Ok(format!("resource {resource:?}: rule {index} ({:?})", rule.pattern));
+                return Ok(format!("resource {resource:?}: rule {index} ({:?})", rule.pattern.as_str()));
             }
             return Err(ResourceDenial {
                 resource,
-                reason: ResourceReason::Rule { index, pattern: rule.pattern.clone() },
+                reason: ResourceReason::Rule { index, pattern: rule.pattern.as_str().to_owned() },
                 shadow: rule.shadow,
             });
         }
@@ -361,7 +418,7 @@ mod tests {
     fn rule(pattern: &str, roles: &[&str]) -> ResourceRule {
         let compiled = if pattern.contains('{') { None } else { Some(Pattern::new(pattern).unwrap()) };
         ResourceRule {
-            pattern: pattern.into(),
+            pattern: Template::parse(pattern, Placeholders::Caller).unwrap(),
             compiled,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             users: vec![],
@@ -373,7 +430,7 @@ mod tests {
     /// The demo's filesystem policy.
     fn filesystem() -> ResourcePolicy {
         let mut own = rule("/user/{user_id}/**", &[]);
-        own.users = vec!["{user_id}".into()];
+        own.users = vec![Template::parse("{user_id}", Placeholders::Caller).unwrap()];
         ResourcePolicy {
             arguments: vec![
                 Selector::parse("file_path"),
@@ -394,7 +451,10 @@ mod tests {
     /// whoever the token names as a collaborator.
     fn github() -> ResourcePolicy {
         let mut private = rule("acme/payroll", &["admin"]);
-        private.claim = Some(ClaimCondition { path: vec!["repos".into()], value: "{resource}".into() });
+        private.claim = Some(ClaimCondition {
+            path: vec!["repos".into()],
+            value: Template::parse("{resource}", Placeholders::CallerAndResource).unwrap(),
+        });
         ResourcePolicy {
             arguments: vec![Selector::parse("repository")],
             case_fold: true,
@@ -477,14 +537,39 @@ mod tests {
         assert!(p.check_message(&alice, &m).is_ok());
     }
 
+    fn compiled(policy: Value) -> Result<ResourcePolicy, ConfigError> {
+        ResourcePolicy::try_from(serde_json::from_value::<RawResourcePolicy>(policy).unwrap())
+    }
+
     #[test]
-    fn placeholders_are_validated() {
-        assert!(check_placeholders("/user/{user_id}/**", false).is_ok());
-        assert!(check_placeholders("/t/{claims.org.id}/*", false).is_ok());
-        assert!(check_placeholders("{resource}", true).is_ok());
-        assert!(check_placeholders("{resource}", false).is_err());
-        assert!(check_placeholders("/user/{email}", false).is_err());
-        assert!(check_placeholders("/user/{user_id", false).is_err());
+    fn the_resource_placeholder_is_only_for_claim_values() {
+        let claim = json!({"rules": [{"pattern": "acme/*", "claim": {"name": "repos", "value": "{resource}"}}]});
+        assert!(compiled(claim).is_ok());
+        let field = |p: Value| compiled(p).unwrap_err().field;
+        assert_eq!(field(json!({"rules": [{"pattern": "{resource}/*"}]})), "rules[0].pattern");
+        assert_eq!(field(json!({"rules": [{"pattern": "a", "users": ["x", "{resource}"]}]})), "rules[0].users[1]");
+    }
+
+    #[test]
+    fn compiled_rules_keep_their_text_and_precompile_literals() {
+        let p = compiled(json!({
+            "arguments": ["path", {"argument": "/a/b", "mode": "percent", "optional": true}],
+            "case_insensitive": true,
+            "rules": [{"pattern": "Acme/Web"}, {"pattern": "acme/{claims.team}/*", "users": ["{user_id}"]}],
+        }))
+        .unwrap();
+        assert_eq!(p.arguments[1], Selector { mode: Mode::Uri, optional: true, ..Selector::parse("/a/b") });
+        assert_eq!(p.rules[0].pattern.as_str(), "acme/web");
+        assert!(p.rules[0].compiled.is_some());
+        assert!(p.rules[1].compiled.is_none());
+        let field = |p: Value| compiled(p).unwrap_err().field;
+        assert_eq!(field(json!({"arguments": ["/"], "rules": [{"pattern": "a"}]})), "arguments[0]");
+        assert_eq!(field(json!({"rules": []})), "rules");
+        assert_eq!(field(json!({"rules": [{"pattern": "a/[b"}]})), "rules[0].pattern");
+        assert_eq!(
+            field(json!({"rules": [{"pattern": "a", "claim": {"name": "a..b", "value": "x"}}]})),
+            "rules[0].claim.name"
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ const MAX_LIST_REPLY: usize = 4 * 1024 * 1024;
 const RELEASE_BATCH: usize = 32;
 
 fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH).map(crate::time::millis).unwrap_or(0)
 }
 
 /// Counters in Envoy's stats (prefixed `wasmcustom.` by Envoy).

@@ -283,9 +283,7 @@ impl Root {
                 let hopeless = w.refetch
                     && !fetch_ended
                     && source.is_some_and(|s| {
-                        let next_allowed = state
-                            .attempt_ms
-                            .saturating_add(u64::try_from(s.min_refetch.as_millis()).unwrap_or(u64::MAX));
+                        let next_allowed = state.attempt_ms.saturating_add(crate::time::millis(s.min_refetch));
                         !state.in_flight(now_ms, s.timeout) && next_allowed > epoch_ms(w.deadline)
                     });
                 fetch_ended || hopeless || now >= w.deadline
