@@ -371,10 +371,6 @@ impl FastRsa {
     pub const fn rs512() -> FastRsa {
         FastRsa { hash: HashAlg::Sha512 }
     }
-
-    pub const fn hash(self) -> HashAlg {
-        self.hash
-    }
 }
 
 impl Algorithm for FastRsa {

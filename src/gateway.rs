@@ -17,6 +17,7 @@ use crate::rbac::{Catalog, Denial};
 use crate::reject::{reply, Refusal, Reply};
 use crate::session;
 use serde_json::Value;
+use std::rc::Rc;
 use std::time::SystemTime;
 
 /// The request headers (pseudo-headers included), as Envoy gives them.
@@ -90,7 +91,8 @@ pub enum Step {
 /// Who is calling, and which server: known once the head is admitted.
 #[derive(Debug)]
 struct Caller {
-    principal: Principal,
+    /// Shared with the token cache entry it came from.
+    principal: Rc<Principal>,
     server: Server,
 }
 
@@ -833,7 +835,7 @@ pub fn visible(
     }
 }
 
-fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemTime) -> Result<Principal, Verdict> {
+fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemTime) -> Result<Rc<Principal>, Verdict> {
     let token = match head.header_count("authorization") {
         0 => return Err(AuthError::MissingToken.into()),
         1 => bearer_token(head.header("authorization").unwrap_or_default())?,

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::num::NonZeroUsize;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 /// Why a token was refused. The `Display` text goes to the audit log and, being about
@@ -610,21 +611,33 @@ impl KeyStore {
 /// signature checks. Bounded: when full, the least recently used entry goes. An entry
 /// lives while its token would still verify (until `exp` plus the leeway) and no longer;
 /// a token already past that is never inserted.
+/// A verified token's principal, and until when the token verifies.
+type CacheEntry = (Rc<Principal>, SystemTime);
+
 #[derive(Debug, Default)]
 pub struct TokenCache {
     /// `None` when the cache is off (`jwt.cache_entries` is 0).
-    entries: Option<LruCache<[u8; 32], (Principal, SystemTime)>>,
-    pub hits: u64,
-    pub misses: u64,
+    /// The principal is shared with the requests that hit: a hit copies nothing.
+    entries: Option<LruCache<[u8; 32], CacheEntry>>,
+    #[cfg(test)]
+    hits: u64,
+    #[cfg(test)]
+    misses: u64,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache { entries: NonZeroUsize::new(capacity).map(LruCache::new), hits: 0, misses: 0 }
+        TokenCache {
+            entries: NonZeroUsize::new(capacity).map(LruCache::new),
+            #[cfg(test)]
+            hits: 0,
+            #[cfg(test)]
+            misses: 0,
+        }
     }
 
     /// The principal of a cached token still in its lifetime (and marks it recently used).
-    fn get(&mut self, key: &[u8; 32], now: SystemTime) -> Option<Principal> {
+    fn get(&mut self, key: &[u8; 32], now: SystemTime) -> Option<Rc<Principal>> {
         let found = self.entries.as_mut().and_then(|entries| match entries.get(key) {
             Some((principal, until)) if now < *until => Some(principal.clone()),
             Some(_) => {
@@ -633,6 +646,7 @@ impl TokenCache {
             }
             None => None,
         });
+        #[cfg(test)]
         match found {
             Some(_) => self.hits += 1,
             None => self.misses += 1,
@@ -641,7 +655,7 @@ impl TokenCache {
     }
 
     /// Remembers a verified token until `until`; nothing when that has passed already.
-    fn put(&mut self, key: [u8; 32], principal: Principal, until: SystemTime, now: SystemTime) {
+    fn put(&mut self, key: [u8; 32], principal: Rc<Principal>, until: SystemTime, now: SystemTime) {
         if until <= now {
             return;
         }
@@ -667,7 +681,7 @@ impl TokenCache {
 
 impl Verifier {
     /// Verifies a compact JWT and returns who it names.
-    pub fn verify(&self, token: &str, now: SystemTime, store: &mut KeyStore) -> Result<Principal, Verdict> {
+    pub fn verify(&self, token: &str, now: SystemTime, store: &mut KeyStore) -> Result<Rc<Principal>, Verdict> {
         if token.is_empty() {
             return Err(AuthError::EmptyToken.into());
         }
@@ -714,7 +728,7 @@ impl Verifier {
         }
         let claims = candidates.iter().find_map(|key| key.verify(&untrusted).ok()).ok_or(AuthError::BadSignature)?;
         let until = self.check_claims(provider, &claims, now)?;
-        let principal = principal(provider, &claims.custom)?;
+        let principal = Rc::new(principal(provider, &claims.custom)?);
         store.cache.put(digest, principal.clone(), until, now);
         Ok(principal)
     }
@@ -879,7 +893,7 @@ mod tests {
     }
 
     fn verify(v: &Verifier, token: &str) -> Result<Principal, Verdict> {
-        v.verify(token, now(), &mut store())
+        v.verify(token, now(), &mut store()).map(Rc::unwrap_or_clone)
     }
 
     #[test]
@@ -1016,11 +1030,11 @@ mod tests {
     #[test]
     fn an_expired_token_is_never_cached() {
         let mut cache = TokenCache::new(4);
-        cache.put([1; 32], someone("a"), at(100), at(100));
-        cache.put([2; 32], someone("b"), at(99), at(100));
+        cache.put([1; 32], Rc::new(someone("a")), at(100), at(100));
+        cache.put([2; 32], Rc::new(someone("b")), at(99), at(100));
         assert!(cache.is_empty());
-        cache.put([3; 32], someone("c"), at(101), at(100));
-        assert_eq!(cache.get(&[3; 32], at(100)).map(|p| p.user_id), Some("c".into()));
+        cache.put([3; 32], Rc::new(someone("c")), at(101), at(100));
+        assert_eq!(cache.get(&[3; 32], at(100)).map(|p| p.user_id.clone()), Some("c".into()));
         assert_eq!(cache.get(&[3; 32], at(101)), None, "an entry ends at its time");
         assert!(cache.is_empty(), "and is dropped");
     }
@@ -1028,10 +1042,10 @@ mod tests {
     #[test]
     fn cache_drops_the_least_recently_used_when_full() {
         let mut cache = TokenCache::new(2);
-        cache.put([1; 32], someone("a"), at(200), at(100));
-        cache.put([2; 32], someone("b"), at(200), at(100));
+        cache.put([1; 32], Rc::new(someone("a")), at(200), at(100));
+        cache.put([2; 32], Rc::new(someone("b")), at(200), at(100));
         assert!(cache.get(&[1; 32], at(100)).is_some());
-        cache.put([3; 32], someone("c"), at(200), at(100));
+        cache.put([3; 32], Rc::new(someone("c")), at(200), at(100));
         assert_eq!(cache.len(), 2);
         assert!(cache.get(&[2; 32], at(100)).is_none(), "b was used least recently");
         assert!(cache.get(&[1; 32], at(100)).is_some());
@@ -1041,7 +1055,7 @@ mod tests {
     #[test]
     fn a_cache_of_zero_entries_is_off() {
         let mut cache = TokenCache::new(0);
-        cache.put([1; 32], someone("a"), at(200), at(100));
+        cache.put([1; 32], Rc::new(someone("a")), at(200), at(100));
         assert!(cache.is_empty());
         assert!(cache.get(&[1; 32], at(100)).is_none());
         assert_eq!((cache.hits, cache.misses), (0, 1));

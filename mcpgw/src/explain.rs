@@ -435,7 +435,8 @@ fn find_plugin_configurations<'a>(node: &'a serde_norway::Value, found: &mut Vec
 pub fn principal_from_token(config: &Config, token: &str, now: SystemTime) -> Result<Principal, ExplainError> {
     let providers = &config.verifier.providers;
     let mut store = KeyStore::new(providers.len(), 0);
-    config.verifier.verify(token, now, &mut store).map_err(|verdict| match verdict {
+    let verified = config.verifier.verify(token, now, &mut store);
+    verified.map(std::rc::Rc::unwrap_or_clone).map_err(|verdict| match verdict {
         Verdict::Invalid(e) => ExplainError::Token(e),
         Verdict::NoKeysYet { provider } | Verdict::UnknownKid { provider } => {
             let p = providers.get(provider);
