@@ -94,6 +94,8 @@ struct Caller {
     /// Shared with the token cache entry it came from.
     principal: Rc<Principal>,
     server: Server,
+    /// What let the caller onto the server (checked once, at headers time).
+    server_rule: String,
 }
 
 /// What the reply to a forwarded request needs.
@@ -288,7 +290,7 @@ impl Exchange {
             }
         }
         let role = config.policy.allows_server(&principal.roles, &server.name)?;
-        let caller = Caller { principal, server };
+        let caller = Caller { principal, server, server_rule: role.clone() };
         if !is_post {
             self.allow(role);
             self.stage = Stage::Forwarded(caller, Follow::Nothing);
@@ -377,7 +379,7 @@ impl Exchange {
         self.record.target = message.target.as_ref().map(|t| t.name().to_owned());
         self.record.jsonrpc_id = message.id.clone();
         self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
-        let Stage::Admitted(Caller { principal, server }) = &self.stage else {
+        let Stage::Admitted(Caller { principal, server, server_rule }) = &self.stage else {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
         };
@@ -387,7 +389,9 @@ impl Exchange {
             return Step::Reply(self.refuse(&Refusal::HeaderMismatch { header }, message.id));
         }
         let decision =
-            decide(config, catalog, principal, &server.name, &message).and_then(|rule| match &message.target {
+            decide_on(config, catalog, principal, &server.name, server_rule, &message).and_then(|rule| match &message
+                .target
+            {
                 Some(Target::Task(id)) => {
                     decide_task(config, catalog, principal, &server.name, id, tasks(id).as_deref())
                         .map(|call| format!("{rule}; {call}"))
@@ -548,6 +552,7 @@ impl Exchange {
             catalog,
             principal: &caller.principal,
             server: &caller.server.name,
+            server_rule: &caller.server_rule,
             task_call: match follow {
                 Follow::Task(call) => Some(call),
                 _ => None,
@@ -590,7 +595,7 @@ impl Exchange {
         content_type: &str,
         body: &[u8],
     ) -> Option<Vec<u8>> {
-        let Stage::Forwarded(Caller { principal, server }, follow) = &self.stage else {
+        let Stage::Forwarded(Caller { principal, server, server_rule }, follow) = &self.stage else {
             return Some(body.to_vec());
         };
         let kind = match follow {
@@ -610,7 +615,7 @@ impl Exchange {
                 catalog.learn(&server.name, &tools);
             }
         }
-        let mut keep = |item: &Value| visible(config, catalog, principal, &server.name, kind, item);
+        let mut keep = |item: &Value| visible_on(config, catalog, principal, &server.name, server_rule, kind, item);
         let (rewritten, filtered) = listing::filter_reply(body, content_type, kind, &mut keep)?;
         if !filtered.removed.is_empty() {
             self.record.hidden = Some(filtered.removed);
@@ -711,7 +716,20 @@ pub fn decide(
     server: &str,
     message: &Message,
 ) -> Result<String, Denial> {
-    let mut rule = config.policy.allows_message(&principal.roles, server, message, catalog)?;
+    let server_rule = config.policy.allows_server(&principal.roles, server)?;
+    decide_on(config, catalog, principal, server, &server_rule, message)
+}
+
+/// [`decide`] for a caller already allowed onto `server` (by `server_rule`).
+fn decide_on(
+    config: &Config,
+    catalog: &Catalog,
+    principal: &Principal,
+    server: &str,
+    server_rule: &str,
+    message: &Message,
+) -> Result<String, Denial> {
+    let mut rule = config.policy.allows_message_on(&principal.roles, server, server_rule, message, catalog)?;
     if let Some(policy) = config.resource_policies.get(server) {
         let resources = policy.check_message(principal, message).map_err(Denial::Resource)?;
         for r in resources {
@@ -766,6 +784,7 @@ struct StreamVisitor<'a> {
     catalog: &'a mut Catalog,
     principal: &'a Principal,
     server: &'a str,
+    server_rule: &'a str,
     task_call: Option<&'a session::TaskRecord>,
     created_task: &'a mut Option<session::Change>,
 }
@@ -775,7 +794,7 @@ impl listing::Visitor for StreamVisitor<'_> {
         if kind == ListKind::Tools {
             self.catalog.learn(self.server, std::slice::from_ref(item));
         }
-        visible(self.config, self.catalog, self.principal, self.server, kind, item)
+        visible_on(self.config, self.catalog, self.principal, self.server, self.server_rule, kind, item)
     }
 
     fn message(&mut self, message: &serde_json::Map<String, Value>) {
@@ -812,6 +831,22 @@ pub fn visible(
     kind: ListKind,
     item: &Value,
 ) -> bool {
+    config
+        .policy
+        .allows_server(&principal.roles, server)
+        .is_ok_and(|rule| visible_on(config, catalog, principal, server, &rule, kind, item))
+}
+
+/// [`visible`] for a caller already allowed onto `server` (by `server_rule`).
+fn visible_on(
+    config: &Config,
+    catalog: &Catalog,
+    principal: &Principal,
+    server: &str,
+    server_rule: &str,
+    kind: ListKind,
+    item: &Value,
+) -> bool {
     let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
     let (method, target) = match kind {
         ListKind::Tools => ("tools/call", text("name").map(Target::Tool)),
@@ -830,8 +865,10 @@ pub fn visible(
     };
     match kind {
         // Templates cannot be checked against resource rules; RBAC on the template decides.
-        ListKind::ResourceTemplates => config.policy.allows_message(&principal.roles, server, &probe, catalog).is_ok(),
-        _ => decide(config, catalog, principal, server, &probe).is_ok(),
+        ListKind::ResourceTemplates => {
+            config.policy.allows_message_on(&principal.roles, server, server_rule, &probe, catalog).is_ok()
+        }
+        _ => decide_on(config, catalog, principal, server, server_rule, &probe).is_ok(),
     }
 }
 

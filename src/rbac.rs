@@ -357,9 +357,23 @@ impl Policy {
     /// May these roles send this message to this server?
     pub fn allows_message(&self, roles: &[String], server: &str, message: &Message, catalog: &Catalog) -> Decision {
         let server_rule = self.allows_server(roles, server)?;
+        self.allows_message_on(roles, server, &server_rule, message, catalog)
+    }
+
+    /// [`Policy::allows_message`] for roles [`Policy::allows_server`] already let onto
+    /// `server`, saying `server_rule`: the request path checks the server once, when the
+    /// headers arrive, not again for the body and for every item of a list reply.
+    pub fn allows_message_on(
+        &self,
+        roles: &[String],
+        server: &str,
+        server_rule: &str,
+        message: &Message,
+        catalog: &Catalog,
+    ) -> Decision {
         if message.kind == Kind::Response {
             // Answers to the server's own requests (sampling, elicitation) carry no method.
-            return Ok(server_rule);
+            return Ok(server_rule.to_owned());
         }
         let method = message.method.as_str();
         self.check_denies(roles, |d| first_match(&d.methods, method).map(|p| format!("method {}", p.as_str())))?;
