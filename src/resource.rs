@@ -132,6 +132,8 @@ pub struct ResourceRule {
     pub pattern: Template,
     /// Precompiled when the pattern has no placeholders.
     pub compiled: Option<Pattern>,
+    /// Split when it has placeholders in a shape that needs no glob per request.
+    pub split: Option<SplitPattern>,
     /// Roles that may (`*`: any authenticated caller).
     pub roles: Vec<String>,
     /// User ids that may (placeholders allowed).
@@ -213,12 +215,22 @@ impl fmt::Display for ResourceDenial {
 const MATCH: MatchOptions =
     MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
 
-/// Fills placeholders. Values go in escaped for glob matching when `for_glob`; a value
-/// holding `/` (or empty) makes the template unusable, so a claim can never widen a
-/// pattern across directories.
-fn substitute(template: &Template, principal: &Principal, resource: Option<&str>, for_glob: bool) -> Option<String> {
-    let mut out = String::with_capacity(template.as_str().len());
-    for part in template.parts() {
+/// How [`substitute`] puts values in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// As they are (user ids, claim values).
+    Text,
+    /// Into a path: a value holding `/` (or empty) makes the template unusable, so a
+    /// claim can never widen a pattern across directories.
+    Path,
+    /// Into a glob: as [`Fill::Path`], and escaped.
+    Glob,
+}
+
+/// Fills placeholders.
+fn substitute(parts: &[Part], principal: &Principal, resource: Option<&str>, fill: Fill) -> Option<String> {
+    let mut out = String::with_capacity(64);
+    for part in parts {
         let value: Cow<'_, str> = match part {
             Part::Text(text) => {
                 out.push_str(text);
@@ -232,16 +244,60 @@ fn substitute(template: &Template, principal: &Principal, resource: Option<&str>
                 _ => return None,
             },
         };
-        if for_glob {
-            if value.is_empty() || value.contains('/') {
-                return None;
-            }
+        if fill != Fill::Text && (value.is_empty() || value.contains('/')) {
+            return None;
+        }
+        if fill == Fill::Glob {
             out.push_str(&Pattern::escape(&value));
         } else {
             out.push_str(&value);
         }
     }
     Some(out)
+}
+
+/// A rule pattern with placeholders, split so that matching builds no glob per request:
+/// `head`, the text and placeholders up to the last placeholder, holds no glob character,
+/// so once filled it is compared as plain text (the values would be escaped in a glob
+/// anyway); `tail`, the rest, is empty or starts a path segment (`/...`), so it matches
+/// the remainder of the resource exactly as it would within the whole pattern. Patterns
+/// of another shape build their glob per request.
+#[derive(Debug, Clone)]
+pub struct SplitPattern {
+    head: Vec<Part>,
+    tail: Option<Pattern>,
+}
+
+impl SplitPattern {
+    fn of(template: &Template) -> Option<SplitPattern> {
+        let parts = template.parts();
+        let last = parts.iter().rposition(|p| !matches!(p, Part::Text(_)))?;
+        let (head, tail) = parts.split_at(last + 1);
+        let globbing = |p: &Part| matches!(p, Part::Text(t) if t.contains(['*', '?', '[']));
+        if head.iter().any(globbing) {
+            return None;
+        }
+        let tail: String =
+            tail.iter().filter_map(|p| if let Part::Text(t) = p { Some(t.as_str()) } else { None }).collect();
+        let tail = match tail.as_str() {
+            "" => None,
+            t if t.starts_with('/') => Some(Pattern::new(t).ok()?),
+            _ => return None,
+        };
+        Some(SplitPattern { head: head.to_vec(), tail })
+    }
+
+    fn matches(&self, principal: &Principal, resource: &str, case_fold: bool) -> bool {
+        let Some(mut head) = substitute(&self.head, principal, None, Fill::Path) else { return false };
+        if case_fold {
+            head = head.to_lowercase();
+        }
+        match (resource.strip_prefix(head.as_str()), &self.tail) {
+            (None, _) => false,
+            (Some(rest), None) => rest.is_empty(),
+            (Some(rest), Some(tail)) => tail.matches_with(rest, MATCH),
+        }
+    }
 }
 
 impl ResourceRule {
@@ -268,14 +324,18 @@ impl ResourceRule {
             .map(|(u, user)| Template::parse(user, Placeholders::Caller).map_err(|m| err(format!("users[{u}]"), m)))
             .collect::<Result<Vec<_>, _>>()?;
         let claim = raw.claim.map(|c| ClaimCondition::try_from(c).map_err(|e| e.within("claim"))).transpose()?;
-        Ok(ResourceRule { pattern, compiled, roles: raw.roles, users, claim, shadow: raw.shadow })
+        let split = SplitPattern::of(&pattern);
+        Ok(ResourceRule { pattern, compiled, split, roles: raw.roles, users, claim, shadow: raw.shadow })
     }
 
     fn matches(&self, principal: &Principal, resource: &str, case_fold: bool) -> bool {
         if let Some(p) = &self.compiled {
             return p.matches_with(resource, MATCH);
         }
-        let Some(mut pattern) = substitute(&self.pattern, principal, None, true) else { return false };
+        if let Some(split) = &self.split {
+            return split.matches(principal, resource, case_fold);
+        }
+        let Some(mut pattern) = substitute(self.pattern.parts(), principal, None, Fill::Glob) else { return false };
         if case_fold {
             pattern = pattern.to_lowercase();
         }
@@ -284,10 +344,12 @@ impl ResourceRule {
 
     fn allows(&self, principal: &Principal, resource: &str) -> bool {
         let by_role = self.roles.iter().any(|r| r == "*" || principal.roles.contains(r));
-        let by_user =
-            self.users.iter().any(|u| substitute(u, principal, None, false).is_some_and(|u| u == principal.user_id));
+        let by_user = self
+            .users
+            .iter()
+            .any(|u| substitute(u.parts(), principal, None, Fill::Text).is_some_and(|u| u == principal.user_id));
         let by_claim = self.claim.as_ref().is_some_and(|c| {
-            let Some(want) = substitute(&c.value, principal, Some(resource), false) else { return false };
+            let Some(want) = substitute(c.value.parts(), principal, Some(resource), Fill::Text) else { return false };
             match claims::lookup(&principal.claims, &c.path) {
                 Some(Value::String(s)) => *s == want,
                 Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(want.as_str())),
@@ -417,8 +479,10 @@ mod tests {
 
     fn rule(pattern: &str, roles: &[&str]) -> ResourceRule {
         let compiled = if pattern.contains('{') { None } else { Some(Pattern::new(pattern).unwrap()) };
+        let template = Template::parse(pattern, Placeholders::Caller).unwrap();
         ResourceRule {
-            pattern: Template::parse(pattern, Placeholders::Caller).unwrap(),
+            split: SplitPattern::of(&template),
+            pattern: template,
             compiled,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             users: vec![],
@@ -646,5 +710,81 @@ mod tests {
         assert!(p.check_message(&alice, &call(json!({"file_path": "/public/a%20b"}))).is_ok());
         assert!(p.check_message(&alice, &call(json!({"file_path": "/public/100%"}))).is_err());
         assert!(p.check_message(&alice, &call(json!({"file_path": "/public/a%2f..%2f..%2fprivate/x"}))).is_err());
+    }
+    #[test]
+    fn split_patterns_match_exactly_what_their_glob_matches() {
+        let patterns = [
+            "/user/{user_id}",
+            "/user/{user_id}/**",
+            "/user/{user_id}/*",
+            "/user/{user_id}/*.md",
+            "/t/{claims.org}/{user_id}/**",
+            "/t/{claims.org}/x/{user_id}/?",
+            "{user_id}/**",
+            "{user_id}",
+            "/a.b/{user_id}/[ab]*/**",
+        ];
+        // Shapes that must not be split: a glob before a placeholder, or text after the last
+        // one that does not start a segment.
+        for unsplit in ["/*/{user_id}/**", "/u?/{user_id}", "/user/{user_id}*", "/user/{user_id}.d/*", "/[u]/{user_id}"]
+        {
+            assert!(SplitPattern::of(&Template::parse(unsplit, Placeholders::Caller).unwrap()).is_none(), "{unsplit}");
+        }
+        let users = ["alice", "Alice", "al*ce", "a?c", "[a]", "a]b", "", "a/b", "..", ".", "é", "İx"];
+        let orgs = [json!("acme"), json!("ac/me"), json!(42), json!(""), json!(["x"])];
+        let resources = [
+            "/user/alice",
+            "/user/alice/",
+            "/user/alice/notes.md",
+            "/user/alice/a/b.md",
+            "/user/alicex/n",
+            "/user/al*ce/n",
+            "/user/alXce/n",
+            "/user/[a]/n",
+            "/user/a/n",
+            "/user/a]b/x",
+            "/user/",
+            "/user//n",
+            "/user/../n",
+            "/user/./n",
+            "/user/é/n",
+            "/user/i̇x/n",
+            "/user/İx/n",
+            "/t/acme/alice/f",
+            "/t/acme/x/alice/f",
+            "/t/42/alice/deep/f",
+            "/t/ac/me/alice/f",
+            "alice/x",
+            "alice",
+            "/a.b/alice/a1/z",
+            "/a.b/alice/c/z",
+        ];
+        let mut matches = 0;
+        for text in patterns {
+            for case_fold in [false, true] {
+                let text = if case_fold { text.to_lowercase() } else { text.to_owned() };
+                let mut split = rule(&text, &["*"]);
+                assert!(split.split.is_some(), "{text} should split");
+                let mut glob = split.clone();
+                glob.split = None;
+                split.compiled = None;
+                for user in users {
+                    for org in &orgs {
+                        let who = principal(user, &[], json!({"org": org}));
+                        for resource in resources {
+                            let resource = if case_fold { resource.to_lowercase() } else { resource.to_owned() };
+                            let matched = split.matches(&who, &resource, case_fold);
+                            matches += usize::from(matched);
+                            assert_eq!(
+                                matched,
+                                glob.matches(&who, &resource, case_fold),
+                                "pattern {text:?} user {user:?} org {org} resource {resource:?} fold {case_fold}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(matches > 50, "the table must hold matches too, not only misses: {matches}");
     }
 }
