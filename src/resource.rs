@@ -304,8 +304,10 @@ impl ResourceRule {
     /// Compiles one rule (error fields are relative to it). The pattern is lowercased
     /// when the policy folds case.
     fn compile(raw: RawResourceRule, case_fold: bool) -> Result<ResourceRule, ConfigError> {
-        let text = if case_fold { raw.pattern.to_lowercase() } else { raw.pattern };
-        let pattern = Template::parse(&text, Placeholders::Caller).map_err(|m| err("pattern", m))?;
+        let pattern = Template::parse(&raw.pattern, Placeholders::Caller).map_err(|m| err("pattern", m))?;
+        // Folding lowercases the text, never the placeholder names.
+        let pattern = if case_fold { pattern.with_lowercase_text() } else { pattern };
+        let text = pattern.as_str().to_owned();
         // Validate the glob with placeholders filled by a harmless value.
         let probe: String = pattern
             .parts()
@@ -634,6 +636,22 @@ mod tests {
             field(json!({"rules": [{"pattern": "a", "claim": {"name": "a..b", "value": "x"}}]})),
             "rules[0].claim.name"
         );
+    }
+
+    #[test]
+    fn folding_case_lowercases_the_text_of_a_rule_but_not_the_claim_it_names() {
+        let p = compiled(json!({
+            "arguments": ["path"],
+            "case_insensitive": true,
+            "rules": [{"pattern": "/Tenants/{claims.orgId}/**", "roles": ["*"]}],
+        }))
+        .unwrap();
+        let who = principal("a", &["developer"], json!({"orgId": "Acme", "orgid": "other"}));
+        assert!(p.check(&who, "/TENANTS/acme/x", Mode::Literal).is_ok());
+        assert!(p.check(&who, "/tenants/other/x", Mode::Literal).is_err());
+        // Placeholder names are read as written, folded or not.
+        let unknown = compiled(json!({"case_insensitive": true, "rules": [{"pattern": "/u/{USER_ID}"}]}));
+        assert_eq!(unknown.unwrap_err().field, "rules[0].pattern");
     }
 
     #[test]

@@ -69,6 +69,20 @@ impl Template {
         &self.parts
     }
 
+    /// The template with its text lowercased and its placeholders as written (a claim
+    /// path keeps its case: `{claims.orgId}` still names `orgId`).
+    pub fn with_lowercase_text(self) -> Template {
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|p| match p {
+                Part::Text(t) => Part::Text(t.to_lowercase()),
+                other => other,
+            })
+            .collect();
+        Template { text: self.text.to_lowercase(), parts }
+    }
+
     /// No placeholders: the template is its own text.
     pub fn is_literal(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
