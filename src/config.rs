@@ -390,7 +390,8 @@ pub struct RawResourcePolicy {
     /// `resources/read` URIs are always checked.
     #[serde(default)]
     pub arguments: Vec<RawSelector>,
-    /// Compare resources and patterns case-insensitively.
+    /// Compare resources and patterns case-insensitively (placeholder names in patterns
+    /// are read as written: `{claims.orgId}` names the claim `orgId`).
     #[serde(default)]
     pub case_insensitive: bool,
     /// Ordered rules: the first whose pattern matches decides; none matching denies.
