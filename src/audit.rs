@@ -7,7 +7,7 @@
 
 use crate::config::RawAudit;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Prefix of every audit line in Envoy's log, so collectors can pick them out.
 pub const LOG_PREFIX: &str = "mcp_audit ";
@@ -58,25 +58,34 @@ impl Redactor {
 
     /// A copy of `value` that is safe to write to the audit log.
     pub fn redact(&self, value: &Value) -> Value {
+        let mut copy = value.clone();
+        self.redact_in_place(&mut copy);
+        copy
+    }
+
+    /// Makes `value` safe to write to the audit log, in place (the request path hands over
+    /// arguments it no longer needs, so nothing is copied).
+    pub fn redact_in_place(&self, value: &mut Value) {
         match value {
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| {
-                        let v = if self.is_sensitive_key(k) { Value::String(REDACTED.into()) } else { self.redact(v) };
-                        (k.clone(), v)
-                    })
-                    .collect::<Map<String, Value>>(),
-            ),
-            Value::Array(items) => Value::Array(items.iter().map(|v| self.redact(v)).collect()),
-            Value::String(s) if looks_like_credential(s) => Value::String(REDACTED.into()),
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if self.is_sensitive_key(k) {
+                        *v = Value::String(REDACTED.into());
+                    } else {
+                        self.redact_in_place(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_in_place(v)),
+            Value::String(s) if looks_like_credential(s) => *s = REDACTED.into(),
             Value::String(s) if s.len() > self.max_string_bytes => {
                 let mut cut = self.max_string_bytes;
                 while !s.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                Value::String(format!("{}...[{} bytes]", s.get(..cut).unwrap_or_default(), s.len()))
+                *s = format!("{}...[{} bytes]", s.get(..cut).unwrap_or_default(), s.len());
             }
-            other => other.clone(),
+            _ => {}
         }
     }
 }

@@ -296,7 +296,7 @@ impl Exchange {
             self.stage = Stage::Forwarded(caller, Follow::Nothing);
             return Ok(Step::Continue);
         }
-        if !is_json(self.head.header("content-type")) {
+        if !headers::is_json(self.head.header("content-type")) {
             return Err(Refusal::ContentType);
         }
         let too_long = self
@@ -368,7 +368,7 @@ impl Exchange {
         if let Some(reply) = self.on_body_progress(config, body.len()) {
             return Step::Reply(reply);
         }
-        let message = match jsonrpc::parse(body, config.max_json_depth) {
+        let mut message = match jsonrpc::parse(body, config.max_json_depth) {
             Ok(m) => m,
             Err(e) => {
                 let id = jsonrpc::salvage_id(body, config.max_json_depth);
@@ -378,26 +378,40 @@ impl Exchange {
         self.record.method = (!message.method.is_empty()).then(|| message.method.clone());
         self.record.target = message.target.as_ref().map(|t| t.name().to_owned());
         self.record.jsonrpc_id = message.id.clone();
-        self.record.params = message.arguments.as_ref().map(|a| config.redactor.redact(a));
+        let step = self.decide_message(config, catalog, &message, tasks);
+        // Decided: the arguments are redacted where they lie and kept for the audit record.
+        self.record.params = message.arguments.take().map(|mut a| {
+            config.redactor.redact_in_place(&mut a);
+            a
+        });
+        step
+    }
+
+    fn decide_message(
+        &mut self,
+        config: &Config,
+        catalog: &Catalog,
+        message: &Message,
+        tasks: &dyn Fn(&str) -> Option<String>,
+    ) -> Step {
         let Stage::Admitted(Caller { principal, server, server_rule }) = &self.stage else {
             // Headers were never admitted: never forward.
-            return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id));
+            return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id.clone()));
         };
         // MCP 2026-07-28 repeats the method and name in headers (for routing); they must
         // agree with the body, which is what authorization reads.
-        if let Some(header) = self.disagreeing_header(config, server, &message) {
-            return Step::Reply(self.refuse(&Refusal::HeaderMismatch { header }, message.id));
+        if let Some(header) = self.disagreeing_header(config, server, message) {
+            return Step::Reply(self.refuse(&Refusal::HeaderMismatch { header }, message.id.clone()));
         }
-        let decision =
-            decide_on(config, catalog, principal, &server.name, server_rule, &message).and_then(|rule| match &message
-                .target
-            {
+        let decision = decide_on(config, catalog, principal, &server.name, server_rule, message).and_then(|rule| {
+            match &message.target {
                 Some(Target::Task(id)) => {
                     decide_task(config, catalog, principal, &server.name, id, tasks(id).as_deref())
                         .map(|call| format!("{rule}; {call}"))
                 }
                 _ => Ok(rule),
-            });
+            }
+        });
         match decision {
             Ok(rule) => {
                 let follow = if message.creates_task {
@@ -416,7 +430,7 @@ impl Exchange {
             }
             Err(denial) => {
                 let id = message.id.clone();
-                match refusal_for(config, &message, denial) {
+                match refusal_for(config, message, denial) {
                     Ok(shadowed) => {
                         self.record.decision = Some(Outcome::WouldDeny);
                         self.record.reason = Some(format!("shadow: {shadowed}"));
@@ -879,19 +893,6 @@ fn authenticate(config: &Config, store: &mut KeyStore, head: &Head, now: SystemT
         _ => return Err(AuthError::MultipleAuthorizationHeaders.into()),
     };
     config.verifier.verify(token, now, store)
-}
-
-/// `application/json`, with optional parameters; a `charset` must be UTF-8 (JSON's only
-/// encoding, RFC 8259), since a server honouring another charset would read other text.
-fn is_json(content_type: Option<&str>) -> bool {
-    let Some(content_type) = content_type else { return false };
-    let media_ok = headers::media_type(content_type).eq_ignore_ascii_case("application/json");
-    media_ok
-        && content_type.split(';').skip(1).all(|param| {
-            let (name, value) = param.split_once('=').unwrap_or((param, ""));
-            !name.trim().eq_ignore_ascii_case("charset")
-                || matches!(value.trim().trim_matches('"').to_ascii_lowercase().as_str(), "utf-8" | "utf8")
-        })
 }
 
 /// No dot segments, backslashes or percent-encoded dots, slashes and backslashes.

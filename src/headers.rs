@@ -140,6 +140,19 @@ pub fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or_default().trim()
 }
 
+/// `application/json`, with optional parameters; a `charset` must be UTF-8 (JSON's only
+/// encoding, RFC 8259), since a server honouring another charset would read other text.
+pub fn is_json(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else { return false };
+    let media_ok = media_type(content_type).eq_ignore_ascii_case("application/json");
+    media_ok
+        && content_type.split(';').skip(1).all(|param| {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            !name.trim().eq_ignore_ascii_case("charset")
+                || matches!(value.trim().trim_matches('"').to_ascii_lowercase().as_str(), "utf-8" | "utf8")
+        })
+}
+
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.trim().split('-');
