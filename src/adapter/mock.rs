@@ -41,6 +41,8 @@ pub struct MockHost {
     queues: RefCell<HashMap<u32, VecDeque<Vec<u8>>>>,
     next_id: Cell<u32>,
     counters: RefCell<Vec<(String, u64)>>,
+    /// How many times each host call was made.
+    host_calls: RefCell<HashMap<&'static str, usize>>,
     /// Names of host calls that fail (`"map"`, `"set_buffer"`, `"dispatch"`...).
     failing: RefCell<HashSet<&'static str>>,
     pub calls: RefCell<Vec<Call>>,
@@ -65,11 +67,23 @@ impl MockHost {
     }
 
     fn check(&self, call: &'static str) -> Result<(), HostError> {
+        self.count(call);
         if self.failing.borrow().contains(call) {
             Err(HostError(format!("{call} failed (mock)")))
         } else {
             Ok(())
         }
+    }
+
+    fn count(&self, call: &'static str) {
+        *self.host_calls.borrow_mut().entry(call).or_default() += 1;
+    }
+
+    /// Host calls made since the last look, by name, and forgets them.
+    pub fn take_host_calls(&self) -> Vec<(&'static str, usize)> {
+        let mut calls: Vec<_> = std::mem::take(&mut *self.host_calls.borrow_mut()).into_iter().collect();
+        calls.sort();
+        calls
     }
 
     fn record(&self, call: Call) {
@@ -153,10 +167,12 @@ impl MockHost {
 
 impl Host for MockHost {
     fn log(&self, level: Level, message: &str) {
+        self.count("log");
         self.record(Call::Log { level, message: message.to_owned() });
     }
 
     fn now(&self) -> SystemTime {
+        self.count("now");
         self.now.get().unwrap_or_else(SystemTime::now)
     }
 
@@ -173,6 +189,7 @@ impl Host for MockHost {
     }
 
     fn increment(&self, counter: u32) {
+        self.count("increment");
         let index = usize::try_from(counter).unwrap_or(usize::MAX);
         if let Some((_, value)) = self.counters.borrow_mut().get_mut(index) {
             *value += 1;
@@ -240,10 +257,12 @@ impl Host for MockHost {
     }
 
     fn reset_request(&self) {
+        self.count("reset_request");
         self.record(Call::ResetRequest { context: self.current() });
     }
 
     fn reset_response(&self) {
+        self.count("reset_response");
         self.record(Call::ResetResponse { context: self.current() });
     }
 

@@ -694,3 +694,36 @@ fn a_tool_operation_one_worker_learned_decides_on_another_which_copies_the_catal
     on_b(13);
     assert_eq!(host.reads_of(CATALOG_KEY), before + 1, "not copied again while unchanged");
 }
+
+/// Host calls cost a crossing out of the VM each: an allowed tool call makes a small,
+/// known number of them. The budget below is today's count; a change that adds calls
+/// to every request shows up here (and `make bench` says what they cost).
+#[test]
+fn an_allowed_tool_call_makes_a_bounded_number_of_host_calls() {
+    let host = MockHost::new();
+    let issuer = Issuer::new();
+    let root = configure(&host, ROOT, &inline_config(&issuer));
+    let token = issuer.token("alice", &["developer"]);
+    host.take_host_calls();
+    let (mut f, _) = post(&host, &root, 10, &token);
+    assert_eq!(body(&host, &mut f, 10, &call_body("get_repository")), Flow::Continue);
+    host.set_map_of(10, Map::ResponseHeaders, &[(":status", "200"), ("content-type", "text/event-stream")]);
+    host.enter(10).unwrap();
+    f.on_response_headers(&host);
+    respond(&host, &mut f, 10, &[b"data: {}\n\n"]);
+    host.set_property_of(10, &["response", "code"], &200_u64.to_le_bytes());
+    host.enter(10).unwrap();
+    f.on_log(&host);
+    // The harness's own `enter` calls are not the adapter's.
+    let calls: Vec<(&str, usize)> = host.take_host_calls().into_iter().filter(|(name, _)| *name != "enter").collect();
+    let total: usize = calls.iter().map(|(_, n)| n).sum();
+    println!("host calls for one allowed tools/call: {total} {calls:?}");
+    assert!(total <= 24, "{total} host calls: {calls:?}");
+    // Per call: the header map read once, the body once, no response header or body
+    // reads (a tool call's reply is not inspected), and one audit line.
+    let count = |name: &str| calls.iter().find(|(n, _)| *n == name).map_or(0, |(_, n)| *n);
+    assert_eq!(count("map"), 1);
+    assert_eq!(count("buffer"), 1);
+    assert_eq!(count("map_value"), 0);
+    assert_eq!(count("log"), 1);
+}
