@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/mcp_gateway.wasm
 MCPGW := target/release/mcpgw
 export ENVOY
 
-.PHONY: all toolchain wasm mcpgw envoy interop run test bench lint fmt clean
+.PHONY: all toolchain wasm mcpgw envoy interop run test bench wrk lint fmt clean
 
 all: wasm mcpgw
 
@@ -48,12 +48,16 @@ test: wasm envoy interop
 	cargo test --workspace --no-fail-fast
 
 ## bench: JWT verification cost per algorithm (wasm on V8 via node, and native), the
-## decision code's cost per MCP call (native), then the gateway's end-to-end cost per MCP
-## call through a real Envoy, against Envoy alone
-bench: wasm envoy
+## decision code's cost per MCP call (native), then Envoy's CPU per call with and without
+## the filter, interleaved rounds (writes bench/results/latest.md and BENCHMARKS.md)
+bench: wasm envoy wrk
 	scripts/bench-jwt.sh
 	cargo test --release --test bench_pipeline -- --ignored --nocapture
 	cargo test --release --test bench_gateway -- --ignored --nocapture
+
+## wrk: the load generator of `make bench` (Debian's package)
+wrk:
+	@command -v wrk >/dev/null || { apt-get install -y wrk >/dev/null 2>&1 || sudo apt-get install -y wrk; }
 
 ## fuzz: run each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 600) in turn and print
 ## executions per target (nightly toolchain; installs cargo-fuzz if missing)

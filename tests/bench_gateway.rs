@@ -1,123 +1,451 @@
-//! What the gateway costs per request, end to end: the same MCP tool call through Envoy
-//! alone and through Envoy with the filter (token cache on, and off). Ignored by `make
-//! test` (it measures, it does not assert speed); `make bench` runs it in release mode.
+//! What an MCP call costs in Envoy, with and without the filter.
+//!
+//! Each configuration runs in its own Envoy (`--concurrency 1`, pinned to core 0 when the
+//! machine has two or more; wrk and the upstream run on the others). All are started up
+//! front and warmed up; then every round measures each of them in turn, in a rotating
+//! order, so that a change in the machine's load hits all alike. Envoy's CPU time per
+//! request comes from `/proc/<pid>/stat`; requests/s and latency from wrk. Each request
+//! carries a unique JSON-RPC id, and MCP upstreams get a session opened beforehand.
+//!
+//! Ignored by `make test` (it measures, it does not assert speed); `make bench` runs it
+//! in release mode and it writes `bench/results/latest.md` and `BENCHMARKS.md`.
 
 // A benchmark harness: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
-use common::envoy::{Envoy, EnvoyOptions};
-use common::{plugin_config, tool_call, JWK_ENV};
+use common::envoy::{envoy_binary, root, wasm_path};
 use mcpgw::token::{keygen, mint, TokenRequest};
 use mcpgw::{spawn, ServerKind};
 use serde_json::{json, Value};
-use std::time::Instant;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-const REQUESTS: usize = 2000;
-const CONCURRENCY: usize = 8;
+const ROUNDS: usize = 3;
+const SECONDS: u64 = 10;
+const WARMUP_SECONDS: u64 = 3;
+const CONNECTIONS: usize = 16;
 
-struct Run {
+/// One Envoy configuration under test.
+struct Setup {
     name: &'static str,
-    p50_us: f64,
-    p99_us: f64,
-    rps: f64,
+    /// `e2e` (through the rmcp github server) or `isolated` (`direct_response`).
+    group: &'static str,
+    /// What the group's ratios are relative to.
+    base: bool,
+    bootstrap: Value,
 }
 
-async fn call(client: &reqwest::Client, url: &str, auth: &str, body: &str) {
-    let r = client
-        .post(url)
+struct Running {
+    setup: Setup,
+    child: Child,
+    port: u16,
+    session: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One measured run of one setup.
+struct Sample {
+    requests: u64,
+    cpu_ticks: u64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The machine's cores, as seen before this process pins itself to some of them.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `command`, pinned to `cpus` when the machine has more than one core.
+fn pinned(cpus: &str, program: &Path) -> Command {
+    if cores() >= 2 && have("taskset") {
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(cpus).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// envoy/demo.yaml as JSON, with its wasm path made absolute and its rate limit removed
+/// (the bench measures policy, not the limiter).
+fn demo(upstream: u16) -> Value {
+    let yaml = std::fs::read_to_string(root().join("envoy/demo.yaml")).unwrap();
+    let mut config: Value = serde_norway::from_str(&yaml).unwrap();
+    for cluster in config["static_resources"]["clusters"].as_array_mut().unwrap() {
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            ["port_value"] = json!(upstream);
+    }
+    let filters = hcm(&mut config)["http_filters"].as_array_mut().unwrap();
+    filters.retain(|f| !f["name"].as_str().unwrap().contains("ratelimit"));
+    let wasm = filters.iter_mut().find(|f| f["name"] == "envoy.filters.http.wasm").unwrap();
+    wasm["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = json!(wasm_path().to_string_lossy());
+    config
+}
+
+fn hcm(config: &mut Value) -> &mut Value {
+    &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+fn filter_named<'a>(config: &'a mut Value, name: &str) -> Option<&'a mut Value> {
+    hcm(config)["http_filters"].as_array_mut().unwrap().iter_mut().find(|f| f["name"] == name)
+}
+
+/// Keeps only the HTTP filters named, in the order given.
+fn with_filters(mut config: Value, names: &[&str]) -> Value {
+    let mut all = hcm(&mut config)["http_filters"].as_array().unwrap().clone();
+    let buffer = json!({"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 1048576}});
+    all.push(buffer);
+    let chosen: Vec<Value> = names.iter().map(|n| all.iter().find(|f| f["name"] == *n).cloned().unwrap()).collect();
+    hcm(&mut config)["http_filters"] = Value::Array(chosen);
+    config
+}
+
+/// Every route answers locally: what remains is Envoy and the filters.
+fn isolated(mut config: Value) -> Value {
+    let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#;
+    for route in hcm(&mut config)["route_config"]["virtual_hosts"][0]["routes"].as_array_mut().unwrap() {
+        let route = route.as_object_mut().unwrap();
+        route.remove("route");
+        route.insert("direct_response".into(), json!({"status": 200, "body": {"inline_string": answer}}));
+    }
+    config
+}
+
+fn token_cache_off(mut config: Value) -> Value {
+    let wasm = filter_named(&mut config, "envoy.filters.http.wasm").unwrap();
+    let value = &mut wasm["typed_config"]["config"]["configuration"]["value"];
+    let mut plugin: Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
+    plugin["jwt"]["cache_entries"] = json!(0);
+    *value = json!(plugin.to_string());
+    config
+}
+
+fn setups(upstream: u16) -> Vec<Setup> {
+    let gateway = ["envoy.filters.http.wasm", "envoy.filters.http.router"];
+    let router = ["envoy.filters.http.router"];
+    vec![
+        Setup { name: "plain router", group: "e2e", base: true, bootstrap: with_filters(demo(upstream), &router) },
+        Setup {
+            name: "ours (demo policy)",
+            group: "e2e",
+            base: false,
+            bootstrap: with_filters(demo(upstream), &gateway),
+        },
+        Setup {
+            name: "ours, token cache off",
+            group: "e2e",
+            base: false,
+            bootstrap: token_cache_off(with_filters(demo(upstream), &gateway)),
+        },
+        Setup {
+            name: "floor (buffer)",
+            group: "isolated",
+            base: true,
+            bootstrap: isolated(with_filters(
+                demo(upstream),
+                &["envoy.filters.http.buffer", "envoy.filters.http.router"],
+            )),
+        },
+        Setup {
+            name: "ours (buffer + filter)",
+            group: "isolated",
+            base: false,
+            bootstrap: isolated(with_filters(
+                demo(upstream),
+                &["envoy.filters.http.buffer", "envoy.filters.http.wasm", "envoy.filters.http.router"],
+            )),
+        },
+    ]
+}
+
+async fn start(mut setup: Setup, jwk: &str) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    setup.bootstrap["admin"]["address"]["socket_address"]["port_value"] = json!(admin);
+    setup.bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = json!(port);
+    let path = dir.path().join("envoy.json");
+    std::fs::write(&path, setup.bootstrap.to_string()).unwrap();
+    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+    let child = pinned("0", &envoy_binary())
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warn"])
+        .env("MCPGW_DEMO_JWK", jwk)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log = dir.path().join("envoy.log");
+    let running = Running { setup, child, port, session: None, _dir: dir };
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    for _ in 0..300 {
+        if reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+            return running;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} not ready: {}", running.setup.name, std::fs::read_to_string(log).unwrap_or_default());
+}
+
+/// Opens an MCP session through `envoy` (e2e setups), so calls carry its id.
+async fn open_session(envoy: &mut Running, token: &str) {
+    if envoy.setup.group != "e2e" {
+        return;
+    }
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}});
+    let reply = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/mcp/github", envoy.port))
+        .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .header("authorization", auth)
-        .body(body.to_owned())
+        .body(init.to_string())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{url}");
-    r.bytes().await.unwrap();
+    assert_eq!(reply.status(), 200, "{}", envoy.setup.name);
+    envoy.session = reply.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
+    reply.bytes().await.unwrap();
 }
 
-/// Sequential latencies, then throughput with CONCURRENCY clients.
-async fn measure(name: &'static str, url: &str, token: &str) -> Run {
-    let client = reqwest::Client::new();
-    let body = tool_call(1, "echo", json!({"text": "hello"})).to_string();
-    let auth = format!("Bearer {token}");
-    for _ in 0..200 {
-        call(&client, url, &auth, &body).await;
-    }
-    let mut latencies = Vec::with_capacity(REQUESTS);
-    for _ in 0..REQUESTS {
-        let start = Instant::now();
-        call(&client, url, &auth, &body).await;
-        latencies.push(start.elapsed());
-    }
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (client, url, auth, body) = (client.clone(), url.to_owned(), auth.clone(), body.clone());
-            tokio::spawn(async move {
-                for _ in 0..REQUESTS / CONCURRENCY {
-                    call(&client, &url, &auth, &body).await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let rps = (REQUESTS / CONCURRENCY * CONCURRENCY) as f64 / start.elapsed().as_secs_f64();
-    Run { name, p50_us: pct(0.5), p99_us: pct(0.99), rps }
+/// A wrk script: `tools/call get_repository`, each with its own id.
+fn script(dir: &Path, token: &str, session: Option<&str>) -> std::path::PathBuf {
+    let session = session.map(|s| format!(r#"["mcp-session-id"] = "{s}","#)).unwrap_or_default();
+    let lua = format!(
+        r#"local n = 0
+request = function()
+  n = n + 1
+  local body = '{{"jsonrpc":"2.0","id":' .. n .. ',"method":"tools/call","params":{{"name":"get_repository","arguments":{{"repository":"acme/website"}}}}}}'
+  return wrk.format("POST", "/mcp/github", {{ ["content-type"] = "application/json", ["accept"] = "application/json, text/event-stream", ["authorization"] = "Bearer {token}", {session} }}, body)
+end
+"#
+    );
+    let path = dir.join(format!("call-{}.lua", rand_suffix()));
+    std::fs::write(&path, lua).unwrap();
+    path
 }
 
-async fn envoy(plugin: Value, upstream: std::net::SocketAddr, jwk: &str) -> Envoy {
-    Envoy::start(EnvoyOptions {
-        plugin_config: plugin,
-        upstreams: vec![("testjson".into(), "/mcp/testjson".into(), upstream)],
-        env: vec![(JWK_ENV.into(), jwk.to_owned())],
-        clusters: vec![],
-    })
-    .await
-    .unwrap()
+fn rand_suffix() -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::RandomState::new().hash_one(0_u8)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    let out =
+        Command::new("getconf").arg("CLK_TCK").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    out.ok().and_then(|s| s.parse().ok()).unwrap_or(100.0)
+}
+
+/// `812.00us`, `1.20ms`, `2.00s` -> microseconds.
+fn micros(text: &str) -> f64 {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
+    let n: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => f64::NAN,
+    }
+}
+
+fn run_wrk(envoy: &Running, script: &Path, seconds: u64) -> Sample {
+    let pid = envoy.child.id();
+    let before = cpu_ticks(pid);
+    let out = pinned("1", Path::new("wrk"))
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{}", envoy.port))
+        .output()
+        .unwrap();
+    let after = cpu_ticks(pid);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |prefix: &str| text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(str::to_owned);
+    let word = |l: Option<String>, i: usize| l.and_then(|l| l.split_whitespace().nth(i).map(str::to_owned));
+    let requests =
+        text.lines().find(|l| l.contains("requests in")).and_then(|l| l.split_whitespace().next()?.parse().ok());
+    Sample {
+        requests: requests.unwrap_or_else(|| panic!("wrk said:\n{text}\n{}", String::from_utf8_lossy(&out.stderr))),
+        cpu_ticks: after - before,
+        rps: word(line("Requests/sec:"), 1).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
+        p50_us: micros(&word(line("50%"), 1).unwrap_or_default()),
+        p99_us: micros(&word(line("99%"), 1).unwrap_or_default()),
+        errors: word(line("Non-2xx or 3xx responses:"), 4).and_then(|v| v.parse().ok()).unwrap_or(0),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 #[ignore = "benchmark: run with `make bench`"]
-async fn gateway_cost_per_request() {
+async fn cost_of_a_call_in_envoy() {
+    assert!(have("wrk"), "wrk is needed: `make bench` installs it (apt-get install wrk)");
+    // This process (the upstream server, wrk) stays off Envoy's core.
+    if cores() >= 2 && have("taskset") {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", &format!("1-{}", cores() - 1), &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+    let tick_us = 1e6 / clock_ticks_per_second();
     let keys = tempfile::tempdir().unwrap();
     let files = keygen(keys.path()).unwrap();
     let signing = std::fs::read_to_string(files.signing_key).unwrap();
     let jwk = std::fs::read_to_string(files.public_key).unwrap();
-    let token = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    let token = mint(&signing, &TokenRequest::new("alice", &["developer"])).unwrap();
     let upstream =
-        spawn(ServerKind::TestJson, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+        spawn(ServerKind::Github, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
 
-    let mut runs = Vec::new();
-    let plain = envoy(Value::Null, upstream.addr, &jwk).await;
-    runs.push(measure("envoy alone", &plain.url("/mcp/testjson"), &token).await);
-    drop(plain);
-    let gateway = envoy(plugin_config(), upstream.addr, &jwk).await;
-    runs.push(measure("envoy + gateway (token cache)", &gateway.url("/mcp/testjson"), &token).await);
-    drop(gateway);
-    let mut uncached = plugin_config();
-    uncached["jwt"]["cache_entries"] = json!(0);
-    let gateway = envoy(uncached, upstream.addr, &jwk).await;
-    runs.push(measure("envoy + gateway (no cache, ES256)", &gateway.url("/mcp/testjson"), &token).await);
-    drop(gateway);
-
-    let base = &runs[0];
-    println!("\nMCP tools/call through Envoy ({REQUESTS} requests; rmcp JSON server behind; 2 cores shared by all)");
-    println!("{:<36} {:>9} {:>9} {:>10} {:>12}", "setup", "p50 us", "p99 us", "req/s", "p50 added");
-    for r in &runs {
-        println!(
-            "{:<36} {:>9.0} {:>9.0} {:>10.0} {:>+11.0}us",
-            r.name,
-            r.p50_us,
-            r.p99_us,
-            r.rps,
-            r.p50_us - base.p50_us
-        );
+    let mut envoys = Vec::new();
+    for setup in setups(upstream.addr.port()) {
+        envoys.push(start(setup, &jwk).await);
     }
+    let scripts = tempfile::tempdir().unwrap();
+    let mut lua = Vec::new();
+    for envoy in &mut envoys {
+        open_session(envoy, &token).await;
+        lua.push(script(scripts.path(), &token, envoy.session.as_deref()));
+    }
+    // wrk blocks: run it off the runtime that serves the upstream.
+    let envoys = std::sync::Arc::new(envoys);
+    let lua = std::sync::Arc::new(lua);
+    let samples = tokio::task::spawn_blocking({
+        let (envoys, lua) = (envoys.clone(), lua.clone());
+        move || {
+            for (envoy, script) in envoys.iter().zip(lua.iter()) {
+                run_wrk(envoy, script, WARMUP_SECONDS);
+            }
+            let mut samples: Vec<Vec<Sample>> = envoys.iter().map(|_| Vec::new()).collect();
+            for round in 0..ROUNDS {
+                for k in 0..envoys.len() {
+                    let i = (k + round) % envoys.len();
+                    let s = run_wrk(&envoys[i], &lua[i], SECONDS);
+                    let cpu = s.cpu_ticks as f64 * tick_us / s.requests as f64;
+                    eprintln!(
+                        "round {} {:<26} {:>8} req {cpu:>7.1} µs CPU/req",
+                        round + 1,
+                        envoys[i].setup.name,
+                        s.requests
+                    );
+                    samples[i].push(s);
+                }
+            }
+            samples
+        }
+    })
+    .await
+    .unwrap();
+
+    let per_request = |s: &Sample| s.cpu_ticks as f64 * tick_us / s.requests as f64;
+    let mut table = String::new();
+    table.push_str("| setup | Envoy CPU µs/call | × base | spread over rounds | req/s | p50 | p99 | non-2xx |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|\n");
+    for group in ["e2e", "isolated"] {
+        let in_group: Vec<usize> = (0..envoys.len()).filter(|i| envoys[*i].setup.group == group).collect();
+        let cpu = |i: usize| {
+            let s = &samples[i];
+            s.iter().map(|x| x.cpu_ticks).sum::<u64>() as f64 * tick_us
+                / s.iter().map(|x| x.requests).sum::<u64>() as f64
+        };
+        let base = in_group.iter().find(|i| envoys[**i].setup.base).map(|i| cpu(*i)).unwrap();
+        for &i in &in_group {
+            let s = &samples[i];
+            let per: Vec<f64> = s.iter().map(per_request).collect();
+            let (lo, hi) = (per.iter().copied().fold(f64::MAX, f64::min), per.iter().copied().fold(0.0, f64::max));
+            table.push_str(&format!(
+                "| {} {} | {:.1} | {:.2} | {:.1}–{:.1} | {:.0} | {:.0} µs | {:.0} µs | {} |\n",
+                group,
+                envoys[i].setup.name,
+                cpu(i),
+                cpu(i) / base,
+                lo,
+                hi,
+                median(s.iter().map(|x| x.rps).collect()),
+                median(s.iter().map(|x| x.p50_us).collect()),
+                median(s.iter().map(|x| x.p99_us).collect()),
+                s.iter().map(|x| x.errors).sum::<u64>(),
+            ));
+        }
+    }
+    println!("\n{table}");
+    let results = root().join("bench/results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("latest.md"), &table).unwrap();
+    write_benchmarks_md(&table);
 }
+
+/// Replaces the generated part of BENCHMARKS.md (between its markers) with this run.
+fn write_benchmarks_md(table: &str) {
+    let sh = |cmd: &str| {
+        Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let commit =
+        sh("git -C \"$0\" rev-parse --short HEAD 2>/dev/null".replace("$0", &root().to_string_lossy()).as_str())
+            .unwrap_or_default();
+    let date = sh("date -u +%Y-%m-%d").unwrap_or_default();
+    let generated = format!(
+        "{START}\nLatest run: {date}, commit `{commit}`, {} cores ({cpu}); `make bench` \
+         (`cargo test --release --test bench_gateway -- --ignored --nocapture`). Envoy 1.40 with \
+         `--concurrency 1`{}, wrk with {CONNECTIONS} connections, {ROUNDS} interleaved rounds of {SECONDS} s, \
+         `tools/call get_repository` with the demo's ES256 token and policy.\n\n{table}{END}",
+        cores(),
+        if cores() >= 2 { " pinned to core 0 (wrk and the upstream on the others)" } else { "" },
+    );
+    let path = root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = match (text.find(START), text.find(END)) {
+        (Some(a), Some(b)) if a < b => format!("{}{generated}{}", &text[..a], &text[b + END.len()..]),
+        _ => format!("# Benchmarks\n\n{generated}\n{text}"),
+    };
+    std::fs::write(path, text).unwrap();
+}
+
+const START: &str = "<!-- bench:latest:start -->";
+const END: &str = "<!-- bench:latest:end -->";
