@@ -28,8 +28,12 @@ pub fn is_spoofable(name: &str) -> bool {
     dashed.starts_with(IDENTITY_PREFIX)
 }
 
-/// A header name as CGI-style servers read it: lowercase, `_` as `-`.
-fn dashed(name: &str) -> String {
+/// A header name as CGI-style servers read it: lowercase, `_` as `-`. Borrowed when it
+/// already is (Envoy hands names over lowercased; underscores are rare).
+fn dashed(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.bytes().any(|b| b == b'_' || b.is_ascii_uppercase()) {
+        return std::borrow::Cow::Borrowed(name);
+    }
     name.bytes().map(|b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect()
 }
 
@@ -87,10 +91,10 @@ pub fn check_request(headers: &[(String, String)]) -> Result<(), HeaderProblem> 
             continue;
         }
         let dashed = dashed(name);
-        if METHOD_OVERRIDES.contains(&dashed.as_str()) {
+        if METHOD_OVERRIDES.contains(&dashed.as_ref()) {
             return Err(HeaderProblem::MethodOverride(name.chars().take(64).collect()));
         }
-        let read_by_us = dashed.starts_with("mcp-") || READ.contains(&dashed.as_str());
+        let read_by_us = dashed.starts_with("mcp-") || READ.contains(&dashed.as_ref());
         if name.contains('_') && read_by_us {
             return Err(HeaderProblem::Underscore(name.chars().take(64).collect()));
         }

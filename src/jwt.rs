@@ -16,7 +16,6 @@ use jwt_compact::jwk::{JsonWebKey, KeyType};
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
 use lru::LruCache;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -618,7 +617,11 @@ type CacheEntry = (Rc<Principal>, SystemTime);
 pub struct TokenCache {
     /// `None` when the cache is off (`jwt.cache_entries` is 0).
     /// The principal is shared with the requests that hit: a hit copies nothing.
-    entries: Option<LruCache<[u8; 32], CacheEntry>>,
+    /// Keyed by the token itself, compared whole on a hit: no hash stands in for it, so
+    /// nothing about a collision needs arguing (and hashing a token with SHA-256 was a
+    /// fifth of a cached call's cost). Entries are bounded in number; a token is at most
+    /// `max_token_bytes`, like the claims its principal holds.
+    entries: Option<LruCache<Box<str>, CacheEntry>>,
     #[cfg(test)]
     hits: u64,
     #[cfg(test)]
@@ -637,7 +640,7 @@ impl TokenCache {
     }
 
     /// The principal of a cached token still in its lifetime (and marks it recently used).
-    fn get(&mut self, key: &[u8; 32], now: SystemTime) -> Option<Rc<Principal>> {
+    fn get(&mut self, key: &str, now: SystemTime) -> Option<Rc<Principal>> {
         let found = self.entries.as_mut().and_then(|entries| match entries.get(key) {
             Some((principal, until)) if now < *until => Some(principal.clone()),
             Some(_) => {
@@ -655,12 +658,12 @@ impl TokenCache {
     }
 
     /// Remembers a verified token until `until`; nothing when that has passed already.
-    fn put(&mut self, key: [u8; 32], principal: Rc<Principal>, until: SystemTime, now: SystemTime) {
+    fn put(&mut self, key: &str, principal: Rc<Principal>, until: SystemTime, now: SystemTime) {
         if until <= now {
             return;
         }
         if let Some(entries) = self.entries.as_mut() {
-            entries.put(key, (principal, until));
+            entries.put(key.into(), (principal, until));
         }
     }
 
@@ -688,8 +691,7 @@ impl Verifier {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge { limit: self.max_token_bytes }.into());
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(p) = store.cache.get(&digest, now) {
+        if let Some(p) = store.cache.get(token, now) {
             return Ok(p);
         }
         let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
@@ -729,7 +731,7 @@ impl Verifier {
         let claims = candidates.iter().find_map(|key| key.verify(&untrusted).ok()).ok_or(AuthError::BadSignature)?;
         let until = self.check_claims(provider, &claims, now)?;
         let principal = Rc::new(principal(provider, &claims.custom)?);
-        store.cache.put(digest, principal.clone(), until, now);
+        store.cache.put(token, principal.clone(), until, now);
         Ok(principal)
     }
 
@@ -1030,34 +1032,44 @@ mod tests {
     #[test]
     fn an_expired_token_is_never_cached() {
         let mut cache = TokenCache::new(4);
-        cache.put([1; 32], Rc::new(someone("a")), at(100), at(100));
-        cache.put([2; 32], Rc::new(someone("b")), at(99), at(100));
+        cache.put("t1", Rc::new(someone("a")), at(100), at(100));
+        cache.put("t2", Rc::new(someone("b")), at(99), at(100));
         assert!(cache.is_empty());
-        cache.put([3; 32], Rc::new(someone("c")), at(101), at(100));
-        assert_eq!(cache.get(&[3; 32], at(100)).map(|p| p.user_id.clone()), Some("c".into()));
-        assert_eq!(cache.get(&[3; 32], at(101)), None, "an entry ends at its time");
+        cache.put("t3", Rc::new(someone("c")), at(101), at(100));
+        assert_eq!(cache.get("t3", at(100)).map(|p| p.user_id.clone()), Some("c".into()));
+        assert_eq!(cache.get("t3", at(101)), None, "an entry ends at its time");
         assert!(cache.is_empty(), "and is dropped");
     }
 
     #[test]
     fn cache_drops_the_least_recently_used_when_full() {
         let mut cache = TokenCache::new(2);
-        cache.put([1; 32], Rc::new(someone("a")), at(200), at(100));
-        cache.put([2; 32], Rc::new(someone("b")), at(200), at(100));
-        assert!(cache.get(&[1; 32], at(100)).is_some());
-        cache.put([3; 32], Rc::new(someone("c")), at(200), at(100));
+        cache.put("t1", Rc::new(someone("a")), at(200), at(100));
+        cache.put("t2", Rc::new(someone("b")), at(200), at(100));
+        assert!(cache.get("t1", at(100)).is_some());
+        cache.put("t3", Rc::new(someone("c")), at(200), at(100));
         assert_eq!(cache.len(), 2);
-        assert!(cache.get(&[2; 32], at(100)).is_none(), "b was used least recently");
-        assert!(cache.get(&[1; 32], at(100)).is_some());
-        assert!(cache.get(&[3; 32], at(100)).is_some());
+        assert!(cache.get("t2", at(100)).is_none(), "b was used least recently");
+        assert!(cache.get("t1", at(100)).is_some());
+        assert!(cache.get("t3", at(100)).is_some());
+    }
+
+    #[test]
+    fn only_the_identical_token_finds_a_cached_principal() {
+        let mut cache = TokenCache::new(4);
+        cache.put("aaa.bbb.ccc", Rc::new(someone("a")), at(200), at(100));
+        assert!(cache.get("aaa.bbb.ccc", at(100)).is_some());
+        for other in ["aaa.bbb.ccd", "aaa.bbb.cc", "aaa.bbb.ccc ", "AAA.bbb.ccc", ""] {
+            assert!(cache.get(other, at(100)).is_none(), "{other:?}");
+        }
     }
 
     #[test]
     fn a_cache_of_zero_entries_is_off() {
         let mut cache = TokenCache::new(0);
-        cache.put([1; 32], Rc::new(someone("a")), at(200), at(100));
+        cache.put("t1", Rc::new(someone("a")), at(200), at(100));
         assert!(cache.is_empty());
-        assert!(cache.get(&[1; 32], at(100)).is_none());
+        assert!(cache.get("t1", at(100)).is_none());
         assert_eq!((cache.hits, cache.misses), (0, 1));
     }
 

@@ -14,7 +14,10 @@ use mcpgw::explain::{load_config, plugin_configuration};
 use mcpgw::token::{keygen, mint, TokenRequest};
 use std::time::{Instant, SystemTime};
 
-const CALLS: usize = 200_000;
+/// Calls per round; `BENCH_CALLS` sets another number (fewer, under a profiler).
+fn calls_per_round() -> usize {
+    std::env::var("BENCH_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000)
+}
 const ROUNDS: usize = 5;
 
 fn head(token: &str, path: &str) -> Head {
@@ -53,11 +56,12 @@ fn decision_code_cost_per_call() {
         ("/mcp/github", "get_repository", r#"{"repository":"acme/website"}"#),
         ("/mcp/filesystem", "read_file", r#"{"file_path":"/user/alice/notes.md"}"#),
     ];
+    let n = calls_per_round();
     for (path, tool, arguments) in calls {
         let mut rounds = Vec::new();
         for _ in 0..ROUNDS {
             let start = Instant::now();
-            for id in 0..CALLS {
+            for id in 0..n {
                 let now = SystemTime::now();
                 let mut ex = Exchange::new(now);
                 let (step, _edits) = ex.on_request_headers(&config, &mut store, head(&token, path), false, now);
@@ -69,11 +73,11 @@ fn decision_code_cost_per_call() {
                 let line = ex.finish(200, SystemTime::now(), Some("127.0.0.1".into())).to_line();
                 std::hint::black_box(line);
             }
-            rounds.push(start.elapsed().as_secs_f64() * 1e9 / CALLS as f64);
+            rounds.push(start.elapsed().as_secs_f64() * 1e9 / n as f64);
         }
         rounds.sort_by(f64::total_cmp);
         println!(
-            "\ndecision code per tools/call {tool} (native, demo policy, cached ES256 token): median {:.0} ns, min {:.0} ns over {ROUNDS} rounds of {CALLS}",
+            "\ndecision code per tools/call {tool} (native, demo policy, cached ES256 token): median {:.0} ns, min {:.0} ns over {ROUNDS} rounds of {n}",
             rounds[ROUNDS / 2],
             rounds[0]
         );
