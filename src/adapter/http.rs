@@ -375,15 +375,8 @@ pub(super) fn act(
         Step::WaitForKeys { provider, refetch } => {
             if vm.borrow().waiters.len() >= MAX_WAITERS {
                 // Bounded: past this many held requests, decide now with the keys we have.
-                let (step, edits) = {
-                    let mut vmb = vm.borrow_mut();
-                    let Vm { config, store, .. } = &mut *vmb;
-                    let config = config.clone();
-                    let mut r = request.borrow_mut();
-                    match r.exchange.as_mut() {
-                        Some(ex) => ex.decide_head(&config, store, host.now(), true),
-                        None => return fail_closed(host, request, "waiting request without state"),
-                    }
+                let Some((step, edits)) = decide_finally(vm, request, host.now()) else {
+                    return fail_closed(host, request, "waiting request without state");
                 };
                 return act(host, vm, request, context_id, step, &edits, resumed);
             }
@@ -402,6 +395,18 @@ pub(super) fn act(
             Flow::Pause
         }
     }
+}
+
+/// Decides a held request's head for the last time, with the keys there are now (its
+/// wait ended, or there was no room to wait). `None` when the request has no exchange.
+pub(super) fn decide_finally(
+    vm: &SharedVm,
+    request: &Rc<RefCell<Request>>,
+    now: std::time::SystemTime,
+) -> Option<(Step, HeaderEdits)> {
+    let mut vmb = vm.borrow_mut();
+    let Vm { config, store, .. } = &mut *vmb;
+    request.borrow_mut().exchange.as_mut().map(|ex| ex.decide_head(config, store, now, true))
 }
 
 fn decide_body(host: &impl Host, vm: &SharedVm, request: &Rc<RefCell<Request>>, body: &[u8]) -> (Step, HeaderEdits) {

@@ -4,7 +4,7 @@
 //! [`RELEASE_BATCH`]).
 
 use super::host::{Buffer, Host, Level, Map};
-use super::http::{act, Filter, Phase};
+use super::http::{act, decide_finally, Filter, Phase};
 use super::{epoch_ms, shared, Metrics, SharedVm, Vm, MAX_JWKS_BYTES, RELEASE_BATCH, TICK};
 use crate::config::Config;
 use crate::jwks::{self, FetchState};
@@ -304,16 +304,7 @@ impl Root {
             if host.enter(w.context_id).is_err() {
                 continue; // the request is gone
             }
-            let (step, edits) = {
-                let mut vmb = vm.borrow_mut();
-                let Vm { config, store, .. } = &mut *vmb;
-                let config = config.clone();
-                let mut request = w.request.borrow_mut();
-                match request.exchange.as_mut() {
-                    Some(ex) => ex.decide_head(&config, store, now, true),
-                    None => continue,
-                }
-            };
+            let Some((step, edits)) = decide_finally(vm, &w.request, now) else { continue };
             act(host, vm, &w.request, w.context_id, step, &edits, true);
             released += 1;
         }
