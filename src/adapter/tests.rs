@@ -67,16 +67,17 @@ fn tick(host: &MockHost, root: &mut Root, id: u32) {
     root.on_tick(host);
 }
 
-/// The fetches dispatched since the last look, as (token, path).
+/// What `pick` finds among the calls recorded so far.
+fn picked<T>(host: &MockHost, pick: impl Fn(&Call) -> Option<T>) -> Vec<T> {
+    host.calls.borrow().iter().filter_map(pick).collect()
+}
+
+/// The tokens of the fetches dispatched so far.
 fn dispatched(host: &MockHost) -> Vec<u32> {
-    host.calls
-        .borrow()
-        .iter()
-        .filter_map(|c| match c {
-            Call::Dispatch { token, .. } => Some(*token),
-            _ => None,
-        })
-        .collect()
+    picked(host, |c| match c {
+        Call::Dispatch { token, .. } => Some(*token),
+        _ => None,
+    })
 }
 
 /// Envoy delivers the reply to a dispatched call; no status means it failed or timed out.
@@ -122,25 +123,17 @@ fn body(host: &MockHost, filter: &mut Filter, id: u32, bytes: &[u8]) -> Flow {
 }
 
 fn replies(host: &MockHost) -> Vec<(u32, u32)> {
-    host.calls
-        .borrow()
-        .iter()
-        .filter_map(|c| match c {
-            Call::Reply { context, status, .. } => Some((*context, *status)),
-            _ => None,
-        })
-        .collect()
+    picked(host, |c| match c {
+        Call::Reply { context, status, .. } => Some((*context, *status)),
+        _ => None,
+    })
 }
 
 fn resumed(host: &MockHost) -> Vec<u32> {
-    host.calls
-        .borrow()
-        .iter()
-        .filter_map(|c| match c {
-            Call::Resume { context } => Some(*context),
-            _ => None,
-        })
-        .collect()
+    picked(host, |c| match c {
+        Call::Resume { context } => Some(*context),
+        _ => None,
+    })
 }
 
 fn header(host: &MockHost, id: u32, name: &str) -> Option<String> {
