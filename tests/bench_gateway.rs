@@ -23,8 +23,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Measured rounds and their length; `BENCH_ROUNDS` / `BENCH_SECONDS` override them for a
+/// quick look (a run with fewer than `ROUNDS` rounds leaves BENCHMARKS.md alone).
 const ROUNDS: usize = 3;
 const SECONDS: u64 = 10;
+
+fn from_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 const WARMUP_SECONDS: u64 = 3;
 const CONNECTIONS: usize = 16;
 
@@ -148,11 +154,73 @@ fn token_cache_off(mut config: Value) -> Value {
     config
 }
 
-fn setups(upstream: u16) -> Vec<Setup> {
+/// Envoy's own chain for the same call, as a user of stock Envoy would set it up:
+/// `jwt_authn` (the demo issuer and audience, the key inline, its JWT cache on) puts the
+/// payload in dynamic metadata, `mcp` parses the JSON-RPC body into metadata, and `rbac`
+/// allows a `developer` the tool prefixes the demo's `read` and `write` operations name
+/// (and any authenticated caller the session's lifecycle methods).
+fn native_chain(mut config: Value, jwk: &str) -> Value {
+    // An RBAC matcher on the dynamic metadata a filter set.
+    let meta = |filter: &str, path: &[&str], value: Value| {
+        let path: Vec<Value> = path.iter().map(|k| json!({"key": k})).collect();
+        json!({"sourced_metadata": {"metadata_matcher": {"filter": filter, "path": path, "value": value}}})
+    };
+    let jwt = "envoy.filters.http.jwt_authn";
+    let mcp = "envoy.filters.http.mcp";
+    let role = meta(
+        jwt,
+        &["jwt_payload", "roles"],
+        json!({"list_match": {"one_of": {"string_match": {"exact": "developer"}}}}),
+    );
+    let signed_in = meta(jwt, &["jwt_payload", "sub"], json!({"present_match": true}));
+    let method = |m: &str| meta(mcp, &["method"], json!({"string_match": {"exact": m}}));
+    let prefixes: Vec<Value> = ["get_", "list_", "read_", "create_", "write_", "update_"]
+        .iter()
+        .map(|p| meta(mcp, &["params", "name"], json!({"string_match": {"prefix": p}})))
+        .collect();
+    let lifecycle: Vec<Value> =
+        ["initialize", "notifications/initialized", "ping", "tools/list"].iter().map(|m| method(m)).collect();
+    let chain = json!([
+        {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"demo": {
+                "issuer": "mcpgw-demo",
+                "audiences": ["mcp-gateway"],
+                "local_jwks": {"inline_string": json!({"keys": [serde_json::from_str::<Value>(jwk).unwrap()]}).to_string()},
+                "payload_in_metadata": "jwt_payload",
+                "jwt_cache_config": {"jwt_cache_size": 1000}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "demo"}}]}},
+        {"name": "envoy.filters.http.mcp", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp"}},
+        {"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {
+                "developer-tools": {
+                    "permissions": [{"and_rules": {"rules": [method("tools/call"), {"or_rules": {"rules": prefixes}}]}}],
+                    "principals": [role]},
+                "lifecycle": {
+                    "permissions": [{"or_rules": {"rules": lifecycle}}],
+                    "principals": [signed_in]}}}}}
+    ]);
+    let filters = hcm(&mut config)["http_filters"].as_array_mut().unwrap();
+    let at = filters.iter().position(|f| f["name"] == "envoy.filters.http.router").unwrap();
+    for (k, f) in chain.as_array().unwrap().iter().enumerate() {
+        filters.insert(at + k, f.clone());
+    }
+    config
+}
+
+fn setups(upstream: u16, jwk: &str) -> Vec<Setup> {
     let gateway = ["envoy.filters.http.wasm", "envoy.filters.http.router"];
     let router = ["envoy.filters.http.router"];
     vec![
         Setup { name: "plain router", group: "e2e", base: true, bootstrap: with_filters(demo(upstream), &router) },
+        Setup {
+            name: "native chain (jwt_authn + mcp + rbac)",
+            group: "e2e",
+            base: false,
+            bootstrap: native_chain(with_filters(demo(upstream), &router), jwk),
+        },
         Setup {
             name: "ours (demo policy)",
             group: "e2e",
@@ -175,6 +243,15 @@ fn setups(upstream: u16) -> Vec<Setup> {
             )),
         },
         Setup {
+            name: "native chain (buffer + jwt_authn + mcp + rbac)",
+            group: "isolated",
+            base: false,
+            bootstrap: native_chain(
+                isolated(with_filters(demo(upstream), &["envoy.filters.http.buffer", "envoy.filters.http.router"])),
+                jwk,
+            ),
+        },
+        Setup {
             name: "ours (buffer + filter)",
             group: "isolated",
             base: false,
@@ -187,24 +264,40 @@ fn setups(upstream: u16) -> Vec<Setup> {
 }
 
 async fn start(mut setup: Setup, jwk: &str) -> Running {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("bench-envoy")
+        .disable_cleanup(std::env::var_os("BENCH_KEEP").is_some())
+        .tempdir()
+        .unwrap();
     let (port, admin) = (free_port(), free_port());
     setup.bootstrap["admin"]["address"]["socket_address"]["port_value"] = json!(admin);
     setup.bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = json!(port);
     let path = dir.path().join("envoy.json");
     std::fs::write(&path, setup.bootstrap.to_string()).unwrap();
-    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
     let child = pinned("0", &envoy_binary())
         .arg("-c")
         .arg(&path)
-        .args(["--concurrency", "1", "--use-dynamic-base-id", "--log-level", "warn"])
+        .args([
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+            "--component-log-level",
+            "wasm:info",
+        ])
+        // Envoy's own log file is written in the background by its flush thread, as in a
+        // deployment; stderr would cost each audit line a write(2) on the worker.
+        .arg("--log-path")
+        .arg(dir.path().join("envoy.log"))
         .env("MCPGW_DEMO_JWK", jwk)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .unwrap();
-    let log = dir.path().join("envoy.log");
+    let logs = [dir.path().join("envoy.log"), dir.path().join("stderr.log")];
     let running = Running { setup, child, port, session: None, _dir: dir };
     let ready = format!("http://127.0.0.1:{admin}/ready");
     for _ in 0..300 {
@@ -213,7 +306,8 @@ async fn start(mut setup: Setup, jwk: &str) -> Running {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{} not ready: {}", running.setup.name, std::fs::read_to_string(log).unwrap_or_default());
+    let said: Vec<String> = logs.iter().map(|l| std::fs::read_to_string(l).unwrap_or_default()).collect();
+    panic!("{} not ready: {}", running.setup.name, said.join("\n"));
 }
 
 /// Opens an MCP session through `envoy` (e2e setups), so calls carry its id.
@@ -235,6 +329,27 @@ async fn open_session(envoy: &mut Running, token: &str) {
     assert_eq!(reply.status(), 200, "{}", envoy.setup.name);
     envoy.session = reply.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
     reply.bytes().await.unwrap();
+}
+
+/// A setup that checks policy must let `get_repository` through and refuse a tool the
+/// role does not have; one that does not (the base) lets both through. Guards against
+/// measuring a chain that quietly allows everything (or nothing).
+async fn check_policy(envoy: &Running, token: &str) {
+    for (tool, allowed) in [("get_repository", true), ("delete_repository", envoy.setup.base)] {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"repository": "acme/website"}}});
+        let mut request = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/mcp/github", envoy.port))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(call.to_string());
+        if let Some(session) = &envoy.session {
+            request = request.header("mcp-session-id", session);
+        }
+        let status = request.send().await.unwrap().status();
+        assert_eq!(status.is_success(), allowed, "{}: {tool} answered {status}", envoy.setup.name);
+    }
 }
 
 /// A wrk script: `tools/call get_repository`, each with its own id.
@@ -335,13 +450,14 @@ async fn cost_of_a_call_in_envoy() {
         spawn(ServerKind::Github, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
 
     let mut envoys = Vec::new();
-    for setup in setups(upstream.addr.port()) {
+    for setup in setups(upstream.addr.port(), &jwk) {
         envoys.push(start(setup, &jwk).await);
     }
     let scripts = tempfile::tempdir().unwrap();
     let mut lua = Vec::new();
     for envoy in &mut envoys {
         open_session(envoy, &token).await;
+        check_policy(envoy, &token).await;
         lua.push(script(scripts.path(), &token, envoy.session.as_deref()));
     }
     // wrk blocks: run it off the runtime that serves the upstream.
@@ -354,10 +470,10 @@ async fn cost_of_a_call_in_envoy() {
                 run_wrk(envoy, script, WARMUP_SECONDS);
             }
             let mut samples: Vec<Vec<Sample>> = envoys.iter().map(|_| Vec::new()).collect();
-            for round in 0..ROUNDS {
+            for round in 0..from_env("BENCH_ROUNDS", ROUNDS) {
                 for k in 0..envoys.len() {
                     let i = (k + round) % envoys.len();
-                    let s = run_wrk(&envoys[i], &lua[i], SECONDS);
+                    let s = run_wrk(&envoys[i], &lua[i], from_env("BENCH_SECONDS", SECONDS));
                     let cpu = s.cpu_ticks as f64 * tick_us / s.requests as f64;
                     eprintln!(
                         "round {} {:<26} {:>8} req {cpu:>7.1} µs CPU/req",
@@ -409,7 +525,9 @@ async fn cost_of_a_call_in_envoy() {
     let results = root().join("bench/results");
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("latest.md"), &table).unwrap();
-    write_benchmarks_md(&table);
+    if from_env("BENCH_ROUNDS", ROUNDS) >= ROUNDS && from_env("BENCH_SECONDS", SECONDS) >= SECONDS {
+        write_benchmarks_md(&table);
+    }
 }
 
 /// Replaces the generated part of BENCHMARKS.md (between its markers) with this run.
