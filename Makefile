@@ -7,7 +7,7 @@ WASM := target/wasm32-wasip1/release/mcp_gateway.wasm
 MCPGW := target/release/mcpgw
 export ENVOY
 
-.PHONY: all toolchain wasm mcpgw envoy interop run test bench wrk lint fmt clean
+.PHONY: all toolchain wasm mcpgw envoy interop run test bench bench-tools lint fmt clean
 
 all: wasm mcpgw
 
@@ -50,14 +50,17 @@ test: wasm envoy interop
 ## bench: JWT verification cost per algorithm (wasm on V8 via node, and native), the
 ## decision code's cost per MCP call (native), then Envoy's CPU per call with and without
 ## the filter, interleaved rounds (writes bench/results/latest.md and BENCHMARKS.md)
-bench: wasm envoy wrk
+bench: wasm envoy bench-tools
 	scripts/bench-jwt.sh
 	cargo test --release --test bench_pipeline -- --ignored --nocapture
 	cargo test --release --test bench_gateway -- --ignored --nocapture
 
-## wrk: the load generator of `make bench` (Debian's package)
-wrk:
-	@command -v wrk >/dev/null || { apt-get install -y wrk >/dev/null 2>&1 || sudo apt-get install -y wrk; }
+## bench-tools: what `make bench` needs from Debian: wrk (load), gnuplot (the chart), binaryen
+## (wasm-opt, for the size figures)
+bench-tools:
+	@missing=""; for t in wrk:wrk gnuplot:gnuplot-nox wasm-opt:binaryen; do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get install -y $$missing >/dev/null 2>&1 || sudo apt-get install -y $$missing; fi
 
 ## fuzz: run each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 600) in turn and print
 ## executions per target (nightly toolchain; installs cargo-fuzz if missing)

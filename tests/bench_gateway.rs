@@ -213,7 +213,7 @@ fn native_chain(mut config: Value, jwk: &str) -> Value {
 fn setups(upstream: u16, jwk: &str) -> Vec<Setup> {
     let gateway = ["envoy.filters.http.wasm", "envoy.filters.http.router"];
     let router = ["envoy.filters.http.router"];
-    vec![
+    let mut all = vec![
         Setup { name: "plain router", group: "e2e", base: true, bootstrap: with_filters(demo(upstream), &router) },
         Setup {
             name: "native chain (jwt_authn + mcp + rbac)",
@@ -260,7 +260,35 @@ fn setups(upstream: u16, jwk: &str) -> Vec<Setup> {
                 &["envoy.filters.http.buffer", "envoy.filters.http.wasm", "envoy.filters.http.router"],
             )),
         },
-    ]
+    ];
+    // Experiments: other builds of the filter, measured in the same rounds.
+    for (label, wasm) in variants() {
+        let mut bootstrap = isolated(with_filters(
+            demo(upstream),
+            &["envoy.filters.http.buffer", "envoy.filters.http.wasm", "envoy.filters.http.router"],
+        ));
+        filter_named(&mut bootstrap, "envoy.filters.http.wasm").unwrap()["typed_config"]["config"]["vm_config"]
+            ["code"]["local"]["filename"] = json!(wasm);
+        all.push(Setup {
+            name: Box::leak(format!("ours, {label}").into_boxed_str()),
+            group: "isolated",
+            base: false,
+            bootstrap,
+        });
+    }
+    let groups = std::env::var("BENCH_GROUPS").unwrap_or_default();
+    all.retain(|s| groups.is_empty() || groups.split(',').any(|g| g == s.group));
+    all
+}
+
+/// `BENCH_VARIANTS=label=/path/a.wasm,label2=/path/b.wasm`: builds to compare with ours
+/// (isolated); `BENCH_GROUPS=isolated` (or `e2e`) measures only that group.
+fn variants() -> Vec<(String, String)> {
+    std::env::var("BENCH_VARIANTS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|v| v.split_once('=').map(|(l, p)| (l.to_owned(), p.to_owned())))
+        .collect()
 }
 
 async fn start(mut setup: Setup, jwk: &str) -> Running {
@@ -491,43 +519,133 @@ async fn cost_of_a_call_in_envoy() {
     .unwrap();
 
     let per_request = |s: &Sample| s.cpu_ticks as f64 * tick_us / s.requests as f64;
-    let mut table = String::new();
-    table.push_str("| setup | Envoy CPU µs/call | × base | spread over rounds | req/s | p50 | p99 | non-2xx |\n");
-    table.push_str("|---|---|---|---|---|---|---|---|\n");
+    let cpu = |i: usize| {
+        let s = &samples[i];
+        s.iter().map(|x| x.cpu_ticks).sum::<u64>() as f64 * tick_us / s.iter().map(|x| x.requests).sum::<u64>() as f64
+    };
+    let mut rows = Vec::new();
     for group in ["e2e", "isolated"] {
         let in_group: Vec<usize> = (0..envoys.len()).filter(|i| envoys[*i].setup.group == group).collect();
-        let cpu = |i: usize| {
-            let s = &samples[i];
-            s.iter().map(|x| x.cpu_ticks).sum::<u64>() as f64 * tick_us
-                / s.iter().map(|x| x.requests).sum::<u64>() as f64
-        };
-        let base = in_group.iter().find(|i| envoys[**i].setup.base).map(|i| cpu(*i)).unwrap();
+        let Some(base) = in_group.iter().find(|i| envoys[**i].setup.base).map(|i| cpu(*i)) else { continue };
+        let native = in_group.iter().find(|i| envoys[**i].setup.name.starts_with("native")).map(|i| cpu(*i));
         for &i in &in_group {
             let s = &samples[i];
             let per: Vec<f64> = s.iter().map(per_request).collect();
-            let (lo, hi) = (per.iter().copied().fold(f64::MAX, f64::min), per.iter().copied().fold(0.0, f64::max));
-            table.push_str(&format!(
-                "| {} {} | {:.1} | {:.2} | {:.1}–{:.1} | {:.0} | {:.0} µs | {:.0} µs | {} |\n",
+            rows.push(Row {
                 group,
-                envoys[i].setup.name,
-                cpu(i),
-                cpu(i) / base,
-                lo,
-                hi,
-                median(s.iter().map(|x| x.rps).collect()),
-                median(s.iter().map(|x| x.p50_us).collect()),
-                median(s.iter().map(|x| x.p99_us).collect()),
-                s.iter().map(|x| x.errors).sum::<u64>(),
-            ));
+                name: envoys[i].setup.name,
+                cpu: cpu(i),
+                lo: per.iter().copied().fold(f64::MAX, f64::min),
+                hi: per.iter().copied().fold(0.0, f64::max),
+                base,
+                native,
+                rps: median(s.iter().map(|x| x.rps).collect()),
+                p50: median(s.iter().map(|x| x.p50_us).collect()),
+                p99: median(s.iter().map(|x| x.p99_us).collect()),
+                errors: s.iter().map(|x| x.errors).sum(),
+            });
         }
     }
+    let table = markdown(&rows);
     println!("\n{table}");
     let results = root().join("bench/results");
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("latest.md"), &table).unwrap();
+    chart(&rows, &results);
     if from_env("BENCH_ROUNDS", ROUNDS) >= ROUNDS && from_env("BENCH_SECONDS", SECONDS) >= SECONDS {
         write_benchmarks_md(&table);
     }
+}
+
+/// One setup's figures over all rounds, with its group's base (and native chain).
+struct Row {
+    group: &'static str,
+    name: &'static str,
+    /// Envoy CPU µs per request over all rounds, and the lowest and highest round.
+    cpu: f64,
+    lo: f64,
+    hi: f64,
+    base: f64,
+    native: Option<f64>,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut table = String::from(
+        "| setup | Envoy CPU µs/call | × base | added to base | × native chain | spread over rounds | req/s | p50 | p99 | non-2xx |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let native = match r.native {
+            Some(n) if !r.name.starts_with("native") && r.cpu != r.base => format!("{:.2}", r.cpu / n),
+            _ => "".into(),
+        };
+        let added = if r.cpu == r.base { String::new() } else { format!("{:+.1} µs", r.cpu - r.base) };
+        table.push_str(&format!(
+            "| {} {} | {:.1} | {:.2} | {added} | {native} | {:.1}–{:.1} | {:.0} | {:.0} µs | {:.0} µs | {} |\n",
+            r.group,
+            r.name,
+            r.cpu,
+            r.cpu / r.base,
+            r.lo,
+            r.hi,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.errors,
+        ));
+    }
+    table
+}
+
+/// `bench/results/latest.png`: Envoy CPU per call for each setup with its spread over the
+/// rounds, drawn by gnuplot (`make bench` installs it). Setups over ten times their base
+/// (the token cache off) would flatten the rest and are left to the table.
+fn chart(rows: &[Row], results: &Path) {
+    if !have("gnuplot") {
+        eprintln!("gnuplot is not installed: no chart (`make bench` installs it)");
+        return;
+    }
+    let shown: Vec<&Row> = rows.iter().filter(|r| r.cpu < 10.0 * r.base).collect();
+    let mut data = String::new();
+    for r in &shown {
+        // Colour: grey for a base, blue for Envoy's native chain, orange for ours.
+        let colour = if r.cpu == r.base {
+            0x9e9e9e
+        } else if r.name.starts_with("native") {
+            0x3b75af
+        } else {
+            0xef8636
+        };
+        data.push_str(&format!("\"{} {}\" {:.2} {:.2} {:.2} {colour}\n", r.group, r.name, r.cpu, r.lo, r.hi));
+    }
+    let dat = results.join("latest.dat");
+    std::fs::write(&dat, data).unwrap();
+    let script = format!(
+        "set terminal pngcairo noenhanced size 1100,{} font 'sans,10'\n\
+         set output '{}'\n\
+         set title 'Envoy CPU per MCP call (one worker; bars: lowest to highest round)'\n\
+         set xlabel 'µs of Envoy CPU per call'\n\
+         set yrange [{}:-0.6]\n\
+         set xrange [0:*]\n\
+         set style fill solid 0.6\n\
+         set grid xtics\n\
+         unset key\n\
+         set lmargin 48\n\
+         plot '{}' using ($2/2):0:($2/2):(0.35):5:yticlabels(1) with boxxyerror lc rgb variable, \
+         '' using 2:0:3:4 with xerrorbars pt 7 ps 0.6 lc rgb 'black'\n",
+        120 + 48 * shown.len(),
+        results.join("latest.png").display(),
+        shown.len() as f64 - 0.4,
+        dat.display(),
+    );
+    let plot = results.join("latest.gnuplot");
+    std::fs::write(&plot, &script).unwrap();
+    let out = Command::new("gnuplot").arg(&plot).output().unwrap();
+    assert!(out.status.success(), "gnuplot: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Replaces the generated part of BENCHMARKS.md (between its markers) with this run.
