@@ -166,8 +166,19 @@ pub const KNOWN_METHODS: &[&str] = &[
 
 /// Equality under Unicode case folding (`ſ` = `s`, `K` = `k`, `ß` = `ss`).
 pub fn folds_equal(a: &str, b: &str) -> bool {
-    UniCase::unicode(a) == UniCase::unicode(b)
+    // Two ASCII strings fold equal exactly when they are equal ignoring ASCII case; a
+    // non-ASCII one can fold to ASCII (the Kelvin sign folds to `k`), so it goes the
+    // full way.
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        UniCase::unicode(a) == UniCase::unicode(b)
+    }
 }
+
+/// Objects up to this many keys are checked pair by pair (no hashing, no allocation);
+/// larger ones through a set of folded keys, so the cost stays linear.
+const PAIRWISE_KEYS: usize = 16;
 
 /// Refuses an object whose keys could be read as other keys: two keys equal under case
 /// folding, or a key that folds to one of `known` without being it.
@@ -178,15 +189,31 @@ pub fn check_keys(object: &Map<String, Value>, known: &[&str], at: &'static str)
             return Err(ambiguous(key));
         }
     }
-    if object.len() > 1 {
-        let mut seen = HashSet::with_capacity(object.len());
-        for key in object.keys() {
-            if !seen.insert(UniCase::unicode(key.as_str())) {
-                return Err(ambiguous(key));
-            }
-        }
+    match first_folded_duplicate(object.keys().map(String::as_str), object.len()) {
+        Some(key) => Err(ParseError::AmbiguousKey { at, key: key.chars().take(64).collect() }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The first key that folds equal to an earlier one.
+fn first_folded_duplicate<'a>(keys: impl Iterator<Item = &'a str> + Clone, len: usize) -> Option<&'a str> {
+    if len <= PAIRWISE_KEYS {
+        duplicate_pairwise(keys)
+    } else {
+        duplicate_hashed(keys, len)
+    }
+}
+
+fn duplicate_pairwise<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    keys.clone()
+        .enumerate()
+        .find(|(i, key)| keys.clone().take(*i).any(|earlier| folds_equal(earlier, key)))
+        .map(|(_, k)| k)
+}
+
+fn duplicate_hashed<'a>(mut keys: impl Iterator<Item = &'a str>, len: usize) -> Option<&'a str> {
+    let mut seen = HashSet::with_capacity(len);
+    keys.find(|key| !seen.insert(UniCase::unicode(*key)))
 }
 
 /// A JSON value read with duplicate keys refused at every depth.
@@ -442,6 +469,59 @@ fn check_depth(body: &[u8], limit: usize) -> Result<(), ParseError> {
 
 #[cfg(test)]
 mod tests {
+    /// The pair-by-pair check and the hashed one find the same duplicates, over key sets
+    /// mixing ASCII case, characters that fold to ASCII, and multi-character folds.
+    #[test]
+    fn both_duplicate_checks_agree() {
+        let variants = [
+            "k",
+            "K",
+            "\u{212A}",
+            "s",
+            "S",
+            "\u{17F}",
+            "ss",
+            "SS",
+            "\u{DF}",
+            "\u{1E9E}",
+            "name",
+            "NAME",
+            "Name",
+            "na\u{212A}e",
+            "i",
+            "I",
+            "\u{130}",
+            "\u{131}",
+            "file_path",
+            "FILE_PATH",
+            "file_pat\u{210C}",
+            "a",
+            "b",
+        ];
+        let mut state = 0x2545_f491_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut found, mut clean) = (0, 0);
+        for _ in 0..20_000 {
+            let len = (next() % 20) as usize;
+            let keys: Vec<&str> = (0..len).map(|_| variants[(next() % variants.len() as u64) as usize]).collect();
+            let pairwise = duplicate_pairwise(keys.iter().copied());
+            let hashed = duplicate_hashed(keys.iter().copied(), keys.len());
+            assert_eq!(pairwise, hashed, "{keys:?}");
+            if pairwise.is_some() {
+                found += 1
+            } else {
+                clean += 1
+            }
+        }
+        assert!(found > 1000 && clean > 1000, "{found} {clean}");
+        assert!(folds_equal("\u{212A}", "k") && folds_equal("NAME", "name") && !folds_equal("name", "names"));
+    }
+
     use super::*;
     use serde_json::json;
 

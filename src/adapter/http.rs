@@ -415,8 +415,8 @@ fn decide_body(host: &impl Host, vm: &SharedVm, request: &Rc<RefCell<Request>>, 
     let mut r = request.borrow_mut();
     match r.exchange.as_mut() {
         Some(ex) => {
-            let now_ms = epoch_ms(host.now());
-            let tasks = |id: &str| shared::lookup_task(host, id, now_ms, vm.config.session_idle_ms);
+            // The clock is read only for a task lookup (rare), not for every call.
+            let tasks = |id: &str| shared::lookup_task(host, id, epoch_ms(host.now()), vm.config.session_idle_ms);
             let step = ex.on_request_body_with(&vm.config, &vm.catalog, body, &tasks);
             (step, ex.body_edits())
         }
