@@ -6,8 +6,12 @@
 //! message), so this module uses variable-time arithmetic instead, on 32-bit limbs
 //! (u32 x u32 -> u64 is a native wasm instruction, 64 x 64 -> 128 is not):
 //!
-//! - GF(p) products are schoolbook, reduced with the special form of p (FIPS 186-4
-//!   D.2.3: a few additions of the high words instead of a second multiplication).
+//! - GF(p) elements are kept in Montgomery form. Products are schoolbook; the reduction
+//!   uses the form of p (`-p^-1 ≡ 1 mod 2^32`, so each step adds the limb itself, shifted,
+//!   with no multiplication). On V8 that measured 55 ns per product and 36 ns per square,
+//!   against 64 and 42 ns with the NIST reduction of the same product (FIPS 186-4 D.2.3),
+//!   and 64 ns for generic Montgomery multiplication (CIOS); a whole verification came out
+//!   about 5% faster than with the NIST reduction.
 //! - Points are Jacobian, doubled with the `a = -3` formula and added to affine points.
 //! - `u1·G + u2·Q` cuts both scalars into four 64-bit chunks. With the odd multiples of
 //!   `2^(64k)·G` and `2^(64k)·Q` in tables, the eight chunks share 64 doublings (Straus'
@@ -41,13 +45,15 @@ const N_NEG_INV: u32 = 0xee00_bc4f;
 /// `2^512 mod n`: a Montgomery product with it undoes the `2^-256` of the one before.
 const R2_MOD_N: Limbs =
     [0xbe79_eea2, 0x8324_4c95, 0x49bd_6fa6, 0x4699_799c, 0x2b6b_ec59, 0x2845_b239, 0xf3d9_5620, 0x66e1_2d94];
-/// The curve is `y^2 = x^3 - 3x + b`.
+/// `2^512 mod p`: a Montgomery product with it takes a number into Montgomery form.
+const R2_MOD_P: Limbs = [3, 0, 0xffff_ffff, 0xffff_fffb, 0xffff_fffe, 0xffff_ffff, 0xffff_fffd, 4];
+/// The curve is `y^2 = x^3 - 3x + b`; b in Montgomery form.
 const B: Fe =
-    Fe([0x27d2_604b, 0x3bce_3c3e, 0xcc53_b0f6, 0x651d_06b0, 0x7698_86bc, 0xb3eb_bd55, 0xaa3a_93e7, 0x5ac6_35d8]);
-/// The generator.
+    Fe([0x29c4_bddf, 0xd89c_df62, 0x7884_3090, 0xacf0_05cd, 0xf721_2ed6, 0xe5a2_20ab, 0x0487_4834, 0xdc30_061d]);
+/// The generator, in Montgomery form.
 const G: Affine = Affine {
-    x: Fe([0xd898_c296, 0xf4a1_3945, 0x2deb_33a0, 0x7703_7d81, 0x63a4_40f2, 0xf8bc_e6e5, 0xe12c_4247, 0x6b17_d1f2]),
-    y: Fe([0x37bf_51f5, 0xcbb6_4068, 0x6b31_5ece, 0x2bce_3357, 0x7c0f_9e16, 0x8ee7_eb4a, 0xfe1a_7f9b, 0x4fe3_42e2]),
+    x: Fe([0x18a9_143c, 0x79e7_30d4, 0x5fed_b601, 0x75ba_95fc, 0x7762_2510, 0x79fb_732b, 0xa537_55c6, 0x1890_5f76]),
+    y: Fe([0xce95_560a, 0xddf2_5357, 0xba19_e45c, 0x8b4a_b8e4, 0xdd21_f325, 0xd2e8_8688, 0x2588_5d85, 0x8571_ff18]),
 };
 
 /// Scalars are cut into this many chunks of [`CHUNK_BITS`] bits.
@@ -154,22 +160,29 @@ fn square_wide(a: &Limbs) -> [u32; 16] {
     t
 }
 
-/// An element of GF(p), always fully reduced (so equal elements have equal limbs).
+/// An element `x` of GF(p) in Montgomery form: the limbs hold `x·2^256 mod p`, always
+/// fully reduced (so equal elements have equal limbs).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Fe(Limbs);
 
 impl Fe {
     const ZERO: Fe = Fe([0; 8]);
-    const ONE: Fe = Fe([1, 0, 0, 0, 0, 0, 0, 0]);
+    /// `2^256 mod p`.
+    const ONE: Fe = Fe([1, 0, 0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff, 0xffff_fffe, 0]);
+
+    /// The element `x`, for `x < p`.
+    fn from_limbs(x: &Limbs) -> Fe {
+        Fe::redc(&mul_wide(x, &R2_MOD_P))
+    }
 
     /// A big-endian number, if it is below p.
     fn from_be(bytes: &[u8; 32]) -> Option<Fe> {
         let limbs = limbs_from_be(bytes);
-        less_than(&limbs, &P).then_some(Fe(limbs))
+        less_than(&limbs, &P).then(|| Fe::from_limbs(&limbs))
     }
 
     fn square(self) -> Fe {
-        Fe::reduce(&square_wide(&self.0))
+        Fe::redc(&square_wide(&self.0))
     }
 
     fn double(self) -> Fe {
@@ -196,43 +209,36 @@ impl Fe {
         acc
     }
 
-    /// `c mod p` for a 512-bit `c` (FIPS 186-4 D.2.3). With `2^256 ≡ 2^224 - 2^192 - 2^96 + 1`,
-    /// each high word folds into a few low ones; the column sums below are the standard
-    /// `s1 + 2s2 + 2s3 + s4 + s5 - s6 - s7 - s8 - s9` written per 32-bit word.
-    fn reduce(c: &[u32; 16]) -> Fe {
-        let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15] = c.map(i64::from);
-        let columns = [
-            c0 + c8 + c9 - c11 - c12 - c13 - c14,
-            c1 + c9 + c10 - c12 - c13 - c14 - c15,
-            c2 + c10 + c11 - c13 - c14 - c15,
-            c3 + 2 * (c11 + c12) + c13 - c15 - c8 - c9,
-            c4 + 2 * (c12 + c13) + c14 - c9 - c10,
-            c5 + 2 * (c13 + c14) + c15 - c10 - c11,
-            c6 + 3 * c14 + 2 * c15 + c13 - c8 - c9,
-            c7 + 3 * c15 + c8 - c10 - c11 - c12 - c13,
-        ];
-        let mut out = [0_u32; 8];
+    /// Montgomery reduction, `t·2^-256 mod p` for `t < p·2^256`. As `-p^-1 ≡ 1 (mod 2^32)`, the
+    /// multiple of p that clears limb i is that limb's value m, and adding
+    /// `m·p = m·(2^256 - 2^224 + 2^192 + 2^96 - 1)` is four additions. Limbs are summed in
+    /// signed 64-bit accumulators and carried once, limb i just before it is cleared.
+    fn redc(t: &[u32; 16]) -> Fe {
+        let mut acc = t.map(i64::from);
         let mut carry = 0_i64;
-        for (o, column) in out.iter_mut().zip(columns) {
-            let v = column + carry;
+        for i in 0..8 {
+            let Some([t0, _, _, t3, _, _, t6, t7, t8]) = acc.get_mut(i..).and_then(|rest| rest.first_chunk_mut::<9>())
+            else {
+                break;
+            };
+            let v = *t0 + carry;
+            let m = i64::from(v as u32);
+            // The -m of m·p clears the limb; what is left is a multiple of 2^32.
+            carry = (v - m) >> 32;
+            *t3 += m;
+            *t6 += m;
+            *t7 -= m;
+            *t8 += m;
+        }
+        let mut out = [0_u32; 8];
+        for (o, &limb) in out.iter_mut().zip(acc.iter().skip(8)) {
+            let v = limb + carry;
             *o = v as u32;
             carry = v >> 32;
         }
-        // `carry` is now a small signed multiple of 2^256; fold it the same way. The first
-        // fold leaves at most ±1, the second nothing.
-        while carry != 0 {
-            let fold = [carry, 0, 0, -carry, 0, 0, -carry, carry];
-            let mut next = 0_i64;
-            for (o, f) in out.iter_mut().zip(fold) {
-                let v = i64::from(*o) + f + next;
-                *o = v as u32;
-                next = v >> 32;
-            }
-            carry = next;
-        }
-        // Below 2^256 < 2p: at most one subtraction.
+        // (t + M·p) / 2^256 < 2p for the M < 2^256 added: at most one subtraction.
         let (reduced, borrow) = sub_limbs(&out, &P);
-        Fe(if borrow { out } else { reduced })
+        Fe(if carry != 0 || !borrow { reduced } else { out })
     }
 }
 
@@ -259,7 +265,7 @@ impl Mul for Fe {
     type Output = Fe;
 
     fn mul(self, rhs: Fe) -> Fe {
-        Fe::reduce(&mul_wide(&self.0, &rhs.0))
+        Fe::redc(&mul_wide(&self.0, &rhs.0))
     }
 }
 
@@ -656,11 +662,11 @@ impl FastP256Key {
         }
         // x mod n == r, where x = X/Z^2 < p < 2n, means x is r or r + n.
         let z2 = point.z.square();
-        if Fe(r) * z2 == point.x {
+        if Fe::from_limbs(&r) * z2 == point.x {
             return true;
         }
         let (r_plus_n, carry) = add_limbs(&r, &N);
-        !carry && less_than(&r_plus_n, &P) && Fe(r_plus_n) * z2 == point.x
+        !carry && less_than(&r_plus_n, &P) && Fe::from_limbs(&r_plus_n) * z2 == point.x
     }
 }
 
@@ -842,7 +848,14 @@ mod tests {
     }
 
     fn fe(x: &BigUint) -> Fe {
-        Fe(limbs(x))
+        Fe::from_limbs(&limbs(x))
+    }
+
+    /// The number an element stands for (out of Montgomery form).
+    fn value(x: Fe) -> BigUint {
+        let mut t = [0; 16];
+        t[..8].copy_from_slice(&x.0);
+        big(&Fe::redc(&t).0)
     }
 
     fn coordinates(key: &VerifyingKey) -> ([u8; 32], [u8; 32]) {
@@ -907,7 +920,10 @@ mod tests {
         let p = (&one << 256) - (&one << 224) + (&one << 192) + (&one << 96) - &one;
         assert_eq!(big(&P), p);
         assert_eq!(big(&N).to_str_radix(16), "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
-        assert_eq!(big(&B.0).to_str_radix(16), "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b");
+        assert_eq!(value(B).to_str_radix(16), "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b");
+        assert_eq!(big(&Fe::ONE.0), (&one << 256) % &p);
+        assert_eq!(big(&R2_MOD_P), (&one << 512) % &p);
+        assert_eq!(value(Fe::ONE), one);
         assert!(G == affine_from_p256(&ProjectivePoint::GENERATOR));
         assert!(G.is_on_curve());
         assert_eq!(big(&R2_MOD_N), (&one << 512) % n());
@@ -924,37 +940,41 @@ mod tests {
         }
         for a in &values {
             let fa = fe(a);
-            assert_eq!(big(&fa.square().0), a * a % &p, "{a}^2");
-            assert_eq!(big(&fa.negate().0), (&p - a) % &p, "-{a}");
+            assert_eq!(value(fa.square()), a * a % &p, "{a}^2");
+            assert_eq!(value(fa.negate()), (&p - a) % &p, "-{a}");
             if a != &BigUint::from(0_u32) {
-                assert_eq!(big(&fa.invert().0), a.modpow(&(&p - 2_u32), &p), "1/{a}");
+                assert_eq!(value(fa.invert()), a.modpow(&(&p - 2_u32), &p), "1/{a}");
                 assert!(fa.invert() * fa == Fe::ONE);
             }
             for b in values.iter().step_by(7) {
                 let fb = fe(b);
-                assert_eq!(big(&(fa * fb).0), a * b % &p, "{a}·{b}");
-                assert_eq!(big(&(fa + fb).0), (a + b) % &p, "{a} + {b}");
-                assert_eq!(big(&(fa - fb).0), (a + &p - b) % &p, "{a} - {b}");
+                assert_eq!(value(fa * fb), a * b % &p, "{a}·{b}");
+                assert_eq!(value(fa + fb), (a + b) % &p, "{a} + {b}");
+                assert_eq!(value(fa - fb), (a + &p - b) % &p, "{a} - {b}");
             }
         }
         assert!(Fe::ZERO.invert() == Fe::ZERO);
     }
 
+    /// Montgomery reduction is exact for every input it can meet: any `t < p·2^256`.
     #[test]
-    fn reduction_handles_any_512_bit_input() {
+    fn montgomery_reduction_is_exact_below_p_times_2_pow_256() {
         let p = p();
+        let r_inv = (BigUint::from(1_u32) << 256).modpow(&(&p - 2_u32), &p);
+        let p_minus_1 = limbs(&(&p - 1_u32));
         let mut rng = Rng(2);
-        let mut inputs = vec![[0_u32; 16], [u32::MAX; 16]];
+        let mut halves =
+            vec![([0; 8], [0; 8]), ([u32::MAX; 8], p_minus_1), ([0; 8], p_minus_1), ([u32::MAX; 8], [0; 8])];
         for i in 0..5000 {
-            let (low, high) =
-                if i % 2 == 0 { (rng.edgy_limbs(), rng.edgy_limbs()) } else { (rng.limbs(), rng.limbs()) };
-            let mut c = [0; 16];
-            c[..8].copy_from_slice(&low);
-            c[8..].copy_from_slice(&high);
-            inputs.push(c);
+            let edgy = i % 2 == 0;
+            let low = if edgy { rng.edgy_limbs() } else { rng.limbs() };
+            halves.push((low, limbs(&rng.below(&p, edgy))));
         }
-        for c in inputs {
-            assert_eq!(big(&Fe::reduce(&c).0), big(&c) % &p, "{c:08x?}");
+        for (low, high) in halves {
+            let mut t = [0; 16];
+            t[..8].copy_from_slice(&low);
+            t[8..].copy_from_slice(&high);
+            assert_eq!(big(&Fe::redc(&t).0), big(&t) * &r_inv % &p, "{t:08x?}");
         }
     }
 
@@ -1188,7 +1208,7 @@ mod tests {
         let (p, n) = (p(), n());
         let mut x = n.clone();
         let r_point = loop {
-            let rhs = (&x * &x * &x + &p * 3_u32 - &x * 3_u32 + big(&B.0)) % &p;
+            let rhs = (&x * &x * &x + &p * 3_u32 - &x * 3_u32 + value(B)) % &p;
             let y = rhs.modpow(&((&p + 1_u32) >> 2), &p);
             if &y * &y % &p == rhs {
                 let encoded = EncodedPoint::from_affine_coordinates(&be32(&x).into(), &be32(&y).into(), false);
