@@ -19,9 +19,9 @@
 //!   built when the key is loaded, G's (8 KiB) once, at first use.
 //! - The result's x is compared as `r·Z^2 == X` in the field, with no inversion.
 //!
-//! Measured with `scripts/bench-jwt.sh` on V8, an ES256 token takes about 95 us against
-//! about 900 us for jwt-compact's `Es256` (natively, 75 us against 205 us).
-//! Signing is deliberately not supported.
+//! Measured with `scripts/bench-jwt.sh` on V8, an ES256 token takes about 75 us against
+//! about 770 us for jwt-compact's `Es256` (natively, 56 us against 175 us); loading a key,
+//! tables included, about 120 us. Signing is deliberately not supported.
 
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
@@ -422,7 +422,7 @@ impl<const W: usize> Table<W> {
     }
 }
 
-/// G's table, built at first use: 128 points, about 0.3 ms of work once.
+/// G's table, built at first use: 128 points, about 0.25 ms of work once.
 fn generator_table() -> Option<&'static Table<G_ENTRIES>> {
     static TABLE: OnceLock<Option<Box<Table<G_ENTRIES>>>> = OnceLock::new();
     TABLE.get_or_init(|| Table::new(&G)).as_deref()
