@@ -16,7 +16,7 @@
 //! - `u1·G + u2·Q` cuts both scalars into four 64-bit chunks. With the odd multiples of
 //!   `2^(64k)·G` and `2^(64k)·Q` in tables, the eight chunks share 64 doublings (Straus'
 //!   interleaving) instead of 256, each recoded as a width-w NAF. Q's tables (2 KiB) are
-//!   built when the key is loaded, G's (8 KiB) once, at first use.
+//!   built when the key is loaded, G's (8 KiB) once, with the first key.
 //! - The result's x is compared as `r·Z^2 == X` in the field, with no inversion.
 //!
 //! Measured with `scripts/bench-jwt.sh` on V8, an ES256 token takes about 75 us against
@@ -422,7 +422,7 @@ impl<const W: usize> Table<W> {
     }
 }
 
-/// G's table, built at first use: 128 points, about 0.25 ms of work once.
+/// G's table, built with the first key: 128 points, about 0.25 ms of work once.
 fn generator_table() -> Option<&'static Table<G_ENTRIES>> {
     static TABLE: OnceLock<Option<Box<Table<G_ENTRIES>>>> = OnceLock::new();
     TABLE.get_or_init(|| Table::new(&G)).as_deref()
@@ -630,6 +630,8 @@ impl FastP256Key {
             return Err("P-256 public key is not on the curve".to_owned());
         }
         let table = Table::new(&point).ok_or("unusable P-256 public key")?;
+        // G's table too, so that the first request does not pay for it.
+        generator_table().ok_or("P-256 generator table unavailable")?;
         Ok(FastP256Key { table })
     }
 
