@@ -9,9 +9,10 @@ use crate::claims;
 use crate::config::{
     err, ConfigError, RawClaims, RawJwks, RawJwt, RawKey, RawProvider, MAX_KEY_WAIT_MS, MAX_LEEWAY_SECS,
 };
+use crate::fast_p256::{FastEs256, FastP256Key};
 use crate::fast_rsa::{check_public_key, FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
-use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::alg::{Ed25519, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::{JsonWebKey, KeyType};
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
 use lru::LruCache;
@@ -189,7 +190,8 @@ enum Material {
     FastRsa(FastRsa, Box<FastRsaKey>),
     /// PSS (PS*): the `rsa` crate through jwt-compact.
     Rsa(Rsa, Box<RsaPublicKey>),
-    Es256(Box<<Es256 as jwt_compact::Algorithm>::VerifyingKey>),
+    /// ES256: our own faster verifier; the key holds its precomputed tables.
+    Es256(Box<FastP256Key>),
     Ed25519(Box<<Ed25519 as jwt_compact::Algorithm>::VerifyingKey>),
 }
 
@@ -245,7 +247,9 @@ impl Key {
                 let key = Hs256Key::try_from(&parsed).map_err(wrong)?;
                 return Key::from_secret(kid, alg, key.as_ref());
             }
-            Alg::Es256 => Material::Es256(Box::new((&parsed).try_into().map_err(wrong)?)),
+            Alg::Es256 => Material::Es256(Box::new(
+                FastP256Key::try_from(&parsed).map_err(|e| format!("JWK does not hold an ES256 key: {e}"))?,
+            )),
             Alg::EdDsa => Material::Ed25519(Box::new((&parsed).try_into().map_err(wrong)?)),
             _ => {
                 // Size and exponent bounds, for our verifier (RS*) and the `rsa` crate's (PS*).
@@ -315,7 +319,7 @@ impl Key {
             Material::Hs512(k) => Hs512.validator::<C>(k).validate(token)?,
             Material::FastRsa(alg, k) => alg.validator::<C>(k.as_ref()).validate(token)?,
             Material::Rsa(alg, k) => alg.validator::<C>(k.as_ref()).validate(token)?,
-            Material::Es256(k) => Es256.validator::<C>(k.as_ref()).validate(token)?,
+            Material::Es256(k) => FastEs256.validator::<C>(k.as_ref()).validate(token)?,
             Material::Ed25519(k) => Ed25519.validator::<C>(k.as_ref()).validate(token)?,
         };
         Ok(token.into_parts().1)
@@ -880,6 +884,10 @@ mod tests {
     }
 
     fn sign(kid: Option<&str>, secret: &[u8], payload: Value) -> String {
+        sign_with(&Hs256, &Hs256Key::new(secret), kid, payload)
+    }
+
+    fn sign_with<A: jwt_compact::Algorithm>(alg: &A, key: &A::SigningKey, kid: Option<&str>, payload: Value) -> String {
         let mut header = Header::empty();
         if let Some(kid) = kid {
             header = header.with_key_id(kid);
@@ -891,7 +899,7 @@ mod tests {
         custom.remove("exp");
         custom.remove("nbf");
         c.custom = custom;
-        Hs256.token(&header, &c, &Hs256Key::new(secret)).unwrap()
+        alg.token(&header, &c, key).unwrap()
     }
 
     fn verify(v: &Verifier, token: &str) -> Result<Principal, Verdict> {
@@ -1118,6 +1126,26 @@ mod tests {
         assert!(Key::from_jwk(None, Alg::Rs256, &ec).is_err());
         assert!(Key::from_jwk(None, Alg::Hs256, &ec).is_err());
         assert!(Key::from_jwk(None, Alg::Es256, &ec).is_ok());
+    }
+
+    #[test]
+    fn es256_tokens_verify_with_our_p256_verifier() {
+        use jwt_compact::alg::Es256;
+        let signing = p256::ecdsa::SigningKey::from_slice(&[0x17; 32]).unwrap();
+        let jwk = serde_json::to_value(JsonWebKey::from(signing.verifying_key())).unwrap();
+        let mut v = verifier();
+        v.providers[0].algorithms = vec![Alg::Es256];
+        v.providers[0].static_keys = vec![Key::from_jwk(Some("e1".into()), Alg::Es256, &jwk).unwrap()];
+        let token = sign_with(&Es256, &signing, Some("e1"), claims(json!({})));
+        assert_eq!(verify(&v, &token).unwrap().user_id, "alice");
+        let other = p256::ecdsa::SigningKey::from_slice(&[0x18; 32]).unwrap();
+        let forged = sign_with(&Es256, &other, Some("e1"), claims(json!({})));
+        assert_eq!(verify(&v, &forged), Err(Verdict::Invalid(AuthError::BadSignature)));
+        // A point off the curve is refused when the key is loaded.
+        let mut off_curve = jwk.clone();
+        off_curve["y"] = off_curve["x"].clone();
+        let e = Key::from_jwk(None, Alg::Es256, &off_curve).unwrap_err();
+        assert!(e.contains("not on the curve"), "{e}");
     }
 
     /// A public RSA JWK with an odd modulus of `bits` bits (not a real key: the bounds are

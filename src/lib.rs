@@ -21,6 +21,7 @@
 //! - `config`: the raw plugin configuration; its compile step hands each section to the
 //!   module that uses it (`jwt`, `rbac`, `resource`, `discovery`, `audit`)
 //! - `discovery`: RFC 9728 protected resource metadata
+//! - `fast_p256`: the ES256 signature verifier
 //! - `fast_rsa`: the RS* signature verifier
 //! - `gateway`: the per-request pipeline the adapter drives
 //! - `headers`: identity headers, headers with two readings, MCP header values
@@ -41,6 +42,7 @@ pub mod audit;
 pub mod claims;
 pub mod config;
 pub mod discovery;
+pub mod fast_p256;
 pub mod fast_rsa;
 pub mod gateway;
 pub mod headers;
