@@ -61,6 +61,9 @@ impl Drop for Running {
 
 /// One measured run of one setup.
 struct Sample {
+    /// Answers by status, when the script counts them (the flood).
+    statuses: Vec<(u16, u64)>,
+    seconds: f64,
     requests: u64,
     cpu_ticks: u64,
     rps: f64,
@@ -101,6 +104,14 @@ fn pinned(cpus: &str, program: &Path) -> Command {
 /// envoy/demo.yaml as JSON, with its wasm path made absolute and its rate limit removed
 /// (the bench measures policy, not the limiter).
 fn demo(upstream: u16) -> Value {
+    let mut config = demo_as_shipped(upstream);
+    let filters = hcm(&mut config)["http_filters"].as_array_mut().unwrap();
+    filters.retain(|f| !f["name"].as_str().unwrap().contains("ratelimit"));
+    config
+}
+
+/// envoy/demo.yaml as JSON, with its local rate limit.
+fn demo_as_shipped(upstream: u16) -> Value {
     let yaml = std::fs::read_to_string(root().join("envoy/demo.yaml")).unwrap();
     let mut config: Value = serde_norway::from_str(&yaml).unwrap();
     for cluster in config["static_resources"]["clusters"].as_array_mut().unwrap() {
@@ -108,7 +119,6 @@ fn demo(upstream: u16) -> Value {
             ["port_value"] = json!(upstream);
     }
     let filters = hcm(&mut config)["http_filters"].as_array_mut().unwrap();
-    filters.retain(|f| !f["name"].as_str().unwrap().contains("ratelimit"));
     let wasm = filters.iter_mut().find(|f| f["name"] == "envoy.filters.http.wasm").unwrap();
     wasm["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = json!(wasm_path().to_string_lossy());
     config
@@ -261,6 +271,25 @@ fn setups(upstream: u16, jwk: &str) -> Vec<Setup> {
             )),
         },
     ];
+    // A flood of tokens with bad signatures (each one different, so none is cached):
+    // what it costs with no limit, and with the demo's local rate limit before the filter.
+    let ours_isolated = |config: Value| {
+        let names = ["envoy.filters.http.local_ratelimit", "envoy.filters.http.wasm", "envoy.filters.http.router"];
+        let keep: Vec<&str> = names.into_iter().filter(|n| filter_named(&mut config.clone(), n).is_some()).collect();
+        isolated(with_filters(config, &keep))
+    };
+    all.push(Setup {
+        name: "ours, bad signatures, no limit",
+        group: "flood",
+        base: true,
+        bootstrap: ours_isolated(demo(upstream)),
+    });
+    all.push(Setup {
+        name: "ours, bad signatures, demo's local rate limit",
+        group: "flood",
+        base: false,
+        bootstrap: ours_isolated(demo_as_shipped(upstream)),
+    });
     // Experiments: other builds of the filter, measured in the same rounds.
     for (label, wasm) in variants() {
         let mut bootstrap = isolated(with_filters(
@@ -291,7 +320,8 @@ fn variants() -> Vec<(String, String)> {
         .collect()
 }
 
-async fn start(mut setup: Setup, jwk: &str) -> Running {
+/// Starts Envoy with `setup` (not waiting for it) and returns it with its admin port.
+fn launch(mut setup: Setup, jwk: &str) -> (Running, u16) {
     let dir = tempfile::Builder::new()
         .prefix("bench-envoy")
         .disable_cleanup(std::env::var_os("BENCH_KEEP").is_some())
@@ -325,8 +355,12 @@ async fn start(mut setup: Setup, jwk: &str) -> Running {
         .stderr(log)
         .spawn()
         .unwrap();
-    let logs = [dir.path().join("envoy.log"), dir.path().join("stderr.log")];
-    let running = Running { setup, child, port, session: None, _dir: dir };
+    (Running { setup, child, port, session: None, _dir: dir }, admin)
+}
+
+async fn start(setup: Setup, jwk: &str) -> Running {
+    let (running, admin) = launch(setup, jwk);
+    let logs = [running._dir.path().join("envoy.log"), running._dir.path().join("stderr.log")];
     let ready = format!("http://127.0.0.1:{admin}/ready");
     for _ in 0..300 {
         if reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
@@ -363,7 +397,8 @@ async fn open_session(envoy: &mut Running, token: &str) {
 /// role does not have; one that does not (the base) lets both through. Guards against
 /// measuring a chain that quietly allows everything (or nothing).
 async fn check_policy(envoy: &Running, token: &str) {
-    for (tool, allowed) in [("get_repository", true), ("delete_repository", envoy.setup.base)] {
+    let checks_policy = !envoy.setup.base || envoy.setup.group == "flood";
+    for (tool, allowed) in [("get_repository", true), ("delete_repository", !checks_policy)] {
         let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": tool, "arguments": {"repository": "acme/website"}}});
         let mut request = reqwest::Client::new()
@@ -381,11 +416,47 @@ async fn check_policy(envoy: &Running, token: &str) {
 }
 
 /// A wrk script: `tools/call get_repository`, each with its own id.
-fn script(dir: &Path, token: &str, session: Option<&str>) -> std::path::PathBuf {
-    let session = session.map(|s| format!(r#"["mcp-session-id"] = "{s}","#)).unwrap_or_default();
+/// A wrk script for the flood: the token's signature has its first 8 characters replaced
+/// by the request's number, so every token is new and fails verification. It counts the
+/// answers by status and prints them when done (`status 401 N`).
+fn flood_script(dir: &Path, token: &str) -> std::path::PathBuf {
+    let (signed, signature) = token.rsplit_once('.').unwrap();
     let lua = format!(
         r#"local n = 0
+local threads = {{}}
+setup = function(thread) table.insert(threads, thread) end
 request = function()
+  n = n + 1
+  local token = "{signed}." .. string.format("%08x", n) .. string.sub("{signature}", 9)
+  local body = '{{"jsonrpc":"2.0","id":' .. n .. ',"method":"tools/call","params":{{"name":"get_repository","arguments":{{"repository":"acme/website"}}}}}}'
+  return wrk.format("POST", "/mcp/github", {{ ["content-type"] = "application/json", ["accept"] = "application/json, text/event-stream", ["authorization"] = "Bearer " .. token }}, body)
+end
+response = function(status, headers, body)
+  local k = "c" .. status
+  _G[k] = (_G[k] or 0) + 1
+end
+done = function(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for _, code in ipairs({{200, 401, 429, 503}}) do
+      io.write(string.format("status %d %d\n", code, t:get("c" .. code) or 0))
+    end
+  end
+end
+"#
+    );
+    let path = dir.join(format!("flood-{}.lua", rand_suffix()));
+    std::fs::write(&path, lua).unwrap();
+    path
+}
+
+/// A wrk script: `tools/call get_repository`, each with its own id; with `delay_ms`, each
+/// connection waits that long before each request (a paced load).
+fn script(dir: &Path, token: &str, session: Option<&str>, delay_ms: Option<u64>) -> std::path::PathBuf {
+    let session = session.map(|s| format!(r#"["mcp-session-id"] = "{s}","#)).unwrap_or_default();
+    let delay = delay_ms.map(|ms| format!("delay = function() return {ms} end\n")).unwrap_or_default();
+    let lua = format!(
+        r#"local n = 0
+{delay}request = function()
   n = n + 1
   local body = '{{"jsonrpc":"2.0","id":' .. n .. ',"method":"tools/call","params":{{"name":"get_repository","arguments":{{"repository":"acme/website"}}}}}}'
   return wrk.format("POST", "/mcp/github", {{ ["content-type"] = "application/json", ["accept"] = "application/json, text/event-stream", ["authorization"] = "Bearer {token}", {session} }}, body)
@@ -449,6 +520,14 @@ fn run_wrk(envoy: &Running, script: &Path, seconds: u64) -> Sample {
         p50_us: micros(&word(line("50%"), 1).unwrap_or_default()),
         p99_us: micros(&word(line("99%"), 1).unwrap_or_default()),
         errors: word(line("Non-2xx or 3xx responses:"), 4).and_then(|v| v.parse().ok()).unwrap_or(0),
+        statuses: text
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("status ")?.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            })
+            .collect(),
+        seconds: seconds as f64,
     }
 }
 
@@ -486,13 +565,17 @@ async fn cost_of_a_call_in_envoy() {
     for envoy in &mut envoys {
         open_session(envoy, &token).await;
         check_policy(envoy, &token).await;
-        lua.push(script(scripts.path(), &token, envoy.session.as_deref()));
+        lua.push(if envoy.setup.group == "flood" {
+            flood_script(scripts.path(), &token)
+        } else {
+            script(scripts.path(), &token, envoy.session.as_deref(), None)
+        });
     }
     // wrk blocks: run it off the runtime that serves the upstream.
     let envoys = std::sync::Arc::new(envoys);
     let lua = std::sync::Arc::new(lua);
     let samples = tokio::task::spawn_blocking({
-        let (envoys, lua) = (envoys.clone(), lua.clone());
+        let (envoys, lua, token) = (envoys.clone(), lua.clone(), token.clone());
         move || {
             for (envoy, script) in envoys.iter().zip(lua.iter()) {
                 run_wrk(envoy, script, WARMUP_SECONDS);
@@ -512,11 +595,27 @@ async fn cost_of_a_call_in_envoy() {
                     samples[i].push(s);
                 }
             }
-            samples
+            // Latency at half of what ours sustains, the same pace for each e2e setup.
+            let ours = envoys.iter().position(|e| e.setup.name == "ours (demo policy)");
+            let paced = ours.map(|o| {
+                let half = 0.5 * median(samples[o].iter().map(|x| x.rps).collect());
+                let delay_ms = (CONNECTIONS as f64 * 1e3 / half).round().max(1.0) as u64;
+                let dir = tempfile::tempdir().unwrap();
+                let runs: Vec<(usize, Sample)> = (0..envoys.len())
+                    .filter(|i| envoys[*i].setup.group == "e2e" && !envoys[*i].setup.name.contains("cache off"))
+                    .map(|i| {
+                        let lua = script(dir.path(), &token, envoys[i].session.as_deref(), Some(delay_ms));
+                        (i, run_wrk(&envoys[i], &lua, from_env("BENCH_SECONDS", SECONDS)))
+                    })
+                    .collect();
+                (half, delay_ms, runs)
+            });
+            (samples, paced)
         }
     })
     .await
     .unwrap();
+    let (samples, paced) = samples;
 
     let per_request = |s: &Sample| s.cpu_ticks as f64 * tick_us / s.requests as f64;
     let cpu = |i: usize| {
@@ -546,7 +645,26 @@ async fn cost_of_a_call_in_envoy() {
             });
         }
     }
-    let table = markdown(&rows);
+    let mut table = markdown(&rows);
+    table.push_str(&flood_table(&envoys, &samples, tick_us));
+    if let Some((half, delay_ms, runs)) = &paced {
+        table.push_str(&format!(
+            "\nEnd to end at half of the rate ours sustains ({half:.0}/s; each of {CONNECTIONS} connections \
+             waits {delay_ms} ms between requests):\n\n| setup | req/s | p50 | p99 | p99 added to the router |\n|---|---|---|---|---|\n"
+        ));
+        let router = runs.iter().find(|(i, _)| envoys[*i].setup.base).map(|(_, s)| s.p99_us);
+        for (i, s) in runs {
+            let added = match router {
+                Some(r) if !envoys[*i].setup.base => format!("{:+.0} µs", s.p99_us - r),
+                _ => String::new(),
+            };
+            table.push_str(&format!(
+                "| e2e {} | {:.0} | {:.0} µs | {:.0} µs | {added} |\n",
+                envoys[*i].setup.name, s.rps, s.p50_us, s.p99_us
+            ));
+        }
+    }
+    table.push_str(&other_figures(upstream.addr.port(), &jwk, &token).await);
     println!("\n{table}");
     let results = root().join("bench/results");
     std::fs::create_dir_all(&results).unwrap();
@@ -555,6 +673,96 @@ async fn cost_of_a_call_in_envoy() {
     if from_env("BENCH_ROUNDS", ROUNDS) >= ROUNDS && from_env("BENCH_SECONDS", SECONDS) >= SECONDS {
         write_benchmarks_md(&table);
     }
+}
+
+/// The flood of bad signatures: how much of its core Envoy spent, and what it answered.
+fn flood_table(envoys: &[Running], samples: &[Vec<Sample>], tick_us: f64) -> String {
+    let mut table = String::from(
+        "\nA flood of tokens with bad ES256 signatures (each one new), isolated, 16 connections:\n\n\
+         | setup | Envoy CPU (share of its core) | answers/s | 401/s (verified, refused) | 429/s (rate limited) |\n\
+         |---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for (envoy, s) in envoys.iter().zip(samples).filter(|(e, _)| e.setup.group == "flood") {
+        any = true;
+        let seconds: f64 = s.iter().map(|x| x.seconds).sum();
+        let status = |code: u16| {
+            s.iter().flat_map(|x| &x.statuses).filter(|(c, _)| *c == code).map(|(_, n)| *n).sum::<u64>() as f64
+                / seconds
+        };
+        let busy = s.iter().map(|x| x.cpu_ticks).sum::<u64>() as f64 * tick_us / (seconds * 1e6);
+        table.push_str(&format!(
+            "| {} | {:.0}% | {:.0} | {:.0} | {:.0} |\n",
+            envoy.setup.name,
+            busy * 100.0,
+            s.iter().map(|x| x.requests).sum::<u64>() as f64 / seconds,
+            status(401),
+            status(429),
+        ));
+    }
+    if any {
+        table
+    } else {
+        String::new()
+    }
+}
+
+/// How long from starting Envoy until it answers `tools/call` with 200, median of 5 starts
+/// (the setup's first call, polled every 2 ms). With our filter this includes compiling
+/// the .wasm, configuring it and loading the keys.
+async fn first_allowed_call(make: impl Fn() -> Setup, jwk: &str, token: &str) -> Duration {
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "get_repository", "arguments": {"repository": "acme/website"}}})
+    .to_string();
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (envoy, _) = launch(make(), jwk);
+        let url = format!("http://127.0.0.1:{}/mcp/github", envoy.port);
+        loop {
+            let reply = client
+                .post(&url)
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(call.clone())
+                .send()
+                .await;
+            if reply.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{}: no allowed call within 30 s", envoy.setup.name);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        times.push(started.elapsed().as_secs_f64());
+    }
+    Duration::from_secs_f64(median(times))
+}
+
+/// The .wasm's size and the time to the first allowed call, ours against Envoy alone.
+async fn other_figures(upstream: u16, jwk: &str, token: &str) -> String {
+    let size = std::fs::metadata(wasm_path()).unwrap().len();
+    let floor = || isolated(with_filters(demo(upstream), &["envoy.filters.http.buffer", "envoy.filters.http.router"]));
+    let ours = || {
+        isolated(with_filters(
+            demo(upstream),
+            &["envoy.filters.http.buffer", "envoy.filters.http.wasm", "envoy.filters.http.router"],
+        ))
+    };
+    let envoy_alone =
+        first_allowed_call(|| Setup { name: "floor", group: "isolated", base: true, bootstrap: floor() }, jwk, token)
+            .await;
+    let with_filter =
+        first_allowed_call(|| Setup { name: "ours", group: "isolated", base: false, bootstrap: ours() }, jwk, token)
+            .await;
+    format!(
+        "\nThe release .wasm: {} KB. From starting Envoy to the first allowed call (median of 5): \
+         {:.0} ms with our filter, {:.0} ms for Envoy alone.\n",
+        size / 1000,
+        with_filter.as_secs_f64() * 1e3,
+        envoy_alone.as_secs_f64() * 1e3,
+    )
 }
 
 /// One setup's figures over all rounds, with its group's base (and native chain).
@@ -605,6 +813,9 @@ fn markdown(rows: &[Row]) -> String {
 /// rounds, drawn by gnuplot (`make bench` installs it). Setups over ten times their base
 /// (the token cache off) would flatten the rest and are left to the table.
 fn chart(rows: &[Row], results: &Path) {
+    if rows.is_empty() {
+        return;
+    }
     if !have("gnuplot") {
         eprintln!("gnuplot is not installed: no chart (`make bench` installs it)");
         return;
