@@ -3,7 +3,10 @@
 # on V8 too) and natively for comparison. Builds and runs jwt-bench/ in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+# Its own target directory: jwt-bench is another workspace with its own Cargo.lock and
+# profile, and building it into target/ replaced the filter's .wasm (and the gateway's
+# rlibs) with its own builds of the same crates.
+export CARGO_TARGET_DIR="${JWT_BENCH_TARGET_DIR:-$PWD/target/jwt-bench}"
 manifest=jwt-bench/Cargo.toml
 
 cargo build --quiet --release --manifest-path "$manifest"

@@ -1,4 +1,5 @@
-//! RSA PKCS#1 v1.5 signature verification (`RS256`, `RS384`, `RS512`) that is fast in wasm.
+//! RSA signature verification, PKCS#1 v1.5 (`RS256`, `RS384`, `RS512`) and PSS (`PS256`,
+//! `PS384`, `PS512`), that is fast in wasm.
 //!
 //! jwt-compact's `Rsa` goes through the `rsa` crate, whose big integers use 64-bit digits;
 //! wasm32 has no 64x64->128 multiply, so every digit product is emulated and one RS256
@@ -12,7 +13,6 @@
 //! Everything handled here is public (key, signature, message), so nothing needs to run in
 //! constant time. Signing is deliberately not supported.
 
-use jwt_compact::alg::RsaPublicKey;
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use sha2::{Digest, Sha256, Sha384, Sha512};
@@ -57,10 +57,41 @@ impl HashAlg {
     }
 
     fn digest(self, message: &[u8]) -> Vec<u8> {
+        self.digest_parts(&[message])
+    }
+
+    /// The hash of the concatenation of `parts`.
+    fn digest_parts(self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+            let mut hasher = D::new();
+            for part in parts {
+                hasher.update(part);
+            }
+            hasher.finalize().to_vec()
+        }
         match self {
-            HashAlg::Sha256 => Sha256::digest(message).to_vec(),
-            HashAlg::Sha384 => Sha384::digest(message).to_vec(),
-            HashAlg::Sha512 => Sha512::digest(message).to_vec(),
+            HashAlg::Sha256 => run::<Sha256>(parts),
+            HashAlg::Sha384 => run::<Sha384>(parts),
+            HashAlg::Sha512 => run::<Sha512>(parts),
+        }
+    }
+
+    /// Output length in bytes.
+    fn len(self) -> usize {
+        match self {
+            HashAlg::Sha256 => 32,
+            HashAlg::Sha384 => 48,
+            HashAlg::Sha512 => 64,
+        }
+    }
+
+    /// MGF1 (RFC 8017 §B.2.1) of `seed`, XORed into `out`.
+    fn mgf1_xor(self, seed: &[u8], out: &mut [u8]) {
+        for (counter, chunk) in (0_u32..).zip(out.chunks_mut(self.len())) {
+            let mask = self.digest_parts(&[seed, &counter.to_be_bytes()]);
+            for (byte, m) in chunk.iter_mut().zip(mask) {
+                *byte ^= m;
+            }
         }
     }
 
@@ -118,7 +149,8 @@ impl FastRsaKey {
     }
 
     /// The same key as an `rsa` crate (and jwt-compact `Rsa`) public key.
-    pub fn from_rsa(key: &RsaPublicKey) -> Result<FastRsaKey, String> {
+    #[cfg(test)]
+    pub fn from_rsa(key: &jwt_compact::alg::RsaPublicKey) -> Result<FastRsaKey, String> {
         FastRsaKey::try_from(&JsonWebKey::from(key))
     }
 
@@ -144,6 +176,58 @@ impl FastRsaKey {
             return false;
         };
         self.public_op(&s) == limbs_from_be(&expected, self.n.len())
+    }
+
+    /// Checks an RSASSA-PSS signature (RFC 8017 §8.1.2, EMSA-PSS-VERIFY of §9.1.2) of
+    /// `message`, with MGF1 over the same hash and a salt as long as the hash, which is
+    /// what RFC 7518 §3.5 requires of PS256/384/512 (other salt lengths are refused).
+    pub fn verify_pss(&self, hash: HashAlg, message: &[u8], signature: &[u8]) -> bool {
+        if signature.len() != self.len {
+            return false;
+        }
+        let s = limbs_from_be(signature, self.n.len());
+        if !less_than(&s, &self.n) {
+            return false;
+        }
+        let m = limbs_to_be(&self.public_op(&s), self.len);
+        // The encoded message has emBits = modBits - 1 bits, in emLen bytes.
+        let em_bits = self.bits - 1;
+        let em_len = em_bits.div_ceil(8);
+        let (h_len, salt_len) = (hash.len(), hash.len());
+        let Some((leading, em)) = m.split_at_checked(self.len - em_len) else {
+            return false;
+        };
+        // m < 2^emBits: whatever lies above emBits is zero.
+        let unused_bits = 8 * em_len - em_bits;
+        if leading.iter().any(|&b| b != 0)
+            || em.first().is_none_or(|&b| b.checked_shr(8 - unused_bits as u32).unwrap_or(0) != 0)
+        {
+            return false;
+        }
+        if em_len < h_len + salt_len + 2 || em.last() != Some(&0xbc) {
+            return false;
+        }
+        let Some((masked_db, rest)) = em.split_at_checked(em_len - h_len - 1) else {
+            return false;
+        };
+        let h = rest.get(..h_len).unwrap_or_default();
+        let mut db = masked_db.to_vec();
+        hash.mgf1_xor(h, &mut db);
+        if let Some(first) = db.first_mut() {
+            *first &= 0xff >> unused_bits;
+        }
+        // DB = PS (zeros) || 0x01 || salt.
+        let Some((padding, salt)) = db.split_at_checked(db.len() - salt_len) else {
+            return false;
+        };
+        let Some((&one, zeros)) = padding.split_last() else {
+            return false;
+        };
+        if one != 0x01 || zeros.iter().any(|&b| b != 0) {
+            return false;
+        }
+        let m_hash = hash.digest(message);
+        hash.digest_parts(&[&[0; 8], &m_hash, salt]) == h
     }
 
     /// `s^e mod n` for `s < n`.
@@ -241,6 +325,14 @@ fn limbs_from_be(bytes: &[u8], limbs: usize) -> Vec<u32> {
     let mut out: Vec<u32> =
         bytes.rchunks(4).map(|chunk| chunk.iter().fold(0_u32, |acc, &b| (acc << 8) | u32::from(b))).collect();
     out.resize(limbs, 0);
+    out
+}
+
+/// Little-endian u32 limbs to `len` big-endian bytes (the value must fit).
+fn limbs_to_be(limbs: &[u32], len: usize) -> Vec<u8> {
+    let mut out: Vec<u8> = limbs.iter().rev().flat_map(|limb| limb.to_be_bytes()).collect();
+    let extra = out.len().saturating_sub(len);
+    out.drain(..extra);
     out
 }
 
@@ -353,23 +445,48 @@ impl AlgorithmSignature for FastRsaSignature {
     }
 }
 
-/// The `RS256`/`RS384`/`RS512` JWT algorithms, verification only.
+/// How the signed hash is padded: PKCS#1 v1.5 (`RS*`) or PSS (`PS*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    Pkcs1v15,
+    Pss,
+}
+
+/// The `RS256`/`RS384`/`RS512` and `PS256`/`PS384`/`PS512` JWT algorithms, verification
+/// only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FastRsa {
     hash: HashAlg,
+    padding: Padding,
 }
 
 impl FastRsa {
+    pub const fn new(hash: HashAlg, padding: Padding) -> FastRsa {
+        FastRsa { hash, padding }
+    }
+
     pub const fn rs256() -> FastRsa {
-        FastRsa { hash: HashAlg::Sha256 }
+        FastRsa::new(HashAlg::Sha256, Padding::Pkcs1v15)
     }
 
     pub const fn rs384() -> FastRsa {
-        FastRsa { hash: HashAlg::Sha384 }
+        FastRsa::new(HashAlg::Sha384, Padding::Pkcs1v15)
     }
 
     pub const fn rs512() -> FastRsa {
-        FastRsa { hash: HashAlg::Sha512 }
+        FastRsa::new(HashAlg::Sha512, Padding::Pkcs1v15)
+    }
+
+    pub const fn ps256() -> FastRsa {
+        FastRsa::new(HashAlg::Sha256, Padding::Pss)
+    }
+
+    pub const fn ps384() -> FastRsa {
+        FastRsa::new(HashAlg::Sha384, Padding::Pss)
+    }
+
+    pub const fn ps512() -> FastRsa {
+        FastRsa::new(HashAlg::Sha512, Padding::Pss)
     }
 }
 
@@ -380,10 +497,13 @@ impl Algorithm for FastRsa {
     type Signature = FastRsaSignature;
 
     fn name(&self) -> Cow<'static, str> {
-        Cow::Borrowed(match self.hash {
-            HashAlg::Sha256 => "RS256",
-            HashAlg::Sha384 => "RS384",
-            HashAlg::Sha512 => "RS512",
+        Cow::Borrowed(match (self.padding, self.hash) {
+            (Padding::Pkcs1v15, HashAlg::Sha256) => "RS256",
+            (Padding::Pkcs1v15, HashAlg::Sha384) => "RS384",
+            (Padding::Pkcs1v15, HashAlg::Sha512) => "RS512",
+            (Padding::Pss, HashAlg::Sha256) => "PS256",
+            (Padding::Pss, HashAlg::Sha384) => "PS384",
+            (Padding::Pss, HashAlg::Sha512) => "PS512",
         })
     }
 
@@ -392,14 +512,17 @@ impl Algorithm for FastRsa {
     }
 
     fn verify_signature(&self, signature: &FastRsaSignature, verifying_key: &FastRsaKey, message: &[u8]) -> bool {
-        verifying_key.verify_pkcs1v15(self.hash, message, &signature.0)
+        match self.padding {
+            Padding::Pkcs1v15 => verifying_key.verify_pkcs1v15(self.hash, message, &signature.0),
+            Padding::Pss => verifying_key.verify_pss(self.hash, message, &signature.0),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jwt_compact::alg::{ModulusBits, Rsa, RsaPrivateKey};
+    use jwt_compact::alg::{ModulusBits, Rsa, RsaPrivateKey, RsaPublicKey};
     use jwt_compact::prelude::*;
     use jwt_compact::Empty;
 
@@ -634,14 +757,92 @@ mod tests {
         assert!(err.contains("RSA"), "{err}");
     }
 
+    const PSS: [(HashAlg, Rsa); 3] =
+        [(HashAlg::Sha256, Rsa::ps256()), (HashAlg::Sha384, Rsa::ps384()), (HashAlg::Sha512, Rsa::ps512())];
+
+    #[test]
+    fn accepts_pss_signatures_made_by_rsa_crate() {
+        for bits in all_sizes() {
+            let (private, public) = &keypair(bits);
+            let key = fast_key(public);
+            for (hash, alg) in PSS {
+                let signature = sign(alg, private, MESSAGE);
+                assert!(key.verify_pss(hash, MESSAGE, &signature), "{bits:?} {hash:?}");
+                assert!(!key.verify_pkcs1v15(hash, MESSAGE, &signature), "{bits:?} {hash:?}");
+                for (other, _) in PSS.iter().filter(|(h, _)| *h != hash) {
+                    assert!(!key.verify_pss(*other, MESSAGE, &signature), "{bits:?} {hash:?} as {other:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pss_rejects_pkcs1v15_signatures() {
+        let (private, public) = &keypair(ModulusBits::TwoKibibytes);
+        let key = fast_key(public);
+        for (hash, alg) in HASHES {
+            assert!(!key.verify_pss(hash, MESSAGE, &sign(alg, private, MESSAGE)));
+        }
+    }
+
+    #[test]
+    fn pss_rejects_any_flipped_signature_or_message_bit() {
+        let (private, public) = &keypair(ModulusBits::TwoKibibytes);
+        let key = fast_key(public);
+        let signature = sign(Rsa::ps256(), private, MESSAGE);
+        for bit in 0..signature.len() * 8 {
+            assert!(!key.verify_pss(HashAlg::Sha256, MESSAGE, &flip_bit(&signature, bit)), "signature bit {bit}");
+        }
+        for bit in 0..MESSAGE.len() * 8 {
+            assert!(!key.verify_pss(HashAlg::Sha256, &flip_bit(MESSAGE, bit), &signature), "message bit {bit}");
+        }
+    }
+
+    /// Signs the SHA-256 of `message` with RSASSA-PSS and a salt of `salt_len` bytes.
+    fn sign_pss(private: &RsaPrivateKey, message: &[u8], salt_len: usize) -> Vec<u8> {
+        let digest = HashAlg::Sha256.digest(message);
+        private.sign_with_rng(&mut rand_core::OsRng, rsa::Pss::new_with_salt::<Sha256>(salt_len), &digest).unwrap()
+    }
+
+    #[test]
+    fn pss_salt_must_be_as_long_as_the_hash() {
+        let (private, public) = &keypair(ModulusBits::TwoKibibytes);
+        let key = fast_key(public);
+        for salt_len in [0, 16, 31, 32, 33, 64] {
+            let signature = sign_pss(private, MESSAGE, salt_len);
+            assert_eq!(key.verify_pss(HashAlg::Sha256, MESSAGE, &signature), salt_len == 32, "salt of {salt_len}");
+        }
+    }
+
+    /// With a modulus of 8k + 1 bits the encoded message is a byte shorter than the
+    /// modulus; other sizes leave 1 to 7 unused top bits in its first byte.
+    #[test]
+    fn pss_with_moduli_of_every_size_modulo_8() {
+        use rsa::traits::PublicKeyParts as _;
+        for bits in 2049..=2056 {
+            let private = RsaPrivateKey::new(&mut rand_core::OsRng, bits).unwrap();
+            let public = private.to_public_key();
+            let key = FastRsaKey::new(&public.n().to_bytes_be(), &public.e().to_bytes_be()).unwrap();
+            assert_eq!(key.bits(), bits);
+            let signature = sign_pss(&private, MESSAGE, 32);
+            assert!(key.verify_pss(HashAlg::Sha256, MESSAGE, &signature), "{bits} bits");
+            assert!(!key.verify_pss(HashAlg::Sha256, b"another message", &signature), "{bits} bits");
+        }
+    }
+
     #[test]
     fn validates_tokens_signed_by_jwt_compact_rsa() {
         let (private, public) = &keypair(ModulusBits::TwoKibibytes);
         let key = fast_key(public);
         let claims = Claims::new(Empty {});
-        for (alg, fast) in
-            [(Rsa::rs256(), FastRsa::rs256()), (Rsa::rs384(), FastRsa::rs384()), (Rsa::rs512(), FastRsa::rs512())]
-        {
+        for (alg, fast) in [
+            (Rsa::rs256(), FastRsa::rs256()),
+            (Rsa::rs384(), FastRsa::rs384()),
+            (Rsa::rs512(), FastRsa::rs512()),
+            (Rsa::ps256(), FastRsa::ps256()),
+            (Rsa::ps384(), FastRsa::ps384()),
+            (Rsa::ps512(), FastRsa::ps512()),
+        ] {
             let token = alg.token(&Header::empty(), &claims, private).unwrap();
             let token = UntrustedToken::new(&token).unwrap();
             assert!(fast.validator::<Empty>(&key).validate(&token).is_ok());
@@ -650,5 +851,9 @@ mod tests {
         let token = Rsa::rs384().token(&Header::empty(), &claims, private).unwrap();
         let token = UntrustedToken::new(&token).unwrap();
         assert!(FastRsa::rs256().validator::<Empty>(&key).validate(&token).is_err());
+        let token = Rsa::ps256().token(&Header::empty(), &claims, private).unwrap();
+        let token = UntrustedToken::new(&token).unwrap();
+        assert!(FastRsa::rs256().validator::<Empty>(&key).validate(&token).is_err());
+        assert!(FastRsa::ps384().validator::<Empty>(&key).validate(&token).is_err());
     }
 }

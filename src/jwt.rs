@@ -12,7 +12,7 @@ use crate::config::{
 use crate::fast_p256::{FastEs256, FastP256Key};
 use crate::fast_rsa::{check_public_key, FastRsa, FastRsaKey};
 use chrono::{DateTime, Utc};
-use jwt_compact::alg::{Ed25519, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::alg::{Ed25519, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key};
 use jwt_compact::jwk::{JsonWebKey, KeyType};
 use jwt_compact::{AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError};
 use lru::LruCache;
@@ -159,23 +159,14 @@ impl Alg {
         }
     }
 
-    fn rsa(self) -> Option<Rsa> {
-        Some(match self {
-            Alg::Rs256 => Rsa::rs256(),
-            Alg::Rs384 => Rsa::rs384(),
-            Alg::Rs512 => Rsa::rs512(),
-            Alg::Ps256 => Rsa::ps256(),
-            Alg::Ps384 => Rsa::ps384(),
-            Alg::Ps512 => Rsa::ps512(),
-            _ => return None,
-        })
-    }
-
     fn fast_rsa(self) -> Option<FastRsa> {
         Some(match self {
             Alg::Rs256 => FastRsa::rs256(),
             Alg::Rs384 => FastRsa::rs384(),
             Alg::Rs512 => FastRsa::rs512(),
+            Alg::Ps256 => FastRsa::ps256(),
+            Alg::Ps384 => FastRsa::ps384(),
+            Alg::Ps512 => FastRsa::ps512(),
             _ => return None,
         })
     }
@@ -186,10 +177,8 @@ enum Material {
     Hs256(Hs256Key),
     Hs384(Hs384Key),
     Hs512(Hs512Key),
-    /// PKCS#1 v1.5 (RS*): our own faster verifier.
+    /// RS* (PKCS#1 v1.5) and PS* (PSS): our own faster verifier.
     FastRsa(FastRsa, Box<FastRsaKey>),
-    /// PSS (PS*): the `rsa` crate through jwt-compact.
-    Rsa(Rsa, Box<RsaPublicKey>),
     /// ES256: our own faster verifier; the key holds its precomputed tables.
     Es256(Box<FastP256Key>),
     Ed25519(Box<<Ed25519 as jwt_compact::Algorithm>::VerifyingKey>),
@@ -252,22 +241,14 @@ impl Key {
             )),
             Alg::EdDsa => Material::Ed25519(Box::new((&parsed).try_into().map_err(wrong)?)),
             _ => {
-                // Size and exponent bounds, for our verifier (RS*) and the `rsa` crate's (PS*).
                 if let JsonWebKey::Rsa { modulus, public_exponent, .. } = &parsed {
                     check_public_key(modulus, public_exponent)?;
                 }
-                match alg.fast_rsa() {
-                    Some(fast) => Material::FastRsa(
-                        fast,
-                        Box::new(
-                            FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?,
-                        ),
-                    ),
-                    None => {
-                        let rsa = alg.rsa().ok_or("unsupported algorithm")?;
-                        Material::Rsa(rsa, Box::new(RsaPublicKey::try_from(&parsed).map_err(wrong)?))
-                    }
-                }
+                let fast = alg.fast_rsa().ok_or("unsupported algorithm")?;
+                Material::FastRsa(
+                    fast,
+                    Box::new(FastRsaKey::try_from(&parsed).map_err(|e| format!("JWK does not hold an RSA key: {e}"))?),
+                )
             }
         };
         Ok(Key { kid, alg, material })
@@ -318,7 +299,6 @@ impl Key {
             Material::Hs384(k) => Hs384.validator::<C>(k).validate(token)?,
             Material::Hs512(k) => Hs512.validator::<C>(k).validate(token)?,
             Material::FastRsa(alg, k) => alg.validator::<C>(k.as_ref()).validate(token)?,
-            Material::Rsa(alg, k) => alg.validator::<C>(k.as_ref()).validate(token)?,
             Material::Es256(k) => FastEs256.validator::<C>(k.as_ref()).validate(token)?,
             Material::Ed25519(k) => Ed25519.validator::<C>(k.as_ref()).validate(token)?,
         };

@@ -1,5 +1,7 @@
-//! Differential: `fast_rsa::FastRsaKey::verify_pkcs1v15` against the `rsa` crate's
-//! PKCS#1 v1.5 verification, for the test keys in testdata/. Any disagreement is a crash.
+//! Differential: `fast_rsa::FastRsaKey::verify_pkcs1v15` and `verify_pss` against the
+//! `rsa` crate's PKCS#1 v1.5 and PSS verification (PSS with a salt as long as the hash, as
+//! RFC 7518 §3.5 requires), for the test keys in testdata/. Any disagreement is a crash;
+//! every signature is checked under both paddings.
 //!
 //! Input: `[key, control, message length, message..., payload...]`. `key` picks a test key
 //! (mod 4; the 3072- and 4096-bit keys sign a fixed message), `control` the hash (mod 3)
@@ -10,8 +12,9 @@
 //!   raised to the private exponent, so the fuzzer explores encodings that are almost
 //!   right (padding, DigestInfo, lengths) under a signature that is arithmetically valid
 //!   (2048-bit keys only, as for 3: the `rsa` crate's private-key operation is slow);
-//! - 3: a PSS signature of the message (salt from the payload; the `rsa` crate must accept
-//!   its own signature), then the payload's edits: a PSS signature is not a PKCS#1 v1.5 one;
+//! - 3: a PSS signature of the message (salt from the payload, as long as the hash when the
+//!   payload's first byte is even, else that byte mod 96 long; the `rsa` crate must accept
+//!   its own signature under that salt length), then the payload's edits;
 //! - 4: a valid signature, checked under the key with one modulus bit flipped.
 //!
 //! Edits are `(position: u16 BE, xor: u8)` triples; a last odd byte `1` prepends a zero
@@ -95,10 +98,14 @@ impl Hash {
     }
 
     fn pss(self) -> Pss {
+        self.pss_with_salt(self.digest(b"").len())
+    }
+
+    fn pss_with_salt(self, len: usize) -> Pss {
         match self {
-            Hash::Sha256 => Pss::new::<Sha256>(),
-            Hash::Sha384 => Pss::new::<Sha384>(),
-            Hash::Sha512 => Pss::new::<Sha512>(),
+            Hash::Sha256 => Pss::new_with_salt::<Sha256>(len),
+            Hash::Sha384 => Pss::new_with_salt::<Sha384>(len),
+            Hash::Sha512 => Pss::new_with_salt::<Sha512>(len),
         }
     }
 
@@ -170,12 +177,14 @@ fuzz_target!(|data: &[u8]| {
             pad(s.to_bytes_be(), k)
         }
         3 => {
-            let salt_len = payload.len().min(64);
-            let (salt, edits) = payload.split_at(salt_len);
-            let Ok(pss) = key.private.sign_with_rng(&mut InputRng(salt), hash.pss(), &hashed) else {
+            let Some((&choice, payload)) = payload.split_first() else { return };
+            let salt_len = if choice % 2 == 0 { hashed.len() } else { usize::from(choice) % 96 };
+            let (salt, edits) = payload.split_at(salt_len.min(payload.len()));
+            let padding = || hash.pss_with_salt(salt_len);
+            let Ok(pss) = key.private.sign_with_rng(&mut InputRng(salt), padding(), &hashed) else {
                 return;
             };
-            assert!(key.public.verify(hash.pss(), &hashed, &pss).is_ok(), "rsa crate refused its own PSS signature");
+            assert!(key.public.verify(padding(), &hashed, &pss).is_ok(), "rsa crate refused its own PSS signature");
             edit(pss, edits)
         }
         _ => {
@@ -194,6 +203,9 @@ fuzz_target!(|data: &[u8]| {
             let f = fast.verify_pkcs1v15(hash.fast(), message, &signature);
             let r = reference.verify(hash.pkcs1v15(), &hashed, &signature).is_ok();
             assert_eq!(f, r, "fast_rsa says {f}, rsa says {r} under a modulus with bit {bit} flipped");
+            let f = fast.verify_pss(hash.fast(), message, &signature);
+            let r = reference.verify(hash.pss(), &hashed, &signature).is_ok();
+            assert_eq!(f, r, "PSS: fast_rsa says {f}, rsa says {r} under a modulus with bit {bit} flipped");
             return;
         }
     };
@@ -201,6 +213,15 @@ fuzz_target!(|data: &[u8]| {
     let fast = key.fast.verify_pkcs1v15(hash.fast(), message, &signature);
     let reference = key.public.verify(hash.pkcs1v15(), &hashed, &signature).is_ok();
     assert_eq!(fast, reference, "fast_rsa says {fast}, rsa says {reference} ({hash:?}, {} bits, mode {})", k * 8, mode);
+    let fast = key.fast.verify_pss(hash.fast(), message, &signature);
+    let reference = key.public.verify(hash.pss(), &hashed, &signature).is_ok();
+    assert_eq!(
+        fast,
+        reference,
+        "PSS: fast_rsa says {fast}, rsa says {reference} ({hash:?}, {} bits, mode {})",
+        k * 8,
+        mode
+    );
 });
 
 /// Signatures by (key index, digest).
