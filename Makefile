@@ -75,6 +75,8 @@ lint: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
 	cargo clippy -p mcpgw --all-targets --features testing -- -D warnings
+	@# jwt-bench is its own workspace (with its own target dir): make bench would be the first to build it.
+	CARGO_TARGET_DIR=target/jwt-bench cargo clippy --manifest-path jwt-bench/Cargo.toml -- -D warnings
 	@# The shipped binary ships the product: no test fixtures (test server, fake IdP, forger).
 	cargo build --release -p mcpgw
 	@if grep -aqE 'testing::|TestServer|JwksServer' $(MCPGW); then echo "$(MCPGW) links test fixtures"; exit 1; fi

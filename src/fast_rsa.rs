@@ -23,7 +23,7 @@ use std::fmt;
 /// RFC 7518 §3.3: keys of 2048 bits or larger MUST be used.
 pub const MIN_MODULUS_BITS: usize = 2048;
 /// Bounds the cost of one verification (it grows with the square of the size); identity
-/// providers sign with 2048 to 4096 bits, and the `rsa` crate (PS*) stops at 4096 too.
+/// providers sign with 2048 to 4096 bits.
 pub const MAX_MODULUS_BITS: usize = 4096;
 /// Verification costs one multiplication per exponent bit, so a huge exponent in a
 /// published key would make every verification as slow as signing. Real keys use 65537.

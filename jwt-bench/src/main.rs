@@ -76,7 +76,7 @@ fn main() -> Result<(), Error> {
     let stock = time("RS256 2048 stock", &|| {
         verify(&Rsa::rs256(), &rsa_2048.1, &token)
     })?;
-    let fast_key = FastRsaKey::from_rsa(&rsa_2048.1)?;
+    let fast_key = FastRsaKey::try_from(&JsonWebKey::from(&rsa_2048.1))?;
     let fast = time("RS256 2048 fast", &|| {
         verify(&FastRsa::rs256(), &fast_key, &token)
     })?;
@@ -85,7 +85,7 @@ fn main() -> Result<(), Error> {
     let stock_4096 = time("RS256 4096 stock", &|| {
         verify(&Rsa::rs256(), &rsa_4096.1, &token_4096)
     })?;
-    let fast_key_4096 = FastRsaKey::from_rsa(&rsa_4096.1)?;
+    let fast_key_4096 = FastRsaKey::try_from(&JsonWebKey::from(&rsa_4096.1))?;
     let fast_4096 = time("RS256 4096 fast", &|| {
         verify(&FastRsa::rs256(), &fast_key_4096, &token_4096)
     })?;
@@ -101,7 +101,7 @@ fn main() -> Result<(), Error> {
     let gateway_cases: Vec<(&str, GwAlg, Key, String)> = vec![
         ("HS256", GwAlg::Hs256, Key::from_secret(Some("k".into()), GwAlg::Hs256, &[0x5a; 32])?, gw_token(&Hs256, &hs_key)?),
         ("RS256 2048 (fast)", GwAlg::Rs256, gw_key(GwAlg::Rs256, &JsonWebKey::from(&rsa_2048.1))?, gw_token(&Rsa::rs256(), &rsa_2048.0)?),
-        ("PS256 2048", GwAlg::Ps256, gw_key(GwAlg::Ps256, &JsonWebKey::from(&rsa_2048.1))?, gw_token(&Rsa::ps256(), &rsa_2048.0)?),
+        ("PS256 2048 (fast)", GwAlg::Ps256, gw_key(GwAlg::Ps256, &JsonWebKey::from(&rsa_2048.1))?, gw_token(&Rsa::ps256(), &rsa_2048.0)?),
         ("ES256 (fast)", GwAlg::Es256, gw_key(GwAlg::Es256, &JsonWebKey::from(&es_public))?, gw_token(&Es256, &es_key)?),
         ("EdDSA", GwAlg::EdDsa, gw_key(GwAlg::EdDsa, &JsonWebKey::from(&ed_public))?, gw_token(&Ed25519, &ed_secret)?),
     ];
