@@ -3,6 +3,7 @@
 //! feature, also what the integration tests need and the product must not ship: the test
 //! MCP server, the fake identity provider, the token forger and the request log.
 
+pub mod audit_store;
 pub mod client;
 pub mod demo;
 pub mod explain;

@@ -76,6 +76,64 @@ enum Command {
     /// (configuration, token, claims, request, list reply).
     #[command(after_long_help = EXPLAIN_EXAMPLES)]
     Explain(ExplainArgs),
+    /// Check or search the sidecar's audit database.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints; name the first bad record.
+    ///
+    /// Exit status: 0 the trail verifies, 1 it does not (the first bad record or checkpoint
+    /// is named), 2 the database or key cannot be read.
+    Verify {
+        /// The audit database.
+        #[arg(long, default_value = ".dev/audit.db")]
+        db: PathBuf,
+        /// The checkpoint key's public half, in hex (the `.pub` file the sidecar writes
+        /// beside its key).
+        #[arg(long, default_value = ".dev/audit-checkpoint.key.pub")]
+        public_key: PathBuf,
+    },
+    /// Print matching records as JSON, newest first.
+    Query {
+        #[arg(long, default_value = ".dev/audit.db")]
+        db: PathBuf,
+        #[command(flatten)]
+        filters: AuditFilters,
+    },
+}
+
+/// The filters `/audit` takes too.
+#[derive(Debug, Args)]
+struct AuditFilters {
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    server: Option<String>,
+    /// JSON-RPC method, e.g. tools/call.
+    #[arg(long)]
+    method: Option<String>,
+    /// Tool name (tools/call records for it).
+    #[arg(long)]
+    tool: Option<String>,
+    /// allow, deny or would_deny.
+    #[arg(long)]
+    decision: Option<String>,
+    /// RFC 3339 time, inclusive.
+    #[arg(long)]
+    since: Option<String>,
+    /// RFC 3339 time, exclusive.
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// The `next_cursor` of the previous page.
+    #[arg(long)]
+    cursor: Option<u64>,
 }
 
 const EXPLAIN_EXAMPLES: &str = "\
@@ -205,6 +263,61 @@ async fn main() -> ExitCode {
     }
 }
 
+fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use mcpgw::audit_store::{self, AuditStore as _, SqliteStore};
+    match command {
+        AuditCommand::Verify { db, public_key } => {
+            let checked = (|| {
+                let text = std::fs::read_to_string(&public_key)
+                    .with_context(|| format!("cannot read {}", public_key.display()))?;
+                let key = audit_store::parse_public_key(&text)?;
+                let store = SqliteStore::open_existing(&db)?;
+                audit_store::verify(&store, &key)
+            })();
+            Ok(match checked {
+                Ok(Ok(report)) => {
+                    println!("{}", audit_store::describe(&report));
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(failure)) => {
+                    println!("FAILED: {failure}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("mcpgw audit verify: {error:#}");
+                    ExitCode::from(2)
+                }
+            })
+        }
+        AuditCommand::Query { db, filters: f } => {
+            let time = |t: &Option<String>, name: &str| -> anyhow::Result<Option<i64>> {
+                t.as_deref()
+                    .map(|t| {
+                        chrono::DateTime::parse_from_rfc3339(t)
+                            .map(|t| t.timestamp_millis())
+                            .with_context(|| format!("--{name}: not an RFC 3339 time: {t:?}"))
+                    })
+                    .transpose()
+            };
+            let query = audit_store::Query {
+                user: f.user,
+                server: f.server,
+                method: f.method,
+                tool: f.tool,
+                decision: f.decision,
+                since_ms: time(&f.since, "since")?,
+                until_ms: time(&f.until, "until")?,
+                before: f.cursor,
+                limit: f.limit,
+            };
+            let store = SqliteStore::open_existing(&db)?;
+            let page = store.query(&query)?;
+            println!("{}", serde_json::to_string_pretty(&audit_store::page_json(&page, query.limit))?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Keygen { dir } => keygen(&dir)?,
@@ -212,6 +325,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Call { token, url, tool, arguments } => call(token.as_deref(), &url, &tool, &arguments).await?,
         Command::Demo { filesystem, github, sandbox } => demo(filesystem, github, sandbox).await?,
         // Its exit status tells allowed (0) from denied (1) and bad input (2).
+        Command::Audit { command } => return audit(command),
         Command::Explain(args) => {
             return Ok(match explain_request(&args) {
                 Ok(explanation) => print_explanation(&explanation, args.json),
