@@ -10,6 +10,7 @@ pub mod explain;
 #[cfg(feature = "testing")]
 pub mod request_log;
 pub mod server;
+pub mod sidecar;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod token;

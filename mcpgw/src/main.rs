@@ -76,11 +76,45 @@ enum Command {
     /// (configuration, token, claims, request, list reply).
     #[command(after_long_help = EXPLAIN_EXAMPLES)]
     Explain(ExplainArgs),
+    /// Run the sidecar: audit ingest from the filter, the audit store, /audit, /metrics.
+    ///
+    /// Listens on loopback; every request must carry the secret the filter adds
+    /// (x-mcp-sidecar-secret), or it gets 401.
+    Sidecar(SidecarArgs),
     /// Check or search the sidecar's audit database.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Debug, Args)]
+struct SidecarArgs {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:10100")]
+    listen: SocketAddr,
+    /// The audit database (SQLite), created if missing.
+    #[arg(long, default_value = ".dev/audit.db")]
+    db: PathBuf,
+    /// The Ed25519 key that signs checkpoints (hex seed), created with <key>.pub if missing.
+    /// Keep it where those who can write the database cannot read it.
+    #[arg(long, default_value = ".dev/audit-checkpoint.key")]
+    checkpoint_key: PathBuf,
+    /// Environment variable holding the secret shared with the filter (at least 16 bytes).
+    #[arg(long, default_value = "MCPGW_SIDECAR_SECRET")]
+    secret_env: String,
+    /// Sign a checkpoint once this many records are unsigned.
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_records: u64,
+    /// Sign a checkpoint this often (seconds) when any record is unsigned.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_secs: u64,
+    /// Delete records older than this many seconds (in whole signed spans).
+    #[arg(long)]
+    max_age_secs: Option<u64>,
+    /// Keep at most about this many records (in whole signed spans).
+    #[arg(long)]
+    max_records: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +297,37 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
+    use mcpgw::audit_store::Retention;
+    use mcpgw::sidecar::{Config, Sidecar};
+    if !args.listen.ip().is_loopback() {
+        bail!("--listen: the sidecar listens on loopback only (got {})", args.listen);
+    }
+    let secret = std::env::var(&args.secret_env)
+        .with_context(|| format!("--secret-env: environment variable {} is not set", args.secret_env))?;
+    let secs = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let config = Config {
+        db: args.db,
+        checkpoint_key: args.checkpoint_key,
+        secret,
+        checkpoint_records: args.checkpoint_records.max(1),
+        checkpoint_every: Duration::from_secs(args.checkpoint_secs.max(1)),
+        retention: Retention { max_age_ms: args.max_age_secs.map(secs), max_records: args.max_records },
+        retention_every: Duration::from_secs(60),
+    };
+    let sidecar = Sidecar::open(config)?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!("mcpgw sidecar: listening on {}", args.listen);
+    mcpgw::sidecar::run(listener, sidecar, async {
+        if let Err(e) = wait_for_stop_signal().await {
+            // Without signals it runs until killed, rather than stopping now.
+            eprintln!("mcpgw sidecar: cannot wait for signals: {e:#}");
+            std::future::pending::<()>().await;
+        }
+    })
+    .await
+}
+
 fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
     use mcpgw::audit_store::{self, AuditStore as _, SqliteStore};
     match command {
@@ -326,6 +391,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo { filesystem, github, sandbox } => demo(filesystem, github, sandbox).await?,
         // Its exit status tells allowed (0) from denied (1) and bad input (2).
         Command::Audit { command } => return audit(command),
+        Command::Sidecar(args) => sidecar(args).await?,
         Command::Explain(args) => {
             return Ok(match explain_request(&args) {
                 Ok(explanation) => print_explanation(&explanation, args.json),

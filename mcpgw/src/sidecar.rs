@@ -1,0 +1,339 @@
+//! `mcpgw sidecar`: the jobs the filter cannot do. This part: audit ingest (batches from
+//! the filter, acknowledged only after they are committed), the durable store with its
+//! signed checkpoints and retention, and `/audit` queries.
+//!
+//! The sidecar listens on loopback and trusts nothing a client sends: every request must
+//! carry the shared secret the filter adds (`x-mcp-sidecar-secret`, which the filter strips
+//! from clients with the rest of `x-mcp-*`), or it gets 401. Identity comes only from the
+//! filter's headers. Clients reach `/audit` through Envoy, where the filter authenticates
+//! and authorizes them like any other request.
+
+use crate::audit_store::{self, AuditStore as _, CheckpointKey, Query, Retention, SqliteStore};
+use anyhow::{anyhow, Context as _, Result};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query as QueryParams, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The header carrying the secret shared with the filter.
+pub const SECRET_HEADER: &str = "x-mcp-sidecar-secret";
+/// The shortest secret accepted.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// The largest ingest batch, in bytes.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// How the sidecar runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db: PathBuf,
+    pub checkpoint_key: PathBuf,
+    pub secret: String,
+    /// Sign a checkpoint once this many records are unsigned...
+    pub checkpoint_records: u64,
+    /// ...or this long after the last one, when any are.
+    pub checkpoint_every: Duration,
+    pub retention: Retention,
+    /// How often retention runs.
+    pub retention_every: Duration,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub batches: AtomicU64,
+    pub records_ingested: AtomicU64,
+    pub records_committed: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub ingest_errors: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub retained_deleted: AtomicU64,
+}
+
+/// What the handlers share.
+pub struct Sidecar {
+    config: Config,
+    store: Mutex<SqliteStore>,
+    key: CheckpointKey,
+    pub counters: Counters,
+}
+
+impl Sidecar {
+    /// Opens the store and the checkpoint key (creating them if missing).
+    pub fn open(config: Config) -> Result<Arc<Sidecar>> {
+        if config.secret.len() < MIN_SECRET_BYTES {
+            return Err(anyhow!("the sidecar secret must be at least {MIN_SECRET_BYTES} bytes"));
+        }
+        let store = SqliteStore::open(&config.db)?;
+        let key = CheckpointKey::load_or_create(&config.checkpoint_key)?;
+        Ok(Arc::new(Sidecar { config, store: Mutex::new(store), key, counters: Counters::default() }))
+    }
+
+    /// Runs `f` on the store off the async threads.
+    async fn with_store<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut SqliteStore, &Sidecar) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut store = me.store.lock().map_err(|_| anyhow!("the audit store lock is poisoned"))?;
+            f(&mut store, &me)
+        })
+        .await
+        .context("the store task failed")?
+    }
+
+    /// Signs a checkpoint if one is due (or `force`d and anything is unsigned).
+    pub async fn checkpoint(self: &Arc<Self>, force: bool) -> Result<Option<u64>> {
+        self.with_store(move |store, me| {
+            let unsigned = store.unsigned()?;
+            if unsigned == 0 || (!force && unsigned < me.config.checkpoint_records) {
+                return Ok(None);
+            }
+            let signed = store.checkpoint(&me.key, now_ms())?;
+            if signed.is_some() {
+                me.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(signed.map(|c| c.seq))
+        })
+        .await
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len() && given.iter().zip(secret).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// 401 unless the request carries the filter's secret.
+fn from_filter(sidecar: &Sidecar, headers: &HeaderMap) -> Option<Response> {
+    let given = headers.get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    if same_secret(given, sidecar.config.secret.as_bytes()) {
+        None
+    } else {
+        sidecar.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        Some(error(StatusCode::UNAUTHORIZED, "requests to the sidecar come through the gateway"))
+    }
+}
+
+/// The sidecar's routes.
+pub fn app(sidecar: Arc<Sidecar>) -> Router {
+    Router::new()
+        .route("/ingest", post(ingest))
+        .route("/audit", get(audit))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
+        .with_state(sidecar)
+}
+
+/// `POST /ingest`: a JSON array of records, committed in order; answered only after the
+/// commit, with the last sequence number. A record already stored is skipped.
+async fn ingest(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(denied) = from_filter(&sidecar, &headers) {
+        return denied;
+    }
+    let records: Vec<Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Array(records)) => records,
+        _ => {
+            sidecar.counters.ingest_errors.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::BAD_REQUEST, "the body must be a JSON array of audit records");
+        }
+    };
+    if records.iter().any(|r| !r.get("record_id").and_then(Value::as_str).is_some_and(|id| !id.is_empty())) {
+        sidecar.counters.ingest_errors.fetch_add(1, Ordering::Relaxed);
+        return error(StatusCode::BAD_REQUEST, "every record needs a non-empty record_id");
+    }
+    let received = records.len() as u64;
+    let committed = sidecar
+        .with_store(move |store, _| {
+            let committed = store.append(&records, now_ms())?;
+            Ok((committed.len() as u64, store.last_seq()?))
+        })
+        .await;
+    match committed {
+        Ok((n, last_seq)) => {
+            let c = &sidecar.counters;
+            c.batches.fetch_add(1, Ordering::Relaxed);
+            c.records_ingested.fetch_add(received, Ordering::Relaxed);
+            c.records_committed.fetch_add(n, Ordering::Relaxed);
+            c.duplicates.fetch_add(received - n, Ordering::Relaxed);
+            if let Err(e) = sidecar.checkpoint(false).await {
+                eprintln!("mcpgw sidecar: checkpoint failed: {e:#}");
+            }
+            Json(json!({ "committed": n, "last_seq": last_seq })).into_response()
+        }
+        Err(e) => {
+            sidecar.counters.ingest_errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("mcpgw sidecar: ingest failed: {e:#}");
+            error(StatusCode::SERVICE_UNAVAILABLE, "the audit store could not commit the batch")
+        }
+    }
+}
+
+/// `/audit`'s query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    user: Option<String>,
+    server: Option<String>,
+    method: Option<String>,
+    tool: Option<String>,
+    decision: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<u64>,
+}
+
+fn parse_time(name: &str, value: Option<&str>) -> Result<Option<i64>, String> {
+    value
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| format!("{name}: not an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+/// `GET /audit?user=&server=&method=&tool=&decision=&since=&until=&limit=&cursor=`:
+/// records newest first, with the cursor of the next page.
+async fn audit(
+    State(sidecar): State<Arc<Sidecar>>,
+    headers: HeaderMap,
+    params: Result<QueryParams<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(denied) = from_filter(&sidecar, &headers) {
+        return denied;
+    }
+    let Ok(QueryParams(p)) = params else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: user, server, method, tool, decision, since, until, limit, cursor",
+        );
+    };
+    let (since_ms, until_ms) = match (parse_time("since", p.since.as_deref()), parse_time("until", p.until.as_deref()))
+    {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, audit_store::MAX_QUERY_LIMIT);
+    let query = Query {
+        user: p.user,
+        server: p.server,
+        method: p.method,
+        tool: p.tool,
+        decision: p.decision,
+        since_ms,
+        until_ms,
+        before: p.cursor,
+        limit,
+    };
+    match sidecar.with_store(move |store, _| store.query(&query)).await {
+        Ok(page) => Json(audit_store::page_json(&page, limit)).into_response(),
+        Err(e) => {
+            eprintln!("mcpgw sidecar: query failed: {e:#}");
+            error(StatusCode::SERVICE_UNAVAILABLE, "the audit store could not be read")
+        }
+    }
+}
+
+/// `GET /metrics`, Prometheus text format.
+async fn metrics(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = from_filter(&sidecar, &headers) {
+        return denied;
+    }
+    let c = &sidecar.counters;
+    let size = sidecar.with_store(|store, _| Ok((store.size_bytes()?, store.last_seq()?))).await.unwrap_or((0, 0));
+    let mut out = String::new();
+    for (name, help, value) in [
+        ("mcpgw_sidecar_batches_total", "Ingest batches committed.", c.batches.load(Ordering::Relaxed)),
+        ("mcpgw_sidecar_records_ingested_total", "Audit records received.", c.records_ingested.load(Ordering::Relaxed)),
+        (
+            "mcpgw_sidecar_records_committed_total",
+            "Audit records committed.",
+            c.records_committed.load(Ordering::Relaxed),
+        ),
+        (
+            "mcpgw_sidecar_records_duplicate_total",
+            "Records received again and skipped.",
+            c.duplicates.load(Ordering::Relaxed),
+        ),
+        (
+            "mcpgw_sidecar_ingest_errors_total",
+            "Batches refused or not committed.",
+            c.ingest_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "mcpgw_sidecar_unauthorized_total",
+            "Requests without the filter's secret.",
+            c.unauthorized.load(Ordering::Relaxed),
+        ),
+        ("mcpgw_sidecar_checkpoints_total", "Checkpoints signed.", c.checkpoints.load(Ordering::Relaxed)),
+        (
+            "mcpgw_sidecar_retention_deleted_total",
+            "Records deleted by retention.",
+            c.retained_deleted.load(Ordering::Relaxed),
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+    }
+    out.push_str(&format!(
+        "# HELP mcpgw_sidecar_store_bytes Audit database size.\n# TYPE mcpgw_sidecar_store_bytes gauge\nmcpgw_sidecar_store_bytes {}\n\
+         # HELP mcpgw_sidecar_last_seq Last sequence number.\n# TYPE mcpgw_sidecar_last_seq gauge\nmcpgw_sidecar_last_seq {}\n",
+        size.0, size.1
+    ));
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, with the checkpoint and retention
+/// timers; signs a last checkpoint on the way out.
+pub async fn run(
+    listener: TcpListener,
+    sidecar: Arc<Sidecar>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let timers = {
+        let sidecar = Arc::clone(&sidecar);
+        tokio::spawn(async move {
+            let mut checkpoint = tokio::time::interval(sidecar.config.checkpoint_every);
+            let mut retention = tokio::time::interval(sidecar.config.retention_every);
+            loop {
+                tokio::select! {
+                    _ = checkpoint.tick() => {
+                        if let Err(e) = sidecar.checkpoint(true).await {
+                            eprintln!("mcpgw sidecar: checkpoint failed: {e:#}");
+                        }
+                    }
+                    _ = retention.tick() => {
+                        let policy = sidecar.config.retention;
+                        match sidecar.with_store(move |store, _| store.retain(&policy, now_ms())).await {
+                            Ok(n) => { sidecar.counters.retained_deleted.fetch_add(n, Ordering::Relaxed); }
+                            Err(e) => eprintln!("mcpgw sidecar: retention failed: {e:#}"),
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let served = axum::serve(listener, app(Arc::clone(&sidecar))).with_graceful_shutdown(shutdown).await;
+    timers.abort();
+    sidecar.checkpoint(true).await?;
+    served.context("the sidecar's server failed")
+}
