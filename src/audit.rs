@@ -216,6 +216,8 @@ pub enum Outcome {
 /// One request, as auditors see it. Field names follow the product brief.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct AuditRecord {
+    /// Unique per record (per-VM random prefix and a counter).
+    pub record_id: String,
     /// RFC 3339, UTC, milliseconds.
     pub timestamp: String,
     pub request_id: String,
@@ -250,7 +252,12 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// The log line: prefix and compact JSON.
     pub fn to_line(&self) -> String {
-        format!("{LOG_PREFIX}{}", serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned()))
+        format!("{LOG_PREFIX}{}", self.to_json())
+    }
+
+    /// The record as compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 }
 

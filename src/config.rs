@@ -471,11 +471,117 @@ pub struct RawAudit {
     /// Longer argument strings are cut to this many bytes.
     #[serde(default = "default_max_string_bytes")]
     pub max_string_bytes: usize,
+    /// Records also go, in batches, to the sidecar's ingest route.
+    #[serde(default)]
+    pub sidecar: Option<RawAuditSidecar>,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
-        RawAudit { redact_fields: default_redact_fields(), max_string_bytes: default_max_string_bytes() }
+        RawAudit { redact_fields: default_redact_fields(), max_string_bytes: default_max_string_bytes(), sidecar: None }
+    }
+}
+
+/// Where and how audit records are sent to the sidecar.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditSidecar {
+    /// The Envoy cluster of the sidecar.
+    pub cluster: String,
+    #[serde(default = "default_ingest_path")]
+    pub path: String,
+    #[serde(default = "default_sidecar_authority")]
+    pub authority: String,
+    /// Environment variable (in the VM) holding the secret the sidecar requires.
+    pub secret_env: String,
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered: usize,
+    #[serde(default = "default_sidecar_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_ingest_path() -> String {
+    "/ingest".to_owned()
+}
+fn default_sidecar_authority() -> String {
+    "mcpgw-sidecar".to_owned()
+}
+fn default_batch_records() -> usize {
+    100
+}
+fn default_flush_ms() -> u64 {
+    1000
+}
+fn default_max_buffered() -> usize {
+    10_000
+}
+fn default_sidecar_timeout_ms() -> u64 {
+    5000
+}
+
+/// Compiled [`RawAuditSidecar`]. `Debug` does not print the secret.
+#[derive(Clone)]
+pub struct AuditSidecar {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub secret: String,
+    pub batch_records: usize,
+    pub flush: Duration,
+    pub max_buffered: usize,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for AuditSidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSidecar")
+            .field("cluster", &self.cluster)
+            .field("path", &self.path)
+            .field("batch_records", &self.batch_records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawAuditSidecar {
+    fn compile(self, env: &dyn Fn(&str) -> Option<String>) -> Result<AuditSidecar, ConfigError> {
+        if self.cluster.is_empty() {
+            return Err(err("cluster", "must name the sidecar's Envoy cluster"));
+        }
+        if !self.path.starts_with('/') {
+            return Err(err("path", "must start with /"));
+        }
+        let secret = env(&self.secret_env).ok_or_else(|| {
+            err("secret_env", format!("environment variable {:?} is not set in the VM", self.secret_env))
+        })?;
+        if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err("secret_env", "the secret must be at least 16 printable ASCII characters"));
+        }
+        if !(1..=1000).contains(&self.batch_records) {
+            return Err(err("batch_records", "must be between 1 and 1000"));
+        }
+        if !(10..=60_000).contains(&self.flush_ms) {
+            return Err(err("flush_ms", "must be between 10 and 60000"));
+        }
+        if !(self.batch_records..=1_000_000).contains(&self.max_buffered) {
+            return Err(err("max_buffered", "must be between batch_records and 1000000"));
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return Err(err("timeout_ms", "must be between 100 and 60000"));
+        }
+        Ok(AuditSidecar {
+            cluster: self.cluster,
+            path: self.path,
+            authority: self.authority,
+            secret,
+            batch_records: self.batch_records,
+            flush: Duration::from_millis(self.flush_ms),
+            max_buffered: self.max_buffered,
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
     }
 }
 
@@ -546,6 +652,8 @@ pub struct Config {
     pub resource_policies: BTreeMap<String, ResourcePolicy>,
     /// Idle time after which a session's owner is forgotten, in milliseconds.
     pub session_idle_ms: u64,
+    /// Where audit records are sent besides Envoy's log.
+    pub audit_sidecar: Option<AuditSidecar>,
 }
 
 impl Config {
@@ -602,7 +710,11 @@ impl RawConfig {
         if !(60..=30 * 24 * 3600).contains(&self.session_idle_secs) {
             return Err(err("session_idle_secs", "must be between 60 and 2592000 (30 days)"));
         }
+        let mut audit = self.audit;
+        let audit_sidecar =
+            audit.sidecar.take().map(|raw| raw.compile(env).map_err(|e| e.within("audit.sidecar"))).transpose()?;
         Ok(Config {
+            audit_sidecar,
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
             servers,
@@ -610,7 +722,7 @@ impl RawConfig {
             key_wait,
             cache_entries,
             policy,
-            redactor: Redactor::from(self.audit),
+            redactor: Redactor::from(audit),
             resource_metadata,
             resource_policies,
             session_idle_ms: time::millis(Duration::from_secs(self.session_idle_secs)),

@@ -19,6 +19,9 @@ pub const SESSION_ID: &str = "x-mcp-session-id";
 pub const REQUEST_ID: &str = "x-mcp-request-id";
 /// The W3C trace id from `traceparent`, or the request id when there is none.
 pub const TRACE_ID: &str = "x-mcp-trace-id";
+/// The secret the sidecar requires of the filter (clients' copies are stripped with the
+/// rest of `x-mcp-*`).
+pub const SIDECAR_SECRET: &str = "x-mcp-sidecar-secret";
 
 /// True for client headers that must not reach the upstream: the identity prefix in any
 /// case, also spelled with `_` (WSGI, Rack and PHP servers read `X_MCP_User_Id` as

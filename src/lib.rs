@@ -51,6 +51,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod listing;
 pub mod normalize;
+pub mod outbox;
 pub mod rbac;
 pub mod reject;
 pub mod resource;

@@ -55,6 +55,8 @@ pub trait Host {
     /// Defines a counter (Envoy prefixes its name with `wasmcustom.`).
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn increment(&self, counter: u32);
+    /// Adds `delta` to a counter.
+    fn add(&self, counter: u32, delta: u64);
 
     /// Every entry of a header map, values as bytes (they need not be UTF-8).
     fn map(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError>;
@@ -84,7 +86,13 @@ pub trait Host {
 
     /// An HTTP call through an Envoy cluster; its reply comes to the root context's
     /// `on_http_call_response` with the returned token.
-    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError>;
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
     fn set_tick(&self, period: Duration) -> Result<(), HostError>;
     /// Makes `context_id` the effective context for the calls that follow.
     fn enter(&self, context_id: u32) -> Result<(), HostError>;

@@ -203,13 +203,24 @@ impl Filter {
             .ok()
             .flatten()
             .map(|b| strip_port(&String::from_utf8_lossy(&b)).to_owned());
-        let record = exchange.finish(status, host.now(), client_ip);
-        if let Some(vm) = &self.vm {
-            let metrics = &vm.borrow().metrics;
-            let allowed = record.decision == Some(crate::audit::Outcome::Allow);
-            Metrics::bump(host, if allowed { metrics.allowed } else { metrics.denied });
+        let mut record = exchange.finish(status, host.now(), client_ip);
+        let Some(vm) = &self.vm else {
+            host.log(Level::Info, &record.to_line());
+            return;
+        };
+        let mut vmb = vm.borrow_mut();
+        let Vm { metrics, outbox, record_ids, .. } = &mut *vmb;
+        record.record_id = record_ids.next();
+        let allowed = record.decision == Some(crate::audit::Outcome::Allow);
+        Metrics::bump(host, if allowed { metrics.allowed } else { metrics.denied });
+        let json = record.to_json();
+        // Always in Envoy's log; also queued for the sidecar when there is one.
+        host.log(Level::Info, &format!("{}{json}", crate::audit::LOG_PREFIX));
+        if let Some(outbox) = outbox {
+            if !outbox.push(epoch_ms(host.now()), json) {
+                Metrics::bump(host, metrics.audit_dropped);
+            }
         }
-        host.log(Level::Info, &record.to_line());
     }
 
     /// One chunk of an SSE reply: complete events go on at once (filtered), the event

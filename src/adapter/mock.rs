@@ -196,6 +196,14 @@ impl Host for MockHost {
         }
     }
 
+    fn add(&self, counter: u32, delta: u64) {
+        self.count("add");
+        let index = usize::try_from(counter).unwrap_or(usize::MAX);
+        if let Some((_, value)) = self.counters.borrow_mut().get_mut(index) {
+            *value += delta;
+        }
+    }
+
     fn map(&self, map: Map) -> Result<Entries, HostError> {
         self.check("map")?;
         Ok(self.maps.borrow().get(&(self.current(), map)).cloned().unwrap_or_default())
@@ -315,7 +323,13 @@ impl Host for MockHost {
         Ok(self.queues.borrow_mut().get_mut(&queue).and_then(VecDeque::pop_front))
     }
 
-    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError> {
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        _body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
         self.check("dispatch")?;
         let token = self.id();
         let path = headers.iter().find(|(n, _)| *n == ":path").map(|(_, v)| (*v).to_owned()).unwrap_or_default();

@@ -76,6 +76,10 @@ struct Metrics {
     jwks_fetch_failure: Option<u32>,
     allowed: Option<u32>,
     denied: Option<u32>,
+    audit_sent: Option<u32>,
+    audit_acknowledged: Option<u32>,
+    audit_retried: Option<u32>,
+    audit_dropped: Option<u32>,
 }
 
 impl Metrics {
@@ -85,6 +89,24 @@ impl Metrics {
             jwks_fetch_failure: host.define_counter("mcp_gateway.jwks_fetch_failure"),
             allowed: host.define_counter("mcp_gateway.requests_allowed"),
             denied: host.define_counter("mcp_gateway.requests_denied"),
+            audit_sent: host.define_counter("mcp_gateway.audit_records_sent"),
+            audit_acknowledged: host.define_counter("mcp_gateway.audit_records_acknowledged"),
+            audit_retried: host.define_counter("mcp_gateway.audit_records_retried"),
+            audit_dropped: host.define_counter("mcp_gateway.audit_records_dropped"),
+        }
+    }
+
+    /// Adds what changed between two tallies of the audit outbox to the counters.
+    fn audit_delta(&self, host: &impl Host, before: crate::outbox::Tally, after: crate::outbox::Tally) {
+        for (metric, delta) in [
+            (self.audit_sent, after.sent - before.sent),
+            (self.audit_acknowledged, after.acknowledged - before.acknowledged),
+            (self.audit_retried, after.retried - before.retried),
+            (self.audit_dropped, after.dropped - before.dropped),
+        ] {
+            if let (Some(id), true) = (metric, delta > 0) {
+                host.add(id, delta);
+            }
         }
     }
 
@@ -124,6 +146,32 @@ struct Vm {
     /// Session buckets as last parsed, with their CAS (re-parsed only when it changed).
     sessions: HashMap<String, (u32, session::Bucket)>,
     metrics: Metrics,
+    /// Audit records waiting for the sidecar (when one is configured).
+    outbox: Option<crate::outbox::Outbox>,
+    record_ids: RecordIds,
+}
+
+/// Unique audit record ids: a per-VM random prefix and a counter. The sidecar stores a
+/// record once per id, so a batch resent after a lost acknowledgement is not duplicated.
+struct RecordIds {
+    prefix: String,
+    next: u64,
+}
+
+impl RecordIds {
+    fn new(now: SystemTime, context_id: u32) -> RecordIds {
+        use std::hash::{BuildHasher, Hasher};
+        // std seeds RandomState from the host's random source (WASI random_get).
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(epoch_ms(now));
+        h.write_u32(context_id);
+        RecordIds { prefix: format!("{:016x}", h.finish()), next: 0 }
+    }
+
+    fn next(&mut self) -> String {
+        self.next += 1;
+        format!("{}-{}", self.prefix, self.next)
+    }
 }
 
 type SharedVm = Rc<RefCell<Vm>>;

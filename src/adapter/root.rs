@@ -1,11 +1,11 @@
 //! The root context: compiles the configuration, runs the JWKS lifecycle (coordinated
 //! across VMs through shared data, see [`crate::jwks`]), holds the requests waiting for
 //! keys and releases them on its tick, a batch per call into the VM (see
-//! [`RELEASE_BATCH`]).
+//! [`RELEASE_BATCH`]), and sends audit batches to the sidecar.
 
 use super::host::{Buffer, Host, Level, Map};
 use super::http::{act, decide_finally, Filter, Phase};
-use super::{epoch_ms, shared, Metrics, SharedVm, Vm, MAX_JWKS_BYTES, RELEASE_BATCH, TICK};
+use super::{epoch_ms, shared, Metrics, RecordIds, SharedVm, Vm, MAX_JWKS_BYTES, RELEASE_BATCH, TICK};
 use crate::config::Config;
 use crate::jwks::{self, FetchState};
 use crate::jwt::{KeySet, KeyStore};
@@ -64,7 +64,13 @@ impl Root {
         );
         let providers = config.verifier.providers.len();
         let remote = config.verifier.providers.iter().any(|p| p.jwks.is_some());
+        let outbox = config
+            .audit_sidecar
+            .as_ref()
+            .map(|s| crate::outbox::Outbox::new(s.batch_records, crate::time::millis(s.flush), s.max_buffered));
         let vm = Vm {
+            outbox,
+            record_ids: RecordIds::new(host.now(), self.context_id),
             store: KeyStore::new(providers, config.cache_entries),
             states: vec![FetchState::default(); providers],
             state_cas: vec![None; providers],
@@ -78,7 +84,7 @@ impl Root {
         };
         shared::create_entries(host, &vm.config);
         self.vm = Some(Rc::new(RefCell::new(vm)));
-        if remote {
+        if remote || self.vm.as_ref().is_some_and(|vm| vm.borrow().outbox.is_some()) {
             if host.set_tick(TICK).is_err() {
                 host.log(Level::Critical, "mcp-gateway: cannot set tick period");
                 return false;
@@ -97,6 +103,7 @@ impl Root {
 
     pub fn on_tick(&mut self, host: &impl Host) {
         if let Some(vm) = self.vm.clone() {
+            send_audit(host, &vm);
             self.sync_keys(host, &vm);
             self.wake_waiters(host, &vm);
         }
@@ -115,6 +122,11 @@ impl Root {
 
     /// A JWKS fetch ended: Envoy passes no headers when it failed or timed out.
     pub fn on_http_call_response(&mut self, host: &impl Host, token_id: u32, body_size: usize) {
+        if let Some(vm) = &self.vm {
+            if audit_answered(host, vm, token_id) {
+                return;
+            }
+        }
         let (Some(index), Some(vm)) = (self.fetches.remove(&token_id), self.vm.clone()) else {
             return;
         };
@@ -240,7 +252,7 @@ impl Root {
                 (":authority", source.authority.as_str()),
                 ("accept", "application/json"),
             ];
-            match host.dispatch(&source.cluster, &headers, source.timeout) {
+            match host.dispatch(&source.cluster, &headers, None, source.timeout) {
                 Ok(token) => {
                     self.fetches.insert(token, index);
                 }
@@ -330,4 +342,65 @@ fn register_release_queue(host: &impl Host) -> Option<u32> {
     use std::hash::BuildHasher;
     let name = format!("mcp_gateway/release/{:016x}", std::hash::RandomState::new().hash_one(0_u8));
     host.register_queue(&name)
+}
+
+/// Sends the next audit batch to the sidecar, if one is due.
+fn send_audit(host: &impl Host, vm: &SharedVm) {
+    let mut vmb = vm.borrow_mut();
+    let Vm { config, outbox, metrics, .. } = &mut *vmb;
+    let (Some(outbox), Some(sidecar)) = (outbox.as_mut(), config.audit_sidecar.as_ref()) else {
+        return;
+    };
+    let now_ms = epoch_ms(host.now());
+    let Some(body) = outbox.next_batch(now_ms) else {
+        return;
+    };
+    let headers = [
+        (":method", "POST"),
+        (":path", sidecar.path.as_str()),
+        (":authority", sidecar.authority.as_str()),
+        ("content-type", "application/json"),
+        (crate::headers::SIDECAR_SECRET, sidecar.secret.as_str()),
+    ];
+    let before = outbox.tally;
+    match host.dispatch(&sidecar.cluster, &headers, Some(body.as_bytes()), sidecar.timeout) {
+        Ok(token) => outbox.sent(token),
+        Err(status) => {
+            outbox.failed(now_ms);
+            host.log(
+                Level::Warn,
+                &format!("mcp-gateway: cannot send audit records to cluster {:?}: {status:?}", sidecar.cluster),
+            );
+        }
+    }
+    metrics.audit_delta(host, before, outbox.tally);
+}
+
+/// The sidecar answered an audit batch (true), or `token` is not one.
+fn audit_answered(host: &impl Host, vm: &SharedVm, token: u32) -> bool {
+    let mut vmb = vm.borrow_mut();
+    let Vm { outbox, metrics, .. } = &mut *vmb;
+    let Some(outbox) = outbox.as_mut().filter(|o| o.owns(token)) else {
+        return false;
+    };
+    let status = host
+        .map(Map::CallResponseHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(n, _)| n == ":status")
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned());
+    let before = outbox.tally;
+    let ok = status.as_deref() == Some("200");
+    outbox.answered(epoch_ms(host.now()), ok);
+    if !ok {
+        host.log(
+            Level::Warn,
+            &format!(
+                "mcp-gateway: the sidecar did not commit an audit batch (status {}); retrying",
+                status.as_deref().unwrap_or("none")
+            ),
+        );
+    }
+    metrics.audit_delta(host, before, outbox.tally);
+    true
 }

@@ -62,6 +62,10 @@ impl Host for WasmHost {
         let _ = hostcalls::increment_metric(counter, 1);
     }
 
+    fn add(&self, counter: u32, delta: u64) {
+        let _ = hostcalls::increment_metric(counter, i64::try_from(delta).unwrap_or(i64::MAX));
+    }
+
     fn map(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError> {
         hostcalls::get_map_bytes(map_type(map)).map_err(error)
     }
@@ -122,8 +126,14 @@ impl Host for WasmHost {
         hostcalls::dequeue_shared_queue(queue).map_err(error)
     }
 
-    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError> {
-        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout).map_err(error)
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout).map_err(error)
     }
 
     fn set_tick(&self, period: Duration) -> Result<(), HostError> {

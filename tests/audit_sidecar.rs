@@ -1,0 +1,185 @@
+//! Audit records from the filter to the sidecar through a real Envoy: every request, allowed
+//! or denied, lands in the store exactly once; while the sidecar is down the filter keeps
+//! its records and sends them when it is back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod common;
+
+use common::{post_json, tool_call, Gateway};
+use mcpgw::audit_store::{AuditStore as _, Query, SqliteStore};
+use mcpgw::sidecar::{self, Config, Sidecar};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SECRET_ENV: &str = "MCPGW_TEST_SIDECAR_SECRET";
+const SECRET: &str = "sidecar-test-secret-42";
+
+/// The sidecar in this process, on a fixed address so it can be stopped and started again.
+struct RunningSidecar {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_sidecar(addr: SocketAddr, dir: &Path) -> RunningSidecar {
+    let config = Config {
+        db: dir.join("audit.db"),
+        checkpoint_key: dir.join("checkpoint.key"),
+        secret: SECRET.to_owned(),
+        checkpoint_records: 1000,
+        checkpoint_every: Duration::from_secs(3600),
+        retention: Default::default(),
+        retention_every: Duration::from_secs(3600),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sidecar::run(listener, Sidecar::open(config).unwrap(), async {
+        let _ = stopped.await;
+    }));
+    RunningSidecar { stop, task }
+}
+
+impl RunningSidecar {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+async fn gateway(sidecar: SocketAddr) -> Gateway {
+    Gateway::start_full(
+        |c| {
+            c["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50}});
+        },
+        vec![("sidecar".into(), sidecar)],
+        vec![(SECRET_ENV.into(), SECRET.into())],
+    )
+    .await
+}
+
+fn stored(db: &Path) -> Vec<Value> {
+    let store = SqliteStore::open_existing(db).unwrap();
+    let mut all = store.after(0, 100_000).unwrap();
+    all.sort_by_key(|c| c.seq);
+    all.iter().map(|c| c.value()).collect()
+}
+
+/// Waits until the store holds `n` records (the filter sends every 50 ms, and retries
+/// with backoff while the sidecar is away).
+async fn wait_for_records(db: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let records = if db.exists() { stored(db) } else { Vec::new() };
+        if records.len() >= n {
+            return records;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} records in the store", records.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stat(gw: &Gateway, name: &str) -> u64 {
+    let url = format!("http://127.0.0.1:{}/stats?filter={name}", gw.envoy.admin_port);
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines().filter_map(|l| l.rsplit_once(": ")).filter_map(|(_, v)| v.trim().parse::<u64>().ok()).sum()
+}
+
+#[tokio::test]
+async fn every_request_is_stored_once_with_its_decision_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let sidecar = start_sidecar(addr, dir.path()).await;
+    let gw = gateway(addr).await;
+    let admin = gw.token("alice", &["admin"]);
+    let readonly = gw.token("bob", &["readonly"]);
+    let url = gw.url("testjson");
+    let allowed = post_json(
+        &url,
+        Some(&admin),
+        &tool_call(1, "echo", json!({"text": "hi", "api_key": "sk-live-123456789012345678901"})),
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
+    let denied = post_json(&url, Some(&readonly), &tool_call(2, "echo", json!({"text": "no"}))).await;
+    assert_eq!(denied.status, 403);
+    let unauthenticated = post_json(&url, None, &tool_call(3, "echo", json!({}))).await;
+    assert_eq!(unauthenticated.status, 401);
+
+    let records = wait_for_records(&dir.path().join("audit.db"), 3).await;
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let decisions: Vec<(&str, u64)> =
+        records.iter().map(|r| (r["decision"].as_str().unwrap_or("none"), r["status"].as_u64().unwrap())).collect();
+    assert!(decisions.contains(&("allow", 200)) && decisions.contains(&("deny", 403)), "{decisions:?}");
+    assert!(records.iter().any(|r| r["status"] == 401));
+    // The same records as Envoy's log, by record_id.
+    let logged: Vec<String> =
+        gw.envoy.audit_records().iter().map(|r| r["record_id"].as_str().unwrap().to_owned()).collect();
+    for r in &records {
+        assert!(logged.contains(&r["record_id"].as_str().unwrap().to_owned()), "{r}");
+    }
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains(&admin) && !text.contains(&readonly) && !text.contains("sk-live"), "{text}");
+    assert!(!text.contains(SECRET));
+    // Nothing is sent twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored(&dir.path().join("audit.db")).len(), 3);
+    assert_eq!(stat(&gw, "audit_records_acknowledged").await, 3);
+    drop(gw);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn records_made_while_the_sidecar_is_down_arrive_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let db: PathBuf = dir.path().join("audit.db");
+    let sidecar = start_sidecar(addr, dir.path()).await;
+    let gw = gateway(addr).await;
+    let token = gw.token("alice", &["admin"]);
+    let url = gw.url("testjson");
+    let mut made = 0;
+    for i in 0..5 {
+        assert_eq!(post_json(&url, Some(&token), &tool_call(i, "echo", json!({"text": "up"}))).await.status, 200);
+        made += 1;
+    }
+    wait_for_records(&db, made).await;
+    sidecar.stop().await;
+    // Down: calls still succeed, and their records wait in the filter.
+    for i in 0..20 {
+        assert_eq!(
+            post_json(&url, Some(&token), &tool_call(100 + i, "echo", json!({"text": "down"}))).await.status,
+            200
+        );
+        made += 1;
+    }
+    // Wait until the filter has tried and failed at least once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stat(&gw, "audit_records_retried").await == 0 {
+        assert!(Instant::now() < deadline, "the filter never retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sidecar = start_sidecar(addr, dir.path()).await;
+    for i in 0..5 {
+        assert_eq!(
+            post_json(&url, Some(&token), &tool_call(200 + i, "echo", json!({"text": "back"}))).await.status,
+            200
+        );
+        made += 1;
+    }
+    let records = wait_for_records(&db, made).await;
+    assert_eq!(records.len(), made, "every call once");
+    let mut ids: Vec<&str> = records.iter().map(|r| r["record_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), made);
+    assert_eq!(stat(&gw, "audit_records_dropped").await, 0);
+    let store = SqliteStore::open_existing(&db).unwrap();
+    let downs = store.query(&Query { limit: 1000, ..Query::default() }).unwrap();
+    assert_eq!(downs.iter().filter(|c| c.record.contains("\"down\"")).count(), 20);
+    drop(gw);
+    sidecar.stop().await;
+}
