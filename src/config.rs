@@ -105,6 +105,20 @@ pub struct RawServer {
     /// gateway, never passed through.
     #[serde(default)]
     pub upstream_auth: RawUpstreamAuth,
+    /// `mcp` (default): an MCP server. `sidecar`: one of the sidecar's API routes
+    /// (`/audit`, `/events`): GET only, authenticated and role-checked like any server, no
+    /// JSON-RPC body; the filter adds the sidecar's secret (`audit.sidecar.secret_env`).
+    #[serde(default)]
+    pub kind: ServerKind,
+}
+
+/// What sits behind a server's path prefix.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerKind {
+    #[default]
+    Mcp,
+    Sidecar,
 }
 
 /// Credential for an upstream server. At most one of forwarding and injecting.
@@ -633,6 +647,7 @@ pub struct Server {
     pub name: String,
     pub path_prefix: String,
     pub upstream_auth: UpstreamAuth,
+    pub kind: ServerKind,
 }
 
 /// The validated configuration the filter runs on.
@@ -713,6 +728,16 @@ impl RawConfig {
         let mut audit = self.audit;
         let audit_sidecar =
             audit.sidecar.take().map(|raw| raw.compile(env).map_err(|e| e.within("audit.sidecar"))).transpose()?;
+        let mut servers = servers;
+        for (i, server) in servers.iter_mut().enumerate().filter(|(_, s)| s.kind == ServerKind::Sidecar) {
+            let Some(sidecar) = &audit_sidecar else {
+                return Err(err(format!("servers[{i}].kind"), "a sidecar server needs audit.sidecar (for its secret)"));
+            };
+            server.upstream_auth = UpstreamAuth::Inject {
+                header: crate::headers::SIDECAR_SECRET.to_owned(),
+                value: Secret(sidecar.secret.clone()),
+            };
+        }
         Ok(Config {
             audit_sidecar,
             max_body_bytes: self.max_body_bytes,
@@ -766,7 +791,10 @@ fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) ->
             }
             let upstream_auth =
                 UpstreamAuth::compile(s.upstream_auth, env).map_err(|e| e.within(&at("upstream_auth")))?;
-            Ok(Server { name: s.name, path_prefix: s.path_prefix, upstream_auth })
+            if s.kind == ServerKind::Sidecar && upstream_auth != UpstreamAuth::None {
+                return Err(err(at("upstream_auth"), "a sidecar server gets the sidecar's secret, nothing else"));
+            }
+            Ok(Server { name: s.name, path_prefix: s.path_prefix, upstream_auth, kind: s.kind })
         })
         .collect()
 }
@@ -844,6 +872,38 @@ pub(crate) mod tests {
         assert_eq!(methods.len(), DEFAULT_METHODS.len());
         assert!(methods.iter().any(|m| m.matches("notifications/initialized")));
         assert!(!methods.iter().any(|m| m.matches("tasks/get")), "an explicit list, not *");
+    }
+
+    #[test]
+    fn the_audit_sidecar_and_its_routes_are_checked() {
+        let env = |name: &str| (name == "SC").then(|| "a-secret-of-20-chars".to_owned());
+        let with = |edit: &dyn Fn(&mut Value)| {
+            let mut v = base();
+            v["servers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "audit", "path_prefix": "/audit", "kind": "sidecar"}));
+            v["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": "SC"}});
+            edit(&mut v);
+            Config::from_json(v.to_string().as_bytes(), &env)
+        };
+        let c = with(&|_| {}).unwrap();
+        let audit = c.servers.iter().find(|s| s.name == "audit").unwrap();
+        assert!(matches!(&audit.upstream_auth, UpstreamAuth::Inject { header, value }
+            if header == crate::headers::SIDECAR_SECRET && value.expose() == "a-secret-of-20-chars"));
+        assert_eq!(c.audit_sidecar.as_ref().unwrap().batch_records, 100);
+        assert!(!format!("{c:?}").contains("a-secret-of-20-chars"), "Debug must not print the secret");
+        let field = |edit: &dyn Fn(&mut Value)| with(edit).unwrap_err().field;
+        assert_eq!(field(&|v| v["audit"] = json!({})), "servers[2].kind");
+        assert_eq!(
+            field(&|v| v["servers"][2]["upstream_auth"] = json!({"forward_client_token": true})),
+            "servers[2].upstream_auth"
+        );
+        assert_eq!(field(&|v| v["audit"]["sidecar"]["secret_env"] = json!("UNSET")), "audit.sidecar.secret_env");
+        assert_eq!(field(&|v| v["audit"]["sidecar"]["batch_records"] = json!(0)), "audit.sidecar.batch_records");
+        assert_eq!(field(&|v| v["audit"]["sidecar"]["max_buffered"] = json!(10)), "audit.sidecar.max_buffered");
+        assert_eq!(field(&|v| v["audit"]["sidecar"]["path"] = json!("ingest")), "audit.sidecar.path");
+        assert_eq!(field(&|v| v["servers"][2]["kind"] = json!("grpc")), "servers[2].kind");
     }
 
     #[test]

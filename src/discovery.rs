@@ -121,7 +121,12 @@ mod tests {
     }
 
     fn servers() -> Vec<Server> {
-        vec![Server { name: "github".into(), path_prefix: "/mcp/github".into(), upstream_auth: UpstreamAuth::None }]
+        vec![Server {
+            name: "github".into(),
+            path_prefix: "/mcp/github".into(),
+            upstream_auth: UpstreamAuth::None,
+            kind: Default::default(),
+        }]
     }
 
     #[test]

@@ -247,6 +247,9 @@ impl Exchange {
         let server = is_plain_path(&path).then(|| config.server_for(&path)).flatten();
         let server = server.ok_or(Refusal::UnknownServer)?.clone();
         self.record.server = Some(server.name.clone());
+        if server.kind == crate::config::ServerKind::Sidecar && self.head.method() != "GET" {
+            return Err(Refusal::HttpMethod(self.head.method().chars().take(16).collect()));
+        }
         let is_post = match self.head.method() {
             "POST" => true,
             "GET" | "DELETE" => false,

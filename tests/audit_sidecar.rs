@@ -183,3 +183,66 @@ async fn records_made_while_the_sidecar_is_down_arrive_when_it_is_back() {
     drop(gw);
     sidecar.stop().await;
 }
+
+/// `/audit` is a sidecar route: authenticated and role-checked by the filter, which adds
+/// the sidecar's secret (and replaces a client's copy of it).
+#[tokio::test]
+async fn the_audit_api_is_reached_through_the_gateway_by_its_role_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let sidecar = start_sidecar(addr, dir.path()).await;
+    let gw = Gateway::start_routed(
+        |c| {
+            c["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50}});
+            c["servers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "audit", "path_prefix": "/audit", "kind": "sidecar"}));
+        },
+        vec![("sidecar".into(), addr)],
+        vec![(SECRET_ENV.into(), SECRET.into())],
+        Vec::new(),
+        vec![("/audit".into(), "sidecar".into())],
+    )
+    .await;
+    let admin = gw.token("carol", &["admin"]);
+    let developer = gw.token("alice", &["developer"]);
+    assert_eq!(
+        post_json(&gw.url("testjson"), Some(&admin), &tool_call(1, "echo", json!({"text": "x"}))).await.status,
+        200
+    );
+    wait_for_records(&dir.path().join("audit.db"), 1).await;
+
+    let url = gw.envoy.url("/audit?user=carol&method=tools/call");
+    let get = |token: Option<String>, extra: Vec<(&'static str, &'static str)>| {
+        let url = url.clone();
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut headers: Vec<(&str, &str)> = extra;
+            if let Some(a) = &auth {
+                headers.push(("authorization", a.as_str()));
+            }
+            common::send("GET", &url, &headers, Vec::new()).await
+        }
+    };
+    let page = get(Some(admin.clone()), vec![("x-mcp-sidecar-secret", "a-client-guess-000000")]).await;
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    let page: Value = serde_json::from_slice(&page.body).unwrap();
+    let records = page["records"].as_array().unwrap();
+    assert!(!records.is_empty() && records.iter().all(|r| r["user_id"] == "carol"), "{page}");
+    assert_eq!(get(Some(developer), vec![]).await.status, 403);
+    assert_eq!(get(None, vec![]).await.status, 401);
+    let post = common::send(
+        "POST",
+        &url,
+        &[("authorization", &format!("Bearer {admin}")), ("content-type", "application/json")],
+        "{}",
+    )
+    .await;
+    assert_eq!(post.status, 405);
+    // Straight to the sidecar, around Envoy: refused.
+    let direct = reqwest::get(format!("http://{addr}/audit")).await.unwrap();
+    assert_eq!(direct.status(), 401);
+    drop(gw);
+    sidecar.stop().await;
+}

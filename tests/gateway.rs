@@ -200,6 +200,7 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
             upstreams: vec![("test".into(), "/mcp/test".into(), "127.0.0.1:9".parse().unwrap())],
             env: vec![(JWK_ENV.into(), "{}".into())],
             clusters: vec![],
+            plain_routes: vec![],
         })
         .await
         .expect("envoy must refuse the configuration");
@@ -213,6 +214,7 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
         upstreams: vec![("test".into(), "/mcp/test".into(), "127.0.0.1:9".parse().unwrap())],
         env: vec![(JWK_ENV.into(), "{}".into())],
         clusters: vec![],
+        plain_routes: vec![],
     })
     .await
     .unwrap();

@@ -52,6 +52,9 @@ pub struct EnvoyOptions {
     pub env: Vec<(String, String)>,
     /// Clusters without a route (identity providers the filter calls).
     pub clusters: Vec<(String, SocketAddr)>,
+    /// (path prefix, cluster) routes kept as they are (no rewrite to `/mcp`): the
+    /// sidecar's API. The cluster is one of `clusters`.
+    pub plain_routes: Vec<(String, String)>,
 }
 
 pub struct Envoy {
@@ -83,6 +86,11 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
                 "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s }}\n"
             )
         })
+        .chain(opts.plain_routes.iter().map(|(prefix, cluster)| {
+            format!(
+                "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {cluster}, timeout: 0s }}\n"
+            )
+        }))
         .collect();
     let clusters: String = opts
         .upstreams

@@ -90,6 +90,17 @@ impl Gateway {
         env: Vec<(String, String)>,
         upstreams: Vec<(String, String, std::net::SocketAddr)>,
     ) -> Gateway {
+        Gateway::start_routed(edit, clusters, env, upstreams, Vec::new()).await
+    }
+
+    /// Also with (path prefix, cluster) routes passed on unchanged (the sidecar's API).
+    pub async fn start_routed(
+        edit: impl FnOnce(&mut Value),
+        clusters: Vec<(String, std::net::SocketAddr)>,
+        env: Vec<(String, String)>,
+        upstreams: Vec<(String, String, std::net::SocketAddr)>,
+        plain_routes: Vec<(String, String)>,
+    ) -> Gateway {
         let keys = tempfile::tempdir().expect("tempdir");
         let files = keygen(keys.path()).expect("keygen");
         let signing_jwk = std::fs::read_to_string(&files.signing_key).expect("signing key");
@@ -116,6 +127,7 @@ impl Gateway {
             .collect(),
             env: std::iter::once((JWK_ENV.into(), public_jwk.clone())).chain(env).collect(),
             clusters,
+            plain_routes,
         })
         .await
         .expect("start envoy");
