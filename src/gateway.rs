@@ -518,7 +518,9 @@ impl Exchange {
     /// replies need neither, and reading headers costs host calls.
     pub fn response_headers_needed(&self) -> (bool, bool) {
         let allowed = matches!(self.record.decision, Some(Outcome::Allow));
-        let inspect = self.reply_is_buffered() || (allowed && self.record.http_method == "GET");
+        // The sidecar's streams carry audit events, not MCP messages: nothing to filter.
+        let sidecar = self.caller().is_some_and(|c| c.server.kind == crate::config::ServerKind::Sidecar);
+        let inspect = self.reply_is_buffered() || (allowed && self.record.http_method == "GET" && !sidecar);
         let session =
             allowed && (self.record.session_id.is_some() || self.record.method.as_deref() == Some("initialize"));
         (inspect, session)

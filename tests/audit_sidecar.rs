@@ -23,13 +23,9 @@ struct RunningSidecar {
 
 async fn start_sidecar(addr: SocketAddr, dir: &Path) -> RunningSidecar {
     let config = Config {
-        db: dir.join("audit.db"),
-        checkpoint_key: dir.join("checkpoint.key"),
-        secret: SECRET.to_owned(),
-        checkpoint_records: 1000,
         checkpoint_every: Duration::from_secs(3600),
-        retention: Default::default(),
         retention_every: Duration::from_secs(3600),
+        ..Config::new(dir.join("audit.db"), dir.join("checkpoint.key"), SECRET.to_owned())
     };
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -243,6 +239,54 @@ async fn the_audit_api_is_reached_through_the_gateway_by_its_role_only() {
     // Straight to the sidecar, around Envoy: refused.
     let direct = reqwest::get(format!("http://{addr}/audit")).await.unwrap();
     assert_eq!(direct.status(), 401);
+    drop(gw);
+    sidecar.stop().await;
+}
+
+/// `/events` through Envoy: an admin's subscription sees a call it did not make, as it is
+/// committed; the stream passes the filter unchanged.
+#[tokio::test]
+async fn live_events_reach_a_subscriber_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let sidecar = start_sidecar(addr, dir.path()).await;
+    let gw = Gateway::start_routed(
+        |c| {
+            c["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50}});
+            c["servers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "events", "path_prefix": "/events", "kind": "sidecar"}));
+        },
+        vec![("sidecar".into(), addr)],
+        vec![(SECRET_ENV.into(), SECRET.into())],
+        Vec::new(),
+        vec![("/events".into(), "sidecar".into())],
+    )
+    .await;
+    let admin = gw.token("carol", &["admin"]);
+    let caller = gw.token("erin", &["admin"]);
+    let mut stream = reqwest::Client::new()
+        .get(gw.envoy.url("/events?methods=tools/call"))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert_eq!(
+        post_json(&gw.url("testjson"), Some(&caller), &tool_call(7, "echo", json!({"text": "live"}))).await.status,
+        200
+    );
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text.contains("\"user_id\":\"erin\"") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.chunk()).await.expect("no event").unwrap().expect("stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: allow") && text.contains("\"target\":\"echo\""), "{text}");
+    drop(stream);
     drop(gw);
     sidecar.stop().await;
 }

@@ -115,6 +115,13 @@ struct SidecarArgs {
     /// Keep at most about this many records (in whole signed spans).
     #[arg(long)]
     max_records: Option<u64>,
+    /// Roles whose /events subscribers see every record (comma-separated); others see
+    /// only their own.
+    #[arg(long, default_value = "admin", value_delimiter = ',')]
+    audit_roles: Vec<String>,
+    /// Seconds between /events heartbeats.
+    #[arg(long, default_value_t = 15)]
+    heartbeat_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,13 +314,12 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--secret-env: environment variable {} is not set", args.secret_env))?;
     let secs = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
     let config = Config {
-        db: args.db,
-        checkpoint_key: args.checkpoint_key,
-        secret,
         checkpoint_records: args.checkpoint_records.max(1),
         checkpoint_every: Duration::from_secs(args.checkpoint_secs.max(1)),
         retention: Retention { max_age_ms: args.max_age_secs.map(secs), max_records: args.max_records },
-        retention_every: Duration::from_secs(60),
+        audit_roles: args.audit_roles,
+        heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
+        ..Config::new(args.db, args.checkpoint_key, secret)
     };
     let sidecar = Sidecar::open(config)?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;

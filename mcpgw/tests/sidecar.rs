@@ -20,15 +20,20 @@ struct Running {
 
 async fn start(checkpoint_records: u64) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        db: dir.path().join("audit.db"),
-        checkpoint_key: dir.path().join("checkpoint.key"),
-        secret: SECRET.to_owned(),
-        checkpoint_records,
-        checkpoint_every: Duration::from_secs(3600),
-        retention: Retention::default(),
-        retention_every: Duration::from_secs(3600),
-    };
+    start_with(
+        Config {
+            checkpoint_records,
+            checkpoint_every: Duration::from_secs(3600),
+            retention: Retention::default(),
+            retention_every: Duration::from_secs(3600),
+            ..Config::new(dir.path().join("audit.db"), dir.path().join("checkpoint.key"), SECRET.to_owned())
+        },
+        dir,
+    )
+    .await
+}
+
+async fn start_with(config: Config, dir: tempfile::TempDir) -> Running {
     let sidecar = Sidecar::open(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -182,4 +187,184 @@ async fn the_sidecar_process_survives_a_kill_without_losing_acknowledged_records
     let report = audit_store::verify(&store, &key).unwrap().unwrap();
     assert_eq!(report.records, acknowledged);
     assert!(report.checkpoints >= 2, "{report:?}");
+}
+
+/// An `/events` subscription read as SSE: (event, id, data) triples.
+struct Subscription {
+    reply: reqwest::Response,
+    buffer: String,
+}
+
+async fn subscribe(s: &Running, query: &str, user: &str, roles: &str, last_event_id: Option<u64>) -> Subscription {
+    let mut req = s
+        .client
+        .get(format!("{}/events{query}", s.url))
+        .header(SECRET_HEADER, SECRET)
+        .header("x-mcp-user-id", user)
+        .header("x-mcp-roles", roles);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id.to_string());
+    }
+    let reply = req.send().await.unwrap();
+    assert_eq!(reply.status(), 200);
+    Subscription { reply, buffer: String::new() }
+}
+
+impl Subscription {
+    /// The next event other than a heartbeat; `None` when the stream ended.
+    async fn next(&mut self) -> Option<(String, Option<u64>, Value)> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if event == "heartbeat" || data.is_empty() {
+                    continue;
+                }
+                return Some((event, id, serde_json::from_str(&data).unwrap()));
+            }
+            let chunk =
+                tokio::time::timeout(Duration::from_secs(10), self.reply.chunk()).await.expect("no event within 10 s");
+            match chunk.unwrap() {
+                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return None,
+            }
+        }
+    }
+
+    async fn ids(&mut self, n: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let (_, id, record) = self.next().await.expect("stream ended");
+            assert_eq!(record["seq"].as_u64(), id);
+            out.push(id.unwrap());
+        }
+        out
+    }
+}
+
+fn decided(i: u64, user: &str, decision: &str) -> Value {
+    let mut r = record(i, user);
+    r["decision"] = json!(decision);
+    r
+}
+
+#[tokio::test]
+async fn events_follow_filters_and_identity() {
+    let s = start(1000).await;
+    let mut admin = subscribe(&s, "", "carol", "admin", None).await;
+    let mut alice = subscribe(&s, "", "alice", "developer", None).await;
+    let mut denials = subscribe(&s, "?decisions=deny&servers=github", "dave", "admin,ops", None).await;
+    let batch = json!([
+        decided(1, "alice", "allow"),
+        decided(2, "bob", "deny"),
+        decided(3, "alice", "deny"),
+        decided(4, "bob", "allow")
+    ]);
+    assert_eq!(s.ingest(Some(SECRET), &batch).await.0, 200);
+    assert_eq!(admin.ids(4).await, [1, 2, 3, 4]);
+    assert_eq!(alice.ids(2).await, [1, 3], "not an audit role: only its own records");
+    let (event, id, record) = denials.next().await.unwrap();
+    assert_eq!((event.as_str(), id, record["user_id"].as_str()), ("deny", Some(2), Some("bob")));
+    assert_eq!(denials.ids(1).await, [3]);
+    // Without the gateway's identity: refused.
+    let anonymous = s.client.get(format!("{}/events", s.url)).header(SECRET_HEADER, SECRET).send().await.unwrap();
+    assert_eq!(anonymous.status(), 403);
+    let unknown = s
+        .client
+        .get(format!("{}/events?colour=red", s.url))
+        .header(SECRET_HEADER, SECRET)
+        .header("x-mcp-user-id", "carol")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_from_the_store_without_gap_or_duplicate() {
+    let s = start(1000).await;
+    let batch: Vec<Value> = (1..=6).map(|i| record(i, "alice")).collect();
+    assert_eq!(s.ingest(Some(SECRET), &Value::Array(batch)).await.0, 200);
+    // Saw up to 2 before it went away; 3..=6 come from the store, then 7.. live.
+    let mut again = subscribe(&s, "", "carol", "admin", Some(2)).await;
+    assert_eq!(again.ids(4).await, [3, 4, 5, 6]);
+    let batch: Vec<Value> = (7..=9).map(|i| record(i, "alice")).collect();
+    assert_eq!(s.ingest(Some(SECRET), &Value::Array(batch)).await.0, 200);
+    assert_eq!(again.ids(3).await, [7, 8, 9]);
+    // Records committed while a resuming subscriber replays are not delivered twice.
+    let mut racing = subscribe(&s, "", "carol", "admin", Some(0)).await;
+    let batch: Vec<Value> = (10..=12).map(|i| record(i, "alice")).collect();
+    assert_eq!(s.ingest(Some(SECRET), &Value::Array(batch)).await.0, 200);
+    assert_eq!(racing.ids(12).await, (1..=12).collect::<Vec<_>>());
+    let bad = s
+        .client
+        .get(format!("{}/events", s.url))
+        .header(SECRET_HEADER, SECRET)
+        .header("x-mcp-user-id", "carol")
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_is_dropped_without_delaying_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(
+        Config {
+            subscriber_queue: 8,
+            bus_capacity: 64,
+            checkpoint_every: Duration::from_secs(3600),
+            retention_every: Duration::from_secs(3600),
+            ..Config::new(dir.path().join("audit.db"), dir.path().join("checkpoint.key"), SECRET.to_owned())
+        },
+        dir,
+    )
+    .await;
+    let mut stalled = subscribe(&s, "", "carol", "admin", None).await;
+    let mut reader = subscribe(&s, "", "dave", "admin", None).await;
+    // Large records fill the stalled one's socket buffers, then its queue.
+    let filler = "x".repeat(16 * 1024);
+    let mut total = 0;
+    for b in 0..20_u64 {
+        let batch: Vec<Value> = (0..16)
+            .map(|i| {
+                let mut r = record(b * 100 + i, "alice");
+                r["params"] = json!({ "text": filler });
+                r
+            })
+            .collect();
+        assert_eq!(s.ingest(Some(SECRET), &Value::Array(batch)).await.0, 200);
+        total += 16;
+        assert_eq!(reader.ids(16).await.len(), 16, "the reader keeps up");
+    }
+    // Its task drops it as soon as its queue is full; wait for that, not for a time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = s.get("/metrics").await;
+        if metrics.contains("mcpgw_sidecar_lagged_total 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The stalled one, read at last: what was queued, then `lagged`, then the end.
+    let mut seen = 0;
+    let mut last = None;
+    while let Some((event, _, _)) = stalled.next().await {
+        seen += 1;
+        last = Some(event);
+    }
+    assert_eq!(last.as_deref(), Some("lagged"));
+    assert!(seen < total, "{seen} of {total}");
 }
