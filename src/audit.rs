@@ -247,6 +247,8 @@ pub struct AuditRecord {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub session_id: Option<String>,
+    /// W3C trace id: the caller's `traceparent`, or the one the gateway started.
+    pub trace_id: Option<String>,
 }
 
 impl AuditRecord {

@@ -139,6 +139,8 @@ pub struct Exchange {
     session_owner: Option<(String, bool)>,
     /// The task the reply created, to record.
     created_task: Option<session::Change>,
+    /// The `traceparent` the gateway starts when the request brought no valid one.
+    new_traceparent: Option<String>,
     record: AuditRecord,
 }
 
@@ -153,6 +155,7 @@ impl Exchange {
             events: None,
             session_owner: None,
             created_task: None,
+            new_traceparent: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
@@ -197,6 +200,17 @@ impl Exchange {
         self.record.request_id = head.header("x-request-id").unwrap_or_default().to_owned();
         self.record.user_agent = head.header("user-agent").map(str::to_owned);
         self.record.session_id = head.header("mcp-session-id").map(str::to_owned);
+        // One valid traceparent is honoured; none, several or a malformed one: a new trace.
+        let given = (head.header_count("traceparent") == 1)
+            .then(|| head.header("traceparent").and_then(headers::trace_id))
+            .flatten()
+            .map(str::to_owned);
+        let trace_id = given.unwrap_or_else(|| {
+            let id = headers::new_trace_id(&self.record.request_id);
+            self.new_traceparent = Some(format!("00-{id}-{}-01", headers::new_span_id()));
+            id
+        });
+        self.record.trace_id = Some(trace_id);
         self.head = head;
         self.end_of_stream = end_of_stream;
         self.decide_head(config, store, now, false)
@@ -715,13 +729,17 @@ impl Exchange {
             set.push((headers::SESSION_ID.into(), headers::header_safe(session)));
         }
         let request_id = headers::header_safe(&self.record.request_id);
-        let trace_id = head
-            .header("traceparent")
-            .and_then(headers::trace_id)
-            .map(str::to_owned)
-            .unwrap_or_else(|| request_id.clone());
         set.push((headers::REQUEST_ID.into(), request_id));
-        set.push((headers::TRACE_ID.into(), trace_id));
+        set.push((headers::TRACE_ID.into(), self.record.trace_id.clone().unwrap_or_default()));
+        // A new trace replaces whatever the client sent, and its tracestate with it.
+        if let Some(traceparent) = &self.new_traceparent {
+            for name in ["traceparent", "tracestate"] {
+                if head.header(name).is_some() {
+                    remove.push(name.into());
+                }
+            }
+            set.push(("traceparent".into(), traceparent.clone()));
+        }
         HeaderEdits { remove, set }
     }
 }
@@ -1015,6 +1033,43 @@ mod tests {
 
     fn call(tool: &str) -> Vec<u8> {
         format!(r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"repository":"acme/website","token":"s3cr3t"}}}}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_honoured_and_any_other_replaced_by_a_new_trace() {
+        let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let set = |edits: &HeaderEdits, name: &str| {
+            edits.set.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect::<Vec<_>>()
+        };
+        let alice = || request().by("alice", &["developer"]);
+        let mut ex = Exchange::new(now());
+        let (_, edits) = alice().header("traceparent", given).header("tracestate", "v=1").headers_step(&mut ex);
+        assert!(set(&edits, "traceparent").is_empty() && !edits.remove.iter().any(|n| n.starts_with("trace")));
+        assert_eq!(set(&edits, headers::TRACE_ID), ["4bf92f3577b34da6a3ce929d0e0e4736"]);
+        assert_eq!(ex.finish(200, now(), None).trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+
+        for req in [
+            alice().header("x-request-id", "15db1d99-3a2b-4c5d-8e9f-0123456789ab"),
+            alice().header("traceparent", "00-zz-00f067aa0ba902b7-01").header("tracestate", "v=1"),
+            alice().header("traceparent", given).header("traceparent", given),
+        ] {
+            let mut ex = Exchange::new(now());
+            let (_, edits) = req.headers_step(&mut ex);
+            let started = set(&edits, "traceparent");
+            assert_eq!(started.len(), 1, "{edits:?}");
+            let id = headers::trace_id(&started[0]).expect("a valid traceparent").to_owned();
+            assert_ne!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(set(&edits, headers::TRACE_ID), std::slice::from_ref(&id));
+            let head = req.head();
+            for name in ["traceparent", "tracestate"] {
+                assert_eq!(edits.remove.iter().any(|n| n == name), head.header(name).is_some(), "{name}: {edits:?}");
+            }
+            assert_eq!(ex.finish(200, now(), None).trace_id, Some(id));
+        }
+        // Envoy's request id, a UUID, becomes the trace id, so logs and traces meet.
+        let mut ex = Exchange::new(now());
+        let (_, edits) = alice().header("x-request-id", "15db1d99-3a2b-4c5d-8e9f-0123456789ab").headers_step(&mut ex);
+        assert_eq!(set(&edits, headers::TRACE_ID), ["15db1d993a2b4c5d8e9f0123456789ab"]);
     }
 
     #[test]

@@ -162,9 +162,45 @@ pub fn is_json(content_type: Option<&str>) -> bool {
 
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.trim().split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')).then_some(id)
+    // W3C Trace Context: version-traceid-parentid-flags, lowercase hex; version ff is
+    // invalid, version 00 has exactly these four fields, later versions may add more.
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let mut parts = traceparent.trim().splitn(5, '-');
+    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let more = parts.next();
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(id, 32)
+        && nonzero(id)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2)
+        && (version != "00" || more.is_none());
+    valid.then_some(id)
+}
+
+/// A new trace id for a request that brought no valid `traceparent`: Envoy's
+/// `x-request-id` when it is a UUID (so logs and traces share it), else random.
+pub fn new_trace_id(request_id: &str) -> String {
+    let hex: String = request_id.chars().filter(|c| *c != '-').map(|c| c.to_ascii_lowercase()).collect();
+    let uuid = request_id.len() == 36 && hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if uuid && hex.bytes().any(|b| b != b'0') {
+        return hex;
+    }
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// A new span id (16 hex digits, never all zero).
+pub fn new_span_id() -> String {
+    format!("{:016x}", random_u64().max(1))
+}
+
+/// 64 random bits: std seeds `RandomState` from the host's random source (WASI
+/// `random_get` in Envoy).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 #[cfg(test)]
@@ -251,5 +287,21 @@ mod tests {
         );
         assert_eq!(trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
         assert_eq!(trace_id("garbage"), None);
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", // v00 with more
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+        assert!(trace_id("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future").is_some());
+        assert_eq!(new_trace_id("15DB1D99-3A2B-4C5D-8E9F-0123456789AB"), "15db1d993a2b4c5d8e9f0123456789ab");
+        let random = new_trace_id("not-a-uuid");
+        assert!(random.len() == 32 && random != new_trace_id("not-a-uuid"));
+        let made = format!("00-{random}-{}-01", new_span_id());
+        assert_eq!(trace_id(&made), Some(random.as_str()));
     }
 }

@@ -117,6 +117,14 @@ async fn every_request_is_stored_once_with_its_decision_and_no_secret() {
     for r in &records {
         assert!(logged.contains(&r["record_id"].as_str().unwrap().to_owned()), "{r}");
     }
+    // Each record carries the trace the gateway started; the upstream got the same one.
+    let traced: Vec<&str> = records.iter().map(|r| r["trace_id"].as_str().unwrap()).collect();
+    assert!(traced.iter().all(|t| t.len() == 32), "{traced:?}");
+    let received = gw.testjson.requests.with_rpc_method("tools/call");
+    assert_eq!(received.len(), 1);
+    let traceparent = received[0].headers.iter().find(|(n, _)| n == "traceparent").map(|(_, v)| v.as_str()).unwrap();
+    let allowed_record = records.iter().find(|r| r["decision"] == "allow").unwrap();
+    assert_eq!(traceparent.split('-').nth(1), allowed_record["trace_id"].as_str(), "{traceparent}");
     let text = serde_json::to_string(&records).unwrap();
     assert!(!text.contains(&admin) && !text.contains(&readonly) && !text.contains("sk-live"), "{text}");
     assert!(!text.contains(SECRET));
