@@ -525,7 +525,9 @@ fn default_sidecar_authority() -> String {
     "mcpgw-sidecar".to_owned()
 }
 fn default_batch_records() -> usize {
-    100
+    // Each batch costs Envoy an HTTP call: in `make bench`, batches of 100 added about
+    // 17 µs of Envoy CPU per request, batches of 500 about 1 µs (within noise).
+    500
 }
 fn default_flush_ms() -> u64 {
     1000
@@ -891,7 +893,7 @@ pub(crate) mod tests {
         let audit = c.servers.iter().find(|s| s.name == "audit").unwrap();
         assert!(matches!(&audit.upstream_auth, UpstreamAuth::Inject { header, value }
             if header == crate::headers::SIDECAR_SECRET && value.expose() == "a-secret-of-20-chars"));
-        assert_eq!(c.audit_sidecar.as_ref().unwrap().batch_records, 100);
+        assert_eq!(c.audit_sidecar.as_ref().unwrap().batch_records, 500);
         assert!(!format!("{c:?}").contains("a-secret-of-20-chars"), "Debug must not print the secret");
         let field = |edit: &dyn Fn(&mut Value)| with(edit).unwrap_err().field;
         assert_eq!(field(&|v| v["audit"] = json!({})), "servers[2].kind");

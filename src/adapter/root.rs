@@ -124,6 +124,8 @@ impl Root {
     pub fn on_http_call_response(&mut self, host: &impl Host, token_id: u32, body_size: usize) {
         if let Some(vm) = &self.vm {
             if audit_answered(host, vm, token_id) {
+                // A backlog goes on at once, not a tick later.
+                send_audit(host, vm);
                 return;
             }
         }
