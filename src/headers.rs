@@ -198,7 +198,7 @@ pub fn new_span_id() -> String {
 
 /// 64 random bits: std seeds `RandomState` from the host's random source (WASI
 /// `random_get` in Envoy).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }

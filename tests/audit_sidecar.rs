@@ -47,12 +47,25 @@ fn free_addr() -> SocketAddr {
 }
 
 async fn gateway(sidecar: SocketAddr) -> Gateway {
-    Gateway::start_full(
+    gateway_with_routes(sidecar, &[]).await
+}
+
+/// The gateway sending records to `sidecar`, with sidecar routes (server name, path prefix).
+async fn gateway_with_routes(sidecar: SocketAddr, routes: &[(&str, &str)]) -> Gateway {
+    Gateway::start_routed(
         |c| {
             c["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50}});
+            for (name, prefix) in routes {
+                c["servers"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": name, "path_prefix": prefix, "kind": "sidecar"}));
+            }
         },
         vec![("sidecar".into(), sidecar)],
         vec![(SECRET_ENV.into(), SECRET.into())],
+        Vec::new(),
+        routes.iter().map(|(_, prefix)| ((*prefix).to_owned(), "sidecar".to_owned())).collect(),
     )
     .await
 }
@@ -195,20 +208,7 @@ async fn the_audit_api_is_reached_through_the_gateway_by_its_role_only() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let sidecar = start_sidecar(addr, dir.path()).await;
-    let gw = Gateway::start_routed(
-        |c| {
-            c["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50}});
-            c["servers"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"name": "audit", "path_prefix": "/audit", "kind": "sidecar"}));
-        },
-        vec![("sidecar".into(), addr)],
-        vec![(SECRET_ENV.into(), SECRET.into())],
-        Vec::new(),
-        vec![("/audit".into(), "sidecar".into())],
-    )
-    .await;
+    let gw = gateway_with_routes(addr, &[("audit", "/audit")]).await;
     let admin = gw.token("carol", &["admin"]);
     let developer = gw.token("alice", &["developer"]);
     assert_eq!(
@@ -258,20 +258,7 @@ async fn live_events_reach_a_subscriber_through_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let sidecar = start_sidecar(addr, dir.path()).await;
-    let gw = Gateway::start_routed(
-        |c| {
-            c["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50}});
-            c["servers"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"name": "events", "path_prefix": "/events", "kind": "sidecar"}));
-        },
-        vec![("sidecar".into(), addr)],
-        vec![(SECRET_ENV.into(), SECRET.into())],
-        Vec::new(),
-        vec![("/events".into(), "sidecar".into())],
-    )
-    .await;
+    let gw = gateway_with_routes(addr, &[("events", "/events")]).await;
     let admin = gw.token("carol", &["admin"]);
     let caller = gw.token("erin", &["admin"]);
     let mut stream = reqwest::Client::new()

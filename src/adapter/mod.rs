@@ -159,13 +159,8 @@ struct RecordIds {
 }
 
 impl RecordIds {
-    fn new(now: SystemTime, context_id: u32) -> RecordIds {
-        use std::hash::{BuildHasher, Hasher};
-        // std seeds RandomState from the host's random source (WASI random_get).
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(epoch_ms(now));
-        h.write_u32(context_id);
-        RecordIds { prefix: format!("{:016x}", h.finish()), next: 0 }
+    fn new() -> RecordIds {
+        RecordIds { prefix: format!("{:016x}", crate::headers::random_u64()), next: 0 }
     }
 
     fn next(&mut self) -> String {

@@ -70,7 +70,7 @@ impl Root {
             .map(|s| crate::outbox::Outbox::new(s.batch_records, crate::time::millis(s.flush), s.max_buffered));
         let vm = Vm {
             outbox,
-            record_ids: RecordIds::new(host.now(), self.context_id),
+            record_ids: RecordIds::new(),
             store: KeyStore::new(providers, config.cache_entries),
             states: vec![FetchState::default(); providers],
             state_cas: vec![None; providers],
