@@ -29,6 +29,7 @@
 //! - `jwks`: the JWKS refresh schedule shared by workers
 //! - `jwt`: token verification, keys and providers, the verified-token cache
 //! - `listing`: filtering of MCP list replies
+//! - `outcome`: what a reply said (result, JSON-RPC error, tool error), read as it streams
 //! - `normalize`: canonical form of resources before policies match them
 //! - `rbac`: role-based access control
 //! - `reject`: the one place refusals become HTTP + JSON-RPC errors
@@ -52,6 +53,7 @@ pub mod jwt;
 pub mod listing;
 pub mod normalize;
 pub mod outbox;
+pub mod outcome;
 pub mod rbac;
 pub mod reject;
 pub mod resource;

@@ -201,7 +201,7 @@ async fn ingest(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap, body: B
             return error(StatusCode::BAD_REQUEST, "the body must be a JSON array of audit records");
         }
     };
-    if records.iter().any(|r| !r.get("record_id").and_then(Value::as_str).is_some_and(|id| !id.is_empty())) {
+    if records.iter().any(|r| r.get("record_id").and_then(Value::as_str).is_none_or(str::is_empty)) {
         sidecar.counters.ingest_errors.fetch_add(1, Ordering::Relaxed);
         return error(StatusCode::BAD_REQUEST, "every record needs a non-empty record_id");
     }
