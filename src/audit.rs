@@ -239,9 +239,30 @@ pub struct AuditRecord {
     /// Items removed from a list reply because the caller may not use them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Vec<String>>,
-    /// True when allowed and the upstream answered below 400.
+    /// True when let through and the outcome is `ok`.
     pub success: bool,
+    /// HTTP status sent to the client (0: the stream was reset before a response).
     pub status: u32,
+    /// What the reply said: `ok`, `error` (a JSON-RPC error, or an HTTP error without
+    /// one), `tool_error` (a `tools/call` result with `isError: true`) or `unknown`.
+    pub outcome: crate::outcome::Outcome,
+    /// The JSON-RPC error of the reply (the gateway's own, when it refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// For `tools/call`: the result's `isError`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
+    /// Why the outcome is `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_detail: Option<String>,
+    /// The Envoy cluster and upstream host that served the request (none when refused).
+    pub upstream_cluster: Option<String>,
+    pub upstream_host: Option<String>,
+    /// Body bytes received from the client and sent to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     /// Milliseconds from request headers to the end of the response.
     pub response_time_ms: u64,
     pub client_ip: Option<String>,
@@ -260,6 +281,67 @@ impl AuditRecord {
     /// The record as compact JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// The record as compact JSON of at most about `max` bytes: past it the arguments are
+    /// replaced by a note of their size, then the list of hidden items and the longer
+    /// text fields are cut.
+    pub fn to_json_capped(&mut self, max: usize) -> String {
+        let json = self.to_json();
+        if json.len() <= max {
+            return json;
+        }
+        if let Some(params) = self.params.take() {
+            let size = serde_json::to_string(&params).map_or(0, |p| p.len());
+            self.params = Some(Value::String(format!("[{size} bytes: over the record limit]")));
+        }
+        let json = self.to_json();
+        if json.len() <= max {
+            return json;
+        }
+        if let Some(hidden) = self.hidden.as_mut() {
+            let n = hidden.len();
+            hidden.truncate(8);
+            if n > 8 {
+                hidden.push(format!("[{} more]", n - 8));
+            }
+        }
+        let share = max / 16;
+        let fields = [
+            &mut self.reason,
+            &mut self.target,
+            &mut self.user_id,
+            &mut self.user_agent,
+            &mut self.session_id,
+            &mut self.method,
+            &mut self.error_message,
+            &mut self.server,
+        ];
+        for text in fields.into_iter().flatten() {
+            cut(text, share);
+        }
+        for item in self.hidden.iter_mut().flatten().chain(self.roles.iter_mut()) {
+            cut(item, share / 4);
+        }
+        self.roles.truncate(16);
+        if let Some(id) = &self.jsonrpc_id {
+            if id.to_string().len() > share {
+                self.jsonrpc_id = Some(Value::String("[over the record limit]".into()));
+            }
+        }
+        self.to_json()
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str("...");
     }
 }
 
@@ -406,6 +488,25 @@ mod tests {
         let s = out.as_str().unwrap();
         assert!(s.ends_with("...[200 bytes]"), "{s}");
         assert!(s.len() < 100);
+    }
+
+    #[test]
+    fn records_over_the_limit_lose_their_arguments_then_long_fields() {
+        let mut r = AuditRecord {
+            params: Some(json!({"items": vec!["x".repeat(200); 200]})),
+            reason: Some("r".repeat(100_000)),
+            hidden: Some(vec!["h".repeat(5000); 100]),
+            roles: vec!["role".repeat(1000); 100],
+            jsonrpc_id: Some(json!("i".repeat(10_000))),
+            ..Default::default()
+        };
+        let json = r.to_json_capped(4096);
+        assert!(json.len() <= 4096 + 512, "{}", json.len());
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert!(v["params"].as_str().unwrap().contains("over the record limit"), "{v}");
+        assert_eq!(v["hidden"].as_array().unwrap().len(), 9);
+        let mut small = AuditRecord { params: Some(json!({"a": 1})), ..Default::default() };
+        assert_eq!(small.to_json_capped(4096), small.to_json());
     }
 
     #[test]

@@ -488,11 +488,25 @@ pub struct RawAudit {
     /// Records also go, in batches, to the sidecar's ingest route.
     #[serde(default)]
     pub sidecar: Option<RawAuditSidecar>,
+    /// How much of a reply is read for its outcome; a reply that has not answered within
+    /// it is recorded as outcome `unknown` (it still reaches the client whole).
+    #[serde(default = "default_reply_read_bytes")]
+    pub reply_read_bytes: usize,
+    /// A record whose JSON would be longer loses its arguments, then has its other long
+    /// fields cut.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
-        RawAudit { redact_fields: default_redact_fields(), max_string_bytes: default_max_string_bytes(), sidecar: None }
+        RawAudit {
+            redact_fields: default_redact_fields(),
+            max_string_bytes: default_max_string_bytes(),
+            sidecar: None,
+            reply_read_bytes: default_reply_read_bytes(),
+            max_record_bytes: default_max_record_bytes(),
+        }
     }
 }
 
@@ -607,6 +621,12 @@ fn default_redact_fields() -> Vec<String> {
 fn default_max_string_bytes() -> usize {
     256
 }
+fn default_reply_read_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_record_bytes() -> usize {
+    16 * 1024
+}
 
 /// A value that must never be printed: `Debug` shows `[redacted]`. Raw fields holding
 /// credentials or key material deserialize straight into it, so neither the raw nor the
@@ -671,6 +691,10 @@ pub struct Config {
     pub session_idle_ms: u64,
     /// Where audit records are sent besides Envoy's log.
     pub audit_sidecar: Option<AuditSidecar>,
+    /// See [`RawAudit::reply_read_bytes`].
+    pub reply_read_bytes: usize,
+    /// See [`RawAudit::max_record_bytes`].
+    pub max_record_bytes: usize,
 }
 
 impl Config {
@@ -740,8 +764,13 @@ impl RawConfig {
                 value: Secret(sidecar.secret.clone()),
             };
         }
+        if audit.max_record_bytes < 1024 {
+            return Err(err("audit.max_record_bytes", "must be at least 1024"));
+        }
         Ok(Config {
             audit_sidecar,
+            reply_read_bytes: audit.reply_read_bytes,
+            max_record_bytes: audit.max_record_bytes,
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
             servers,

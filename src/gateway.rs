@@ -13,6 +13,7 @@ use crate::headers;
 use crate::jsonrpc::{self, Message, Target};
 use crate::jwt::{bearer_token, AuthError, KeyStore, Principal, Verdict};
 use crate::listing::{self, EventStream, EventTooLarge, ListKind};
+use crate::outcome::{Found, Outcome as ReplyOutcome, ReplyScan};
 use crate::rbac::{Catalog, Denial};
 use crate::reject::{reply, Refusal, Reply};
 use crate::session;
@@ -72,6 +73,9 @@ pub enum ResponseBody {
     Events,
     /// Cannot be inspected (encoded): replace with nothing.
     Drop,
+    /// Passes through unchanged; a copy of each chunk goes to [`Exchange::scan_reply`]
+    /// until the outcome is known.
+    Read,
 }
 
 /// What the adapter should do next.
@@ -141,6 +145,8 @@ pub struct Exchange {
     created_task: Option<session::Change>,
     /// The `traceparent` the gateway starts when the request brought no valid one.
     new_traceparent: Option<String>,
+    /// Reads the reply's outcome (a forwarded request that expects a response).
+    scan: Option<ReplyScan>,
     record: AuditRecord,
 }
 
@@ -156,6 +162,7 @@ impl Exchange {
             session_owner: None,
             created_task: None,
             new_traceparent: None,
+            scan: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
@@ -528,34 +535,65 @@ impl Exchange {
     }
 
     /// Which response headers the exchange needs: (`Content-Type` and `Content-Encoding`,
-    /// to inspect the body; `:status` and `Mcp-Session-Id`, to track the session). Most
-    /// replies need neither, and reading headers costs host calls.
+    /// to read the body; `:status` and `Mcp-Session-Id`, to track the session). Replies to
+    /// notifications, DELETEs and refused requests need neither, and reading headers costs
+    /// host calls.
     pub fn response_headers_needed(&self) -> (bool, bool) {
         let allowed = matches!(self.record.decision, Some(Outcome::Allow));
-        // The sidecar's streams carry audit events, not MCP messages: nothing to filter.
-        let sidecar = self.caller().is_some_and(|c| c.server.kind == crate::config::ServerKind::Sidecar);
-        let inspect = self.reply_is_buffered() || (allowed && self.record.http_method == "GET" && !sidecar);
+        let inspect = self.reply_is_buffered() || self.filters_stream() || self.expects_reply();
         let session =
             allowed && (self.record.session_id.is_some() || self.record.method.as_deref() == Some("initialize"));
         (inspect, session)
     }
 
+    /// A GET stream to an MCP server: filtered, it may replay list results. (The sidecar's
+    /// streams carry audit events, not MCP messages.)
+    fn filters_stream(&self) -> bool {
+        let sidecar = self.caller().is_some_and(|c| c.server.kind == crate::config::ServerKind::Sidecar);
+        matches!(self.record.decision, Some(Outcome::Allow)) && self.record.http_method == "GET" && !sidecar
+    }
+
+    /// Let through and answered by a JSON-RPC response: a request with an id.
+    fn expects_reply(&self) -> bool {
+        matches!(self.stage, Stage::Forwarded(..)) && self.record.jsonrpc_id.is_some()
+    }
+
     /// Decides how the response body is read, from its headers. List replies are
     /// filtered, and so is every SSE stream opened by GET: a server resuming a stream
-    /// after `Last-Event-ID` may replay an earlier `tools/list` reply there.
-    pub fn on_response_headers(&mut self, content_type: &str, content_encoding: Option<&str>) -> ResponseBody {
-        let (inspect, _) = self.response_headers_needed();
-        if !inspect {
-            return ResponseBody::Untouched;
-        }
-        let buffered = self.reply_is_buffered();
+    /// after `Last-Event-ID` may replay an earlier `tools/list` reply there. A reply to a
+    /// request is read for its outcome, up to `read_limit` bytes.
+    pub fn on_response_headers(
+        &mut self,
+        content_type: &str,
+        content_encoding: Option<&str>,
+        read_limit: usize,
+    ) -> ResponseBody {
         let media = headers::media_type(content_type);
         let is_sse = media.eq_ignore_ascii_case("text/event-stream");
-        if !is_sse && !buffered {
-            return ResponseBody::Untouched; // e.g. a JSON error answering the GET
+        let is_json = media.eq_ignore_ascii_case("application/json");
+        // Requested with `Accept-Encoding: identity` where it matters; anything else cannot
+        // be read here.
+        let encoded = content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        if self.expects_reply() {
+            if encoded {
+                self.record.outcome_detail = Some("reply encoded".into());
+            } else if is_sse {
+                self.scan = Some(ReplyScan::sse(read_limit));
+            } else if is_json {
+                self.scan = Some(ReplyScan::json(read_limit));
+            } else {
+                self.record.outcome_detail = Some("reply neither JSON nor SSE".into());
+            }
         }
-        // Requested with `Accept-Encoding: identity`; anything else cannot be read here.
-        if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+        let read = if self.scan.is_some() { ResponseBody::Read } else { ResponseBody::Untouched };
+        let buffered = self.reply_is_buffered();
+        if !buffered && !self.filters_stream() {
+            return read;
+        }
+        if !is_sse && !buffered {
+            return read; // e.g. a JSON error answering the GET
+        }
+        if encoded {
             self.record.reason =
                 Some(format!("{}; reply dropped: encoded", self.record.reason.clone().unwrap_or_default()));
             return ResponseBody::Drop;
@@ -565,6 +603,17 @@ impl Exchange {
             ResponseBody::Events
         } else {
             ResponseBody::BufferJson
+        }
+    }
+
+    /// Reads the next chunk of the reply for its outcome; `false` once no more is needed.
+    pub fn scan_reply(&mut self, chunk: &[u8]) -> bool {
+        match self.scan.as_mut() {
+            Some(scan) => {
+                scan.push(chunk);
+                scan.wants_more()
+            }
+            None => false,
         }
     }
 
@@ -675,10 +724,65 @@ impl Exchange {
             // The client went away before a decision (e.g. mid-body).
             self.record.decision = Some(Outcome::Deny);
             self.record.reason = Some("request incomplete".into());
+            self.record.outcome = ReplyOutcome::Unknown;
+            self.record.outcome_detail = Some("request incomplete".into());
+            return self.record;
         }
-        let let_through = matches!(self.record.decision, Some(Outcome::Allow | Outcome::WouldDeny));
-        self.record.success = let_through && (200..400).contains(&status);
+        let let_through = matches!(self.stage, Stage::Forwarded(..));
+        self.record.outcome = if !let_through {
+            // Refused by the gateway: its own error is recorded (see `refuse`).
+            ReplyOutcome::Error
+        } else {
+            self.outcome_of_reply(status)
+        };
+        self.record.success = let_through && self.record.outcome == ReplyOutcome::Ok;
         self.record
+    }
+
+    /// The outcome of a reply from the upstream.
+    fn outcome_of_reply(&mut self, status: u32) -> ReplyOutcome {
+        let http_error = status >= 400;
+        if status == 0 {
+            self.record.outcome_detail = Some("no response".into());
+            return ReplyOutcome::Unknown;
+        }
+        let Some(scan) = self.scan.as_mut() else {
+            if http_error {
+                return ReplyOutcome::Error;
+            }
+            // A reply to a request that could not be read (the detail says why); anything
+            // else (a notification's 202, a GET stream, a DELETE) is ok by its status.
+            return if self.expects_reply() && self.record.outcome_detail.is_some() {
+                ReplyOutcome::Unknown
+            } else {
+                ReplyOutcome::Ok
+            };
+        };
+        match scan.finish() {
+            Found::Response(r) if r.error => {
+                self.record.error_code = r.error_code;
+                self.record.error_message = r.error_message;
+                ReplyOutcome::Error
+            }
+            Found::Response(r) => {
+                if self.record.method.as_deref() == Some("tools/call") {
+                    self.record.is_error = Some(r.is_error == Some(true));
+                    if r.is_error == Some(true) {
+                        return ReplyOutcome::ToolError;
+                    }
+                }
+                if http_error {
+                    ReplyOutcome::Error
+                } else {
+                    ReplyOutcome::Ok
+                }
+            }
+            Found::Unknown(_) if http_error => ReplyOutcome::Error,
+            Found::Unknown(why) => {
+                self.record.outcome_detail = Some(why.into());
+                ReplyOutcome::Unknown
+            }
+        }
     }
 
     /// `rule` explains what allowed the request (`role developer: tool create_* (write)`).
@@ -690,6 +794,9 @@ impl Exchange {
     fn refuse(&mut self, refusal: &Refusal, id: Option<Value>) -> Reply {
         self.record.decision = Some(Outcome::Deny);
         self.record.reason = Some(refusal.to_string());
+        let (_, code, message) = crate::reject::status_and_error(refusal);
+        self.record.error_code = Some(code);
+        self.record.error_message = Some(message);
         reply(refusal, id, self.metadata_url.as_deref())
     }
 
@@ -1266,7 +1373,7 @@ mod tests {
         assert_eq!(step, Step::WaitForBody);
         let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_issue","arguments":{"title":"x"},"task":{"ttl":60000}}}"#;
         assert_eq!(ex.on_request_body(&config, &Catalog::default(), call), Step::Continue);
-        assert_eq!(ex.on_response_headers("application/json", None), ResponseBody::BufferJson);
+        assert_eq!(ex.on_response_headers("application/json", None, 1024), ResponseBody::BufferJson);
         let reply = br#"{"jsonrpc":"2.0","id":1,"result":{"task":{"taskId":"t-1","status":"working"}}}"#;
         let mut catalog = Catalog::default();
         assert_eq!(ex.on_response_body(&config, &mut catalog, "application/json", reply).as_deref(), Some(&reply[..]));

@@ -136,7 +136,35 @@ impl Reply {
 /// refused message when it is known; `metadata_url` is the RFC 9728 protected resource
 /// metadata URL that 401 and insufficient-scope challenges point to.
 pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -> Reply {
-    let (status, code, message): (u32, i64, String) = match refusal {
+    let (status, code, message) = status_and_error(refusal);
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id.unwrap_or(Value::Null),
+        "error": {"code": code, "message": message},
+    });
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    let metadata = metadata_url.map(|url| format!(", resource_metadata=\"{url}\"")).unwrap_or_default();
+    match refusal {
+        Refusal::Auth(e) => headers.push(("www-authenticate", format!("{}{metadata}", www_authenticate(e)))),
+        Refusal::InsufficientScope { required } => headers.push((
+            "www-authenticate",
+            format!(
+                "Bearer realm=\"mcp-gateway\", error=\"insufficient_scope\", scope=\"{}\"{metadata}",
+                required.join(" ")
+            ),
+        )),
+        Refusal::KeysUnavailable { .. } => headers.push(("retry-after", "1".to_owned())),
+        _ => {}
+    }
+    if let Refusal::HttpMethod(_) = refusal {
+        headers.push(("allow", "POST, GET, DELETE".to_owned()));
+    }
+    Reply { status, headers, body: serde_json::to_vec(&body).unwrap_or_default() }
+}
+
+/// The HTTP status, JSON-RPC error code and message a refusal is answered with.
+pub fn status_and_error(refusal: &Refusal) -> (u32, i64, String) {
+    match refusal {
         Refusal::Auth(e) => (401, code::UNAUTHORIZED, format!("Unauthorized: {e}")),
         Refusal::Parse(e @ (ParseError::NotJson(_) | ParseError::Empty)) => {
             (400, code::PARSE_ERROR, format!("Parse error: {e}"))
@@ -171,30 +199,7 @@ pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -
         Refusal::KeysUnavailable { .. } => {
             (503, code::UNAVAILABLE, "Service Unavailable: cannot verify tokens yet, retry shortly".to_owned())
         }
-    };
-    let body = json!({
-        "jsonrpc": "2.0",
-        "id": id.unwrap_or(Value::Null),
-        "error": {"code": code, "message": message},
-    });
-    let mut headers = vec![("content-type", "application/json".to_owned())];
-    let metadata = metadata_url.map(|url| format!(", resource_metadata=\"{url}\"")).unwrap_or_default();
-    match refusal {
-        Refusal::Auth(e) => headers.push(("www-authenticate", format!("{}{metadata}", www_authenticate(e)))),
-        Refusal::InsufficientScope { required } => headers.push((
-            "www-authenticate",
-            format!(
-                "Bearer realm=\"mcp-gateway\", error=\"insufficient_scope\", scope=\"{}\"{metadata}",
-                required.join(" ")
-            ),
-        )),
-        Refusal::KeysUnavailable { .. } => headers.push(("retry-after", "1".to_owned())),
-        _ => {}
     }
-    if let Refusal::HttpMethod(_) = refusal {
-        headers.push(("allow", "POST, GET, DELETE".to_owned()));
-    }
-    Reply { status, headers, body: serde_json::to_vec(&body).unwrap_or_default() }
 }
 
 /// RFC 6750 section 3: no error code when no credentials were sent at all.

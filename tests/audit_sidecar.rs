@@ -285,3 +285,107 @@ async fn live_events_reach_a_subscriber_through_the_gateway() {
     drop(gw);
     sidecar.stop().await;
 }
+
+/// A request as an MCP client sends it, in a session, with a bearer token.
+async fn post_in_session(url: &str, token: &str, session: &str, body: &Value) -> common::Raw {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("authorization", auth.as_str()),
+        ("mcp-session-id", session),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    common::send("POST", url, &headers, body.to_string()).await
+}
+
+#[tokio::test]
+async fn each_record_states_the_outcome_at_three_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let sidecar = start_sidecar(addr, dir.path()).await;
+    let gw = Gateway::start_routed(
+        |c| {
+            c["audit"] = json!({
+                "sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50},
+                "reply_read_bytes": 4096,
+            });
+        },
+        vec![("sidecar".into(), addr)],
+        vec![(SECRET_ENV.into(), SECRET.into())],
+        Vec::new(),
+        Vec::new(),
+    )
+    .await;
+    let admin = gw.token("alice", &["admin"]);
+    let readonly = gw.token("bob", &["readonly"]);
+    let json_url = gw.url("testjson");
+    // JSON replies: a result, a JSON-RPC error (bad arguments), a failed tool, a reply
+    // longer than the read limit, and a refusal by the gateway.
+    let calls = [
+        (1, &admin, tool_call(1, "echo", json!({"text": "hi", "password": "hunter2"}))),
+        (2, &admin, tool_call(2, "no_such_tool", json!({}))),
+        (3, &admin, tool_call(3, "stepped", json!({"steps": 1}))),
+        (4, &admin, tool_call(4, "echo", json!({"text": "x".repeat(8000)}))),
+        (5, &readonly, tool_call(5, "echo", json!({"text": "no"}))),
+    ];
+    for (_, token, call) in &calls {
+        post_json(&json_url, Some(token), call).await;
+    }
+    // SSE replies, in a session on the streaming server.
+    let sse_url = gw.url("test");
+    let init = json!({"jsonrpc": "2.0", "id": 10, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let opened = post_json(&sse_url, Some(&admin), &init).await;
+    assert_eq!(opened.status, 200);
+    let session = opened.header("mcp-session-id").unwrap().to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(post_in_session(&sse_url, &admin, &session, &initialized).await.status, 202);
+    let failed = post_in_session(&sse_url, &admin, &session, &tool_call(11, "stepped", json!({"steps": 1}))).await;
+    assert!(String::from_utf8_lossy(&failed.body).contains("isError"), "{:?}", failed.body);
+    post_in_session(&sse_url, &admin, &session, &tool_call(12, "echo", json!({"text": "sse"}))).await;
+
+    let records = wait_for_records(&dir.path().join("audit.db"), 9).await;
+    assert_eq!(records.len(), 9, "{records:#?}");
+    let by_id = |id: i64| {
+        let found: Vec<&Value> = records.iter().filter(|r| r["jsonrpc_id"] == id).collect();
+        assert_eq!(found.len(), 1, "one record for id {id}: {records:#?}");
+        found[0].clone()
+    };
+    let ok = by_id(1);
+    assert_eq!(
+        (ok["outcome"].as_str(), ok["status"].as_u64(), ok["success"].as_bool()),
+        (Some("ok"), Some(200), Some(true))
+    );
+    assert_eq!(ok["is_error"], false);
+    assert_eq!(ok["upstream_cluster"], "testjson", "{ok}");
+    assert!(ok["upstream_host"].as_str().unwrap().starts_with("127.0.0.1:"), "{ok}");
+    assert!(ok["bytes_in"].as_u64().unwrap() > 50 && ok["bytes_out"].as_u64().unwrap() > 20, "{ok}");
+    let error = by_id(2);
+    assert_eq!(error["outcome"], "error", "{error}");
+    assert_eq!(error["error_code"], -32602, "{error}");
+    assert!(error["error_message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    assert_eq!(error["success"], false);
+    let tool_error = by_id(3);
+    assert_eq!((tool_error["outcome"].as_str(), tool_error["is_error"].as_bool()), (Some("tool_error"), Some(true)));
+    assert_eq!(tool_error["status"], 200);
+    let large = by_id(4);
+    assert_eq!(large["outcome"], "unknown", "{large}");
+    assert_eq!(large["outcome_detail"], "reply over the read limit");
+    // Refused at headers time (bob may not use this server): the body was never read.
+    let refused = records.iter().find(|r| r["user_id"] == "bob").unwrap();
+    assert_eq!((refused["decision"].as_str(), refused["outcome"].as_str()), (Some("deny"), Some("error")));
+    assert_eq!(refused["error_code"], -32003);
+    assert!(refused["upstream_cluster"].is_null() && refused["upstream_host"].is_null(), "{refused}");
+    let sse_failed = by_id(11);
+    assert_eq!(sse_failed["outcome"], "tool_error", "{sse_failed}");
+    assert_eq!(sse_failed["upstream_cluster"], "test");
+    let sse_ok = by_id(12);
+    assert_eq!(sse_ok["outcome"], "ok", "{sse_ok}");
+    let notification = records.iter().find(|r| r["method"] == "notifications/initialized").unwrap();
+    assert_eq!((notification["outcome"].as_str(), notification["status"].as_u64()), (Some("ok"), Some(202)));
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains("hunter2") && !text.contains(&admin) && !text.contains(SECRET), "{text}");
+    drop(gw);
+    sidecar.stop().await;
+}

@@ -141,11 +141,12 @@ impl Filter {
         } else {
             (0, None)
         };
+        let read_limit = self.vm.as_ref().map_or(0, |vm| vm.borrow().config.reply_read_bytes);
         let (handling, change) = {
             let mut r = self.request.borrow_mut();
             match r.exchange.as_mut() {
                 Some(ex) => (
-                    ex.on_response_headers(&content_type, encoding.as_deref()),
+                    ex.on_response_headers(&content_type, encoding.as_deref(), read_limit),
                     ex.session_change(status, session_id.as_deref()),
                 ),
                 None => (ResponseBody::Untouched, None),
@@ -156,7 +157,7 @@ impl Filter {
             let idle_ms = vm.borrow().config.session_idle_ms;
             shared::change_session(host, &change, idle_ms, epoch_ms(host.now()));
         }
-        if handling != ResponseBody::Untouched {
+        if !matches!(handling, ResponseBody::Untouched | ResponseBody::Read) {
             // The body may change length.
             let _ = host.remove_map_value(Map::ResponseHeaders, "content-length");
         }
@@ -178,7 +179,23 @@ impl Filter {
             }
             ResponseBody::Events => self.filter_events(host, body_size, end_of_stream),
             ResponseBody::BufferJson => self.filter_list_reply(host, body_size, end_of_stream),
+            ResponseBody::Read => {
+                let wants_more = match host.buffer(Buffer::ResponseBody, 0, body_size) {
+                    Ok(chunk) => self.scan_reply(&chunk.unwrap_or_default()),
+                    Err(_) => false,
+                };
+                if !wants_more {
+                    // The outcome is known (or cannot be): the rest is not copied.
+                    self.request.borrow_mut().response = Some(ResponseBody::Untouched);
+                }
+                Flow::Continue
+            }
         }
+    }
+
+    /// Hands a copy of the reply's next bytes to the exchange's outcome reader.
+    fn scan_reply(&self, chunk: &[u8]) -> bool {
+        self.request.borrow_mut().exchange.as_mut().is_some_and(|ex| ex.scan_reply(chunk))
     }
 
     /// The request is over: forget it as a waiter, count it, write its audit line.
@@ -204,16 +221,37 @@ impl Filter {
             .flatten()
             .map(|b| strip_port(&String::from_utf8_lossy(&b)).to_owned());
         let mut record = exchange.finish(status, host.now(), client_ip);
+        let string = |path: &[&str]| {
+            host.property(path)
+                .ok()
+                .flatten()
+                .filter(|b| !b.is_empty())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let number = |path: &[&str]| {
+            host.property(path)
+                .ok()
+                .flatten()
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        if record.decision != Some(crate::audit::Outcome::Deny) {
+            // Refused requests never reached an upstream.
+            record.upstream_cluster = string(&["xds", "cluster_name"]);
+            record.upstream_host = string(&["upstream", "address"]);
+        }
+        record.bytes_in = number(&["request", "size"]);
+        record.bytes_out = number(&["response", "size"]);
         let Some(vm) = &self.vm else {
             host.log(Level::Info, &record.to_line());
             return;
         };
         let mut vmb = vm.borrow_mut();
-        let Vm { metrics, outbox, record_ids, .. } = &mut *vmb;
+        let Vm { metrics, outbox, record_ids, config, .. } = &mut *vmb;
         record.record_id = record_ids.next();
         let allowed = record.decision == Some(crate::audit::Outcome::Allow);
         Metrics::bump(host, if allowed { metrics.allowed } else { metrics.denied });
-        let json = record.to_json();
+        let json = record.to_json_capped(config.max_record_bytes);
         // Always in Envoy's log; also queued for the sidecar when there is one.
         host.log(Level::Info, &format!("{}{json}", crate::audit::LOG_PREFIX));
         if let Some(outbox) = outbox {
@@ -234,6 +272,7 @@ impl Filter {
                 return Flow::Continue;
             }
         };
+        self.scan_reply(&chunk);
         let filtered = self
             .read_response(host, &vm, |ex, config, catalog| {
                 ex.on_response_events(config, catalog, &chunk, end_of_stream)
@@ -298,6 +337,7 @@ impl Filter {
         let Some(vm) = self.vm.clone() else { return Flow::Continue };
         let content_type = self.request.borrow().response_type.clone();
         let body = host.buffer(Buffer::ResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+        self.scan_reply(&body);
         let rewritten = self
             .read_response(host, &vm, |ex, config, catalog| ex.on_response_body(config, catalog, &content_type, &body))
             .flatten();

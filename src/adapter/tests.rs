@@ -703,7 +703,7 @@ fn an_allowed_tool_call_makes_a_bounded_number_of_host_calls() {
     host.set_map_of(10, Map::ResponseHeaders, &[(":status", "200"), ("content-type", "text/event-stream")]);
     host.enter(10).unwrap();
     f.on_response_headers(&host);
-    respond(&host, &mut f, 10, &[b"data: {}\n\n"]);
+    respond(&host, &mut f, 10, &[b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"isError\":true}}\n\n"]);
     host.set_property_of(10, &["response", "code"], &200_u64.to_le_bytes());
     host.enter(10).unwrap();
     f.on_log(&host);
@@ -711,12 +711,16 @@ fn an_allowed_tool_call_makes_a_bounded_number_of_host_calls() {
     let calls: Vec<(&str, usize)> = host.take_host_calls().into_iter().filter(|(name, _)| *name != "enter").collect();
     let total: usize = calls.iter().map(|(_, n)| n).sum();
     println!("host calls for one allowed tools/call: {total} {calls:?}");
-    assert!(total <= 24, "{total} host calls: {calls:?}");
-    // Per call: the header map read once, the body once, no response header or body
-    // reads (a tool call's reply is not inspected), and one audit line.
+    assert!(total <= 30, "{total} host calls: {calls:?}");
+    // Per call: the header map read once, the body once; two response headers (type and
+    // encoding) and the reply's one chunk, read for its outcome; the status, source,
+    // cluster, upstream host and both sizes; one audit line.
     let count = |name: &str| calls.iter().find(|(n, _)| *n == name).map_or(0, |(_, n)| *n);
     assert_eq!(count("map"), 1);
-    assert_eq!(count("buffer"), 1);
-    assert_eq!(count("map_value"), 0);
+    assert_eq!(count("buffer"), 2);
+    assert_eq!(count("map_value"), 2);
+    assert_eq!(count("property"), 6);
     assert_eq!(count("log"), 1);
+    let line = host.logs(Level::Info).into_iter().find(|l| l.contains(crate::audit::LOG_PREFIX)).unwrap_or_default();
+    assert!(line.contains(r#""outcome":"tool_error""#) && line.contains(r#""is_error":true"#), "{line}");
 }
