@@ -79,13 +79,20 @@ impl Redactor {
             Value::Array(items) => items.iter_mut().for_each(|v| self.redact_in_place(v)),
             Value::String(s) if looks_like_credential(s) => *s = REDACTED.into(),
             Value::String(s) if s.len() > self.max_string_bytes => {
-                let mut cut = self.max_string_bytes;
-                while !s.is_char_boundary(cut) {
-                    cut -= 1;
-                }
+                let cut = s.floor_char_boundary(self.max_string_bytes);
                 *s = format!("{}...[{} bytes]", s.get(..cut).unwrap_or_default(), s.len());
             }
             _ => {}
+        }
+    }
+}
+
+impl Redactor {
+    /// Makes free text from outside (an upstream's error message) safe to record: it is
+    /// replaced whole when it holds a credential, as an argument string would be.
+    pub fn redact_text(&self, text: &mut String) {
+        if looks_like_credential(text) {
+            *text = REDACTED.into();
         }
     }
 }
@@ -333,14 +340,10 @@ impl AuditRecord {
     }
 }
 
-/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
-fn cut(text: &mut String, max: usize) {
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut with `...`.
+pub fn cut(text: &mut String, max: usize) {
     if text.len() > max {
-        let mut at = max;
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
+        text.truncate(text.floor_char_boundary(max));
         text.push_str("...");
     }
 }
@@ -479,6 +482,16 @@ mod tests {
             let s = unit.repeat(200_000 / unit.len());
             assert_eq!(looks_like_credential(&s), credential, "{unit}");
         }
+    }
+
+    #[test]
+    fn free_text_holding_a_credential_is_replaced() {
+        let mut text = "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig rejected".to_owned();
+        redactor().redact_text(&mut text);
+        assert_eq!(text, REDACTED);
+        let mut text = "Unknown tool: x".to_owned();
+        redactor().redact_text(&mut text);
+        assert_eq!(text, "Unknown tool: x");
     }
 
     #[test]

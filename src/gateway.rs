@@ -15,7 +15,7 @@ use crate::jwt::{bearer_token, AuthError, KeyStore, Principal, Verdict};
 use crate::listing::{self, EventStream, EventTooLarge, ListKind};
 use crate::outcome::{Found, Outcome as ReplyOutcome, ReplyScan};
 use crate::rbac::{Catalog, Denial};
-use crate::reject::{reply, Refusal, Reply};
+use crate::reject::{reply_with, status_and_error, Refusal, Reply};
 use crate::session;
 use serde_json::Value;
 use std::rc::Rc;
@@ -794,10 +794,11 @@ impl Exchange {
     fn refuse(&mut self, refusal: &Refusal, id: Option<Value>) -> Reply {
         self.record.decision = Some(Outcome::Deny);
         self.record.reason = Some(refusal.to_string());
-        let (_, code, message) = crate::reject::status_and_error(refusal);
+        let (status, code, message) = status_and_error(refusal);
+        let reply = reply_with(refusal, status, code, &message, id, self.metadata_url.as_deref());
         self.record.error_code = Some(code);
         self.record.error_message = Some(message);
-        reply(refusal, id, self.metadata_url.as_deref())
+        reply
     }
 
     /// Strip every client header that could pose as identity, drop the client's token

@@ -58,6 +58,7 @@ pub enum Found {
 
 /// Where a value sits, as far as the scan cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 enum Slot {
     Other,
     Root,
@@ -69,6 +70,14 @@ enum Slot {
     Code,
     Message,
     IsError,
+}
+
+const SLOTS: usize = Slot::IsError as usize + 1;
+
+impl JsonScan {
+    fn seen(&self, slot: Slot) -> u8 {
+        self.seen.get(slot as usize).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,13 +120,9 @@ struct JsonScan {
     unicode: u32,
     literal: &'static [u8],
     literal_at: usize,
-    /// Members found, counted (a repeated one makes the message ambiguous).
-    seen_error: u8,
-    seen_result: u8,
-    seen_method: u8,
-    seen_is_error: u8,
-    seen_code: u8,
-    seen_message: u8,
+    /// How often each member looked for was found, by [`Slot`] (a repeated one makes the
+    /// message ambiguous).
+    seen: [u8; SLOTS],
     response: Response,
 }
 
@@ -133,12 +138,7 @@ impl JsonScan {
             unicode: 0,
             literal: b"",
             literal_at: 0,
-            seen_error: 0,
-            seen_result: 0,
-            seen_method: 0,
-            seen_is_error: 0,
-            seen_code: 0,
-            seen_message: 0,
+            seen: [0; SLOTS],
             response: Response::default(),
         }
     }
@@ -308,23 +308,20 @@ impl JsonScan {
 
     fn value_start(&mut self, b: u8) {
         let slot = self.slot;
-        match slot {
-            Slot::Error if b != b'n' => self.seen_error += 1,
-            Slot::Result => self.seen_result += 1,
-            Slot::Method => self.seen_method += 1,
-            Slot::IsError => self.seen_is_error += 1,
-            Slot::Code => self.seen_code += 1,
-            Slot::Message => self.seen_message += 1,
-            _ => {}
+        if slot == Slot::Root && b != b'{' {
+            return self.fail(if b == b'[' { "a batch" } else { "not a JSON-RPC message" });
+        }
+        // `error: null` (beside a result, JSON-RPC 1.0 style) is no error.
+        if !matches!(slot, Slot::Other | Slot::Root | Slot::Top) && !(slot == Slot::Error && b == b'n') {
+            if let Some(n) = self.seen.get_mut(slot as usize) {
+                *n = n.saturating_add(1);
+            }
         }
         match b {
             b'{' | b'[' => {
                 let object = b == b'{';
                 if self.stack.len() >= MAX_DEPTH {
                     return self.fail("nested too deeply");
-                }
-                if slot == Slot::Root && !object {
-                    return self.fail("a batch");
                 }
                 let inner = match (slot, object) {
                     (Slot::Root, true) => Slot::Top,
@@ -358,9 +355,6 @@ impl JsonScan {
                 self.lex = Lex::Number;
             }
             _ => self.fail("expected a value"),
-        }
-        if slot == Slot::Root && b != b'{' && !matches!(self.lex, Lex::Failed(_)) {
-            self.fail("not a JSON-RPC message");
         }
     }
 
@@ -412,20 +406,11 @@ impl JsonScan {
             Lex::Number if self.stack.is_empty() => self.number_done(),
             _ => return Message::Unreadable("cut off"),
         }
-        let repeated = [
-            self.seen_error,
-            self.seen_result,
-            self.seen_method,
-            self.seen_is_error,
-            self.seen_code,
-            self.seen_message,
-        ]
-        .iter()
-        .any(|&n| n > 1);
-        if repeated {
+        if self.seen.iter().any(|&n| n > 1) {
             return Message::Unreadable("a member is repeated");
         }
-        match (self.seen_method > 0, self.seen_result > 0, self.seen_error > 0) {
+        let found = |slot| self.seen(slot) > 0;
+        match (found(Slot::Method), found(Slot::Result), found(Slot::Error)) {
             (true, false, false) => Message::Other,
             (false, true, false) => Message::Response(std::mem::take(&mut self.response)),
             (false, false, true) => {
@@ -450,13 +435,12 @@ enum Message {
 
 fn message_text(bytes: &[u8], cut: bool) -> String {
     let mut text = String::from_utf8_lossy(bytes).into_owned();
-    if text.len() > MAX_MESSAGE_BYTES || cut {
-        let mut at = MAX_MESSAGE_BYTES.min(text.len());
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
+    if cut {
+        // The message went on past what was kept (which may end inside a character).
+        text.truncate(text.floor_char_boundary(MAX_MESSAGE_BYTES));
         text.push_str("...");
+    } else {
+        crate::audit::cut(&mut text, MAX_MESSAGE_BYTES);
     }
     text
 }

@@ -137,6 +137,18 @@ impl Reply {
 /// metadata URL that 401 and insufficient-scope challenges point to.
 pub fn reply(refusal: &Refusal, id: Option<Value>, metadata_url: Option<&str>) -> Reply {
     let (status, code, message) = status_and_error(refusal);
+    reply_with(refusal, status, code, &message, id, metadata_url)
+}
+
+/// [`reply`] with the status and error [`status_and_error`] gave for `refusal`.
+pub fn reply_with(
+    refusal: &Refusal,
+    status: u32,
+    code: i64,
+    message: &str,
+    id: Option<Value>,
+    metadata_url: Option<&str>,
+) -> Reply {
     let body = json!({
         "jsonrpc": "2.0",
         "id": id.unwrap_or(Value::Null),

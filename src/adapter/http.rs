@@ -249,6 +249,10 @@ impl Filter {
         let mut vmb = vm.borrow_mut();
         let Vm { metrics, outbox, record_ids, config, .. } = &mut *vmb;
         record.record_id = record_ids.next();
+        if let Some(message) = record.error_message.as_mut() {
+            // An upstream's words: they may quote a credential.
+            config.redactor.redact_text(message);
+        }
         let allowed = record.decision == Some(crate::audit::Outcome::Allow);
         Metrics::bump(host, if allowed { metrics.allowed } else { metrics.denied });
         let json = record.to_json_capped(config.max_record_bytes);

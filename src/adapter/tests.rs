@@ -724,3 +724,26 @@ fn an_allowed_tool_call_makes_a_bounded_number_of_host_calls() {
     let line = host.logs(Level::Info).into_iter().find(|l| l.contains(crate::audit::LOG_PREFIX)).unwrap_or_default();
     assert!(line.contains(r#""outcome":"tool_error""#) && line.contains(r#""is_error":true"#), "{line}");
 }
+
+/// The record keeps an upstream's JSON-RPC error, redacted like arguments: a message that
+/// quotes a token does not reach the log.
+#[test]
+fn an_upstream_error_message_is_recorded_redacted() {
+    let host = MockHost::new();
+    let issuer = Issuer::new();
+    let root = configure(&host, ROOT, &inline_config(&issuer));
+    let token = issuer.token("alice", &["developer"]);
+    let (mut f, _) = post(&host, &root, 10, &token);
+    assert_eq!(body(&host, &mut f, 10, &call_body("get_repository")), Flow::Continue);
+    host.set_map_of(10, Map::ResponseHeaders, &[(":status", "200"), ("content-type", "application/json")]);
+    host.enter(10).unwrap();
+    f.on_response_headers(&host);
+    let reply = format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":-32000,"message":"bad token {token}"}}}}"#);
+    respond(&host, &mut f, 10, &[reply.as_bytes()]);
+    host.set_property_of(10, &["response", "code"], &200_u64.to_le_bytes());
+    host.enter(10).unwrap();
+    f.on_log(&host);
+    let line = host.logs(Level::Info).into_iter().find(|l| l.contains(crate::audit::LOG_PREFIX)).unwrap_or_default();
+    assert!(line.contains(r#""outcome":"error""#) && line.contains(r#""error_code":-32000"#), "{line}");
+    assert!(line.contains(r#""error_message":"[REDACTED]""#) && !line.contains(&token), "{line}");
+}
