@@ -277,6 +277,10 @@ pub struct AuditRecord {
     pub session_id: Option<String>,
     /// W3C trace id: the caller's `traceparent`, or the one the gateway started.
     pub trace_id: Option<String>,
+    /// Why authentication failed (a stats label, see [`crate::stats`]); not recorded,
+    /// `reason` says it in words.
+    #[serde(skip)]
+    pub auth_failure: Option<&'static str>,
 }
 
 impl AuditRecord {

@@ -794,6 +794,7 @@ impl Exchange {
     fn refuse(&mut self, refusal: &Refusal, id: Option<Value>) -> Reply {
         self.record.decision = Some(Outcome::Deny);
         self.record.reason = Some(refusal.to_string());
+        self.record.auth_failure = crate::stats::auth_failure(refusal);
         let (status, code, message) = status_and_error(refusal);
         let reply = reply_with(refusal, status, code, &message, id, self.metadata_url.as_deref());
         self.record.error_code = Some(code);

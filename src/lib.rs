@@ -35,6 +35,7 @@
 //! - `reject`: the one place refusals become HTTP + JSON-RPC errors
 //! - `resource`: resource-level policies
 //! - `session`: who opened each MCP session and created each task
+//! - `stats`: names and labels of the filter's Envoy stats
 //! - `template`: `{placeholder}` templates of resource rules, split once
 //! - `time`: millisecond conversions
 
@@ -58,5 +59,6 @@ pub mod rbac;
 pub mod reject;
 pub mod resource;
 pub mod session;
+pub mod stats;
 pub mod template;
 pub mod time;

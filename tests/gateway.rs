@@ -237,3 +237,102 @@ fn demo_envoy_config_validates() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("configured 2 servers"), "the filter did not load its configuration:\n{log}");
 }
+
+/// One Prometheus sample: `name{k="v",...} value`, labels as a sorted list.
+fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let mut labels: Vec<(String, String)> = labels
+                .split("\",")
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| kv.split_once("=\""))
+                .map(|(k, v)| (k.to_owned(), v.trim_end_matches('"').to_owned()))
+                .collect();
+            labels.sort();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(all: &[(Vec<(String, String)>, f64)], labels: &[(&str, &str)]) -> f64 {
+    let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    want.sort();
+    all.iter().filter(|(l, _)| *l == want).map(|(_, v)| v).sum()
+}
+
+/// `/stats/prometheus` counts requests by decision, MCP method and server (as labels),
+/// authentication failures by reason, and has the filter time of every request in its
+/// histogram.
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_stats_count_requests_by_decision_method_server_and_failure_reason() {
+    let gw = Gateway::start().await;
+    let admin = gw.token("alice", &["admin"]);
+    let readonly = gw.token("bob", &["readonly"]);
+    let mut expired = mcpgw::token::TokenRequest::new("carol", &["admin"]);
+    let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 600;
+    expired.extra_claims.insert("exp".into(), json!(past));
+    let expired = gw.mint(expired);
+    let url = gw.url("testjson");
+    for id in 1..=2 {
+        assert_eq!(post_json(&url, Some(&admin), &tool_call(id, "echo", json!({"text": "x"}))).await.status, 200);
+    }
+    let refused = tool_call(3, "create_issue", json!({"repository": "acme/website", "title": "x"}));
+    assert_eq!(post_json(&gw.url("github"), Some(&readonly), &refused).await.status, 403);
+    let list = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"});
+    assert_eq!(post_json(&url, Some(&admin), &list).await.status, 200);
+    let odd = json!({"jsonrpc": "2.0", "id": 5, "method": "made.up/method"});
+    post_json(&url, Some(&admin), &odd).await;
+    assert_eq!(post_json(&url, None, &tool_call(6, "echo", json!({}))).await.status, 401);
+    assert_eq!(post_json(&url, Some("garbage"), &tool_call(7, "echo", json!({}))).await.status, 401);
+    assert_eq!(post_json(&url, Some(&expired), &tool_call(8, "echo", json!({}))).await.status, 401);
+    let made = 8.0;
+    gw.envoy
+        .wait_for_audit(|r| r["status"] == 401 && r["reason"].as_str().is_some_and(|s| s.contains("expired")))
+        .await;
+
+    // Envoy drops the `wasmcustom` namespace from Prometheus names.
+    // Histograms reach the admin page when Envoy next merges them (every 5 s by default).
+    let url = format!("http://127.0.0.1:{}/stats/prometheus", gw.envoy.admin_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let count = sample(&samples(&text, "mcp_gateway_filter_time_us_count"), &[]);
+        if count >= made {
+            break text;
+        }
+        let ours: Vec<&str> = text.lines().filter(|l| l.contains("mcp_gateway")).collect();
+        assert!(std::time::Instant::now() < deadline, "filter time histogram holds {count} of {made}:\n{ours:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let requests = samples(&text, "mcp_gateway_requests");
+    let by = |decision: &str, method: &str, server: &str| {
+        sample(&requests, &[("mcp_decision", decision), ("mcp_method", method), ("mcp_server", server)])
+    };
+    assert_eq!(by("allow", "tools/call", "testjson"), 2.0, "{requests:?}");
+    assert_eq!(by("deny", "tools/call", "github"), 1.0, "{requests:?}");
+    assert_eq!(by("allow", "tools/list", "testjson"), 1.0, "{requests:?}");
+    assert_eq!(by("deny", "none", "testjson"), 3.0, "refused before the body: {requests:?}");
+    let odd_counted = by("allow", "other", "testjson") + by("deny", "other", "testjson");
+    assert_eq!(odd_counted, 1.0, "an unknown method counts as other: {requests:?}");
+    assert_eq!(requests.iter().map(|(_, v)| v).sum::<f64>(), made, "{requests:?}");
+    assert!(!text.contains("made.up"), "a client's method name became a stat");
+
+    let failures = samples(&text, "mcp_gateway_auth_failures");
+    for reason in ["missing_token", "malformed", "expired"] {
+        assert_eq!(sample(&failures, &[("mcp_auth_failure", reason)]), 1.0, "{failures:?}");
+    }
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    let time = samples(&text, "mcp_gateway_filter_time_us_sum");
+    assert!(sample(&time, &[]) > 0.0, "{time:?}");
+    let buckets = samples(&text, "mcp_gateway_filter_time_us_bucket");
+    assert_eq!(sample(&buckets, &[("le", "+Inf")]), sample(&samples(&text, "mcp_gateway_filter_time_us_count"), &[]));
+}

@@ -57,6 +57,10 @@ pub trait Host {
     fn increment(&self, counter: u32);
     /// Adds `delta` to a counter.
     fn add(&self, counter: u32, delta: u64);
+    /// Defines a histogram (prefixed like counters).
+    fn define_histogram(&self, name: &str) -> Option<u32>;
+    /// Records one value in a histogram.
+    fn record_value(&self, histogram: u32, value: u64);
 
     /// Every entry of a header map, values as bytes (they need not be UTF-8).
     fn map(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError>;

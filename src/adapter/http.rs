@@ -11,6 +11,7 @@ use crate::rbac::Catalog;
 use crate::reject::Reply;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
 /// Where a request is in its life.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,14 +42,28 @@ pub struct Filter {
     context_id: u32,
     vm: Option<SharedVm>,
     request: Rc<RefCell<Request>>,
+    /// Time spent in this request's hooks so far (the filter time histogram).
+    busy: Duration,
 }
 
 impl Filter {
     pub(super) fn new(context_id: u32, vm: Option<SharedVm>) -> Filter {
-        Filter { context_id, vm, request: Rc::new(RefCell::new(Request::default())) }
+        Filter { context_id, vm, request: Rc::new(RefCell::new(Request::default())), busy: Duration::ZERO }
+    }
+
+    /// Adds the time since `since` to the request's filter time.
+    fn spent(&mut self, host: &impl Host, since: SystemTime) {
+        self.busy += host.now().duration_since(since).unwrap_or_default();
     }
 
     pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Flow {
+        let started = host.now();
+        let flow = self.request_headers(host, end_of_stream, started);
+        self.spent(host, started);
+        flow
+    }
+
+    fn request_headers(&mut self, host: &impl Host, end_of_stream: bool, started: SystemTime) -> Flow {
         let Some(vm) = self.vm.clone() else {
             return fail_closed(host, &self.request, "no configuration");
         };
@@ -57,7 +72,6 @@ impl Filter {
             Ok(h) => h.into_iter().map(|(n, v)| (n, text(v))).collect(),
             Err(_) => return fail_closed(host, &self.request, "cannot read request headers"),
         };
-        let started = host.now();
         let mut exchange = Exchange::new(started);
         let session_id = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id")).map(|(_, v)| v.trim());
         if let Some(id) = session_id {
@@ -80,6 +94,13 @@ impl Filter {
             Phase::Forwarded => return Flow::Continue,
             Phase::Head | Phase::AwaitKeys | Phase::AwaitBody => {}
         }
+        let since = host.now();
+        let flow = self.request_body(host, phase, body_size, end_of_stream);
+        self.spent(host, since);
+        flow
+    }
+
+    fn request_body(&mut self, host: &impl Host, phase: Phase, body_size: usize, end_of_stream: bool) -> Flow {
         let Some(vm) = self.vm.clone() else {
             return fail_closed(host, &self.request, "no configuration");
         };
@@ -128,6 +149,13 @@ impl Filter {
         if !inspect && !track_session {
             return Flow::Continue;
         }
+        let since = host.now();
+        self.response_headers(host, inspect, track_session);
+        self.spent(host, since);
+        Flow::Continue
+    }
+
+    fn response_headers(&mut self, host: &impl Host, inspect: bool, track_session: bool) {
         let header = |name: &str| {
             host.map_value(Map::ResponseHeaders, name).ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned())
         };
@@ -164,11 +192,26 @@ impl Filter {
         let mut r = self.request.borrow_mut();
         r.response = Some(handling);
         r.response_type = content_type;
-        Flow::Continue
     }
 
     pub fn on_response_body(&mut self, host: &impl Host, body_size: usize, end_of_stream: bool) -> Flow {
         let handling = self.request.borrow().response.unwrap_or(ResponseBody::Untouched);
+        if handling == ResponseBody::Untouched {
+            return Flow::Continue;
+        }
+        let since = host.now();
+        let flow = self.response_body(host, handling, body_size, end_of_stream);
+        self.spent(host, since);
+        flow
+    }
+
+    fn response_body(
+        &mut self,
+        host: &impl Host,
+        handling: ResponseBody,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         match handling {
             ResponseBody::Untouched => Flow::Continue,
             ResponseBody::Drop => {
@@ -207,6 +250,7 @@ impl Filter {
         let Some(exchange) = self.request.borrow_mut().exchange.take() else {
             return;
         };
+        let since = host.now();
         let status = host
             .property(&["response", "code"])
             .ok()
@@ -220,7 +264,7 @@ impl Filter {
             .ok()
             .flatten()
             .map(|b| strip_port(&String::from_utf8_lossy(&b)).to_owned());
-        let mut record = exchange.finish(status, host.now(), client_ip);
+        let mut record = exchange.finish(status, since, client_ip);
         let string = |path: &[&str]| {
             host.property(path)
                 .ok()
@@ -255,13 +299,19 @@ impl Filter {
         }
         let allowed = record.decision == Some(crate::audit::Outcome::Allow);
         Metrics::bump(host, if allowed { metrics.allowed } else { metrics.denied });
+        metrics.count_request(host, &record);
         let json = record.to_json_capped(config.max_record_bytes);
         // Always in Envoy's log; also queued for the sidecar when there is one.
         host.log(Level::Info, &format!("{}{json}", crate::audit::LOG_PREFIX));
+        let now = host.now();
         if let Some(outbox) = outbox {
-            if !outbox.push(epoch_ms(host.now()), json) {
+            if !outbox.push(epoch_ms(now), json) {
                 Metrics::bump(host, metrics.audit_dropped);
             }
+        }
+        self.busy += now.duration_since(since).unwrap_or_default();
+        if let Some(histogram) = metrics.filter_time {
+            host.record_value(histogram, u64::try_from(self.busy.as_micros()).unwrap_or(u64::MAX));
         }
     }
 

@@ -41,6 +41,7 @@ pub struct MockHost {
     queues: RefCell<HashMap<u32, VecDeque<Vec<u8>>>>,
     next_id: Cell<u32>,
     counters: RefCell<Vec<(String, u64)>>,
+    histograms: RefCell<Vec<(String, Vec<u64>)>>,
     /// How many times each host call was made.
     host_calls: RefCell<HashMap<&'static str, usize>>,
     /// Names of host calls that fail (`"map"`, `"set_buffer"`, `"dispatch"`...).
@@ -139,6 +140,16 @@ impl MockHost {
         self.shared.borrow_mut().insert(key.to_owned(), (value.to_vec(), cas));
     }
 
+    /// Names of the counters defined so far (each once, however often it was defined).
+    pub fn counter_names(&self) -> Vec<String> {
+        self.counters.borrow().iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The values recorded in a histogram.
+    pub fn histogram(&self, name: &str) -> Vec<u64> {
+        self.histograms.borrow().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
     pub fn counter(&self, name: &str) -> u64 {
         self.counters.borrow().iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
     }
@@ -177,6 +188,7 @@ impl Host for MockHost {
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {
+        self.count("define_metric");
         let mut counters = self.counters.borrow_mut();
         let index = match counters.iter().position(|(n, _)| n == name) {
             Some(i) => i,
@@ -201,6 +213,27 @@ impl Host for MockHost {
         let index = usize::try_from(counter).unwrap_or(usize::MAX);
         if let Some((_, value)) = self.counters.borrow_mut().get_mut(index) {
             *value += delta;
+        }
+    }
+
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        self.count("define_metric");
+        let mut histograms = self.histograms.borrow_mut();
+        let index = match histograms.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                histograms.push((name.to_owned(), Vec::new()));
+                histograms.len() - 1
+            }
+        };
+        u32::try_from(index).ok()
+    }
+
+    fn record_value(&self, histogram: u32, value: u64) {
+        self.count("record_value");
+        let index = usize::try_from(histogram).unwrap_or(usize::MAX);
+        if let Some((_, values)) = self.histograms.borrow_mut().get_mut(index) {
+            values.push(value);
         }
     }
 

@@ -80,6 +80,11 @@ struct Metrics {
     audit_acknowledged: Option<u32>,
     audit_retried: Option<u32>,
     audit_dropped: Option<u32>,
+    /// Microseconds in the filter's hooks per request.
+    filter_time: Option<u32>,
+    /// Counters whose names carry labels (see [`crate::stats`]), defined on first use.
+    /// Bounded: every label comes from a fixed set.
+    labelled: std::collections::HashMap<String, Option<u32>>,
 }
 
 impl Metrics {
@@ -93,7 +98,35 @@ impl Metrics {
             audit_acknowledged: host.define_counter("mcp_gateway.audit_records_acknowledged"),
             audit_retried: host.define_counter("mcp_gateway.audit_records_retried"),
             audit_dropped: host.define_counter("mcp_gateway.audit_records_dropped"),
+            filter_time: host.define_histogram(crate::stats::FILTER_TIME),
+            labelled: std::collections::HashMap::new(),
         }
+    }
+
+    /// Counts a finished request by decision, method and server, and an authentication
+    /// failure by its reason.
+    fn count_request(&mut self, host: &impl Host, record: &crate::audit::AuditRecord) {
+        use crate::stats;
+        let requests = stats::requests_name(
+            stats::decision_label(record.decision),
+            stats::method_label(record.method.as_deref()),
+            record.server.as_deref(),
+        );
+        let id = self.labelled_counter(host, requests);
+        Metrics::bump(host, id);
+        if let Some(reason) = record.auth_failure {
+            let id = self.labelled_counter(host, stats::auth_failures_name(reason));
+            Metrics::bump(host, id);
+        }
+    }
+
+    fn labelled_counter(&mut self, host: &impl Host, name: String) -> Option<u32> {
+        if let Some(id) = self.labelled.get(&name) {
+            return *id;
+        }
+        let id = host.define_counter(&name);
+        self.labelled.insert(name, id);
+        id
     }
 
     /// Adds what changed between two tallies of the audit outbox to the counters.

@@ -711,16 +711,21 @@ fn an_allowed_tool_call_makes_a_bounded_number_of_host_calls() {
     let calls: Vec<(&str, usize)> = host.take_host_calls().into_iter().filter(|(name, _)| *name != "enter").collect();
     let total: usize = calls.iter().map(|(_, n)| n).sum();
     println!("host calls for one allowed tools/call: {total} {calls:?}");
-    assert!(total <= 30, "{total} host calls: {calls:?}");
+    assert!(total <= 36, "{total} host calls: {calls:?}");
     // Per call: the header map read once, the body once; two response headers (type and
     // encoding) and the reply's one chunk, read for its outcome; the status, source,
-    // cluster, upstream host and both sizes; one audit line.
+    // cluster, upstream host and both sizes; one audit line; the clock at the start and
+    // end of each of the five hooks that work (the filter time), one histogram value.
+    // The first request with a (decision, method, server) also defines its counter.
     let count = |name: &str| calls.iter().find(|(n, _)| *n == name).map_or(0, |(_, n)| *n);
     assert_eq!(count("map"), 1);
     assert_eq!(count("buffer"), 2);
     assert_eq!(count("map_value"), 2);
     assert_eq!(count("property"), 6);
     assert_eq!(count("log"), 1);
+    assert_eq!(count("now"), 10);
+    assert_eq!(count("record_value"), 1);
+    assert_eq!(count("define_metric"), 1);
     let line = host.logs(Level::Info).into_iter().find(|l| l.contains(crate::audit::LOG_PREFIX)).unwrap_or_default();
     assert!(line.contains(r#""outcome":"tool_error""#) && line.contains(r#""is_error":true"#), "{line}");
 }
@@ -746,4 +751,42 @@ fn an_upstream_error_message_is_recorded_redacted() {
     let line = host.logs(Level::Info).into_iter().find(|l| l.contains(crate::audit::LOG_PREFIX)).unwrap_or_default();
     assert!(line.contains(r#""outcome":"error""#) && line.contains(r#""error_code":-32000"#), "{line}");
     assert!(line.contains(r#""error_message":"[REDACTED]""#) && !line.contains(&token), "{line}");
+}
+
+/// Requests are counted by decision, method and server, authentication failures by
+/// reason, each labelled counter defined once per worker; every request records its
+/// filter time once.
+#[test]
+fn requests_are_counted_by_label_and_timed() {
+    let host = MockHost::new();
+    let issuer = Issuer::new();
+    let root = configure(&host, ROOT, &inline_config(&issuer));
+    let token = issuer.token("alice", &["developer"]);
+    let finish = |f: &mut Filter, id: u32, status: u64| {
+        host.set_property_of(id, &["response", "code"], &status.to_le_bytes());
+        host.enter(id).unwrap();
+        f.on_log(&host);
+    };
+    for (id, tool) in [(10, "get_repository"), (11, "get_issue"), (12, "delete_repository")] {
+        let (mut f, _) = post(&host, &root, id, &token);
+        body(&host, &mut f, id, &call_body(tool));
+        finish(&mut f, id, 200);
+    }
+    let (mut f, flow) = post(&host, &root, 13, "not-a-token");
+    assert_eq!(flow, Flow::Pause);
+    finish(&mut f, 13, 401);
+    host.take_host_calls();
+    let (mut f, _) = post(&host, &root, 14, "not-a-token");
+    finish(&mut f, 14, 401);
+    let defined = host.take_host_calls().into_iter().find(|(n, _)| *n == "define_metric");
+    assert_eq!(defined, None, "a counter seen before is not defined again");
+
+    let requests = |d: &str, m: &str| host.counter(&crate::stats::requests_name(d, m, Some("github")));
+    assert_eq!(requests("allow", "tools/call"), 2);
+    assert_eq!(requests("deny", "tools/call"), 1);
+    assert_eq!(requests("deny", "none"), 2, "refused at the head: no method read");
+    assert_eq!(host.counter(&crate::stats::auth_failures_name("malformed")), 2);
+    assert_eq!(host.counter_names().iter().filter(|n| n.ends_with(".auth_failures")).count(), 1);
+    let times = host.histogram(crate::stats::FILTER_TIME);
+    assert_eq!(times.len(), 5, "{times:?}");
 }

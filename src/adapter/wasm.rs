@@ -66,6 +66,14 @@ impl Host for WasmHost {
         let _ = hostcalls::increment_metric(counter, i64::try_from(delta).unwrap_or(i64::MAX));
     }
 
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Histogram, name).ok()
+    }
+
+    fn record_value(&self, histogram: u32, value: u64) {
+        let _ = hostcalls::record_metric(histogram, value);
+    }
+
     fn map(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError> {
         hostcalls::get_map_bytes(map_type(map)).map_err(error)
     }

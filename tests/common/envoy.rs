@@ -108,7 +108,7 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
+{stats}static_resources:
   listeners:
   - name: mcp
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -136,6 +136,7 @@ static_resources:
   clusters:
 {clusters}"#,
         gateway = gateway_filter(opts),
+        stats = mcp_gateway::stats::STATS_CONFIG_YAML,
     )
 }
 
