@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the demo: two rmcp MCP servers on 127.0.0.1:10001/10002 and Envoy with the
-# mcp-gateway filter on 127.0.0.1:10000. Ctrl-C stops everything this script started.
+# Runs the demo: two rmcp MCP servers on 127.0.0.1:10001/10002, the audit sidecar on
+# 127.0.0.1:10100 (store in .dev/audit.db) and Envoy with the mcp-gateway filter on
+# 127.0.0.1:10000. Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MCPGW=target/release/mcpgw
@@ -9,6 +10,12 @@ ENVOY=${ENVOY:-.envoy/bin/envoy}
 "$MCPGW" keygen --dir .dev
 MCPGW_DEMO_JWK="$(cat .dev/public-key.jwk)"
 export MCPGW_DEMO_JWK
+# The secret the filter adds to its calls to the sidecar, made once per checkout.
+if [ ! -s .dev/sidecar-secret ]; then
+  (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > .dev/sidecar-secret)
+fi
+MCPGW_SIDECAR_SECRET="$(cat .dev/sidecar-secret)"
+export MCPGW_SIDECAR_SECRET
 
 pids=()
 stop() {
@@ -20,6 +27,9 @@ trap stop INT TERM EXIT
 
 "$MCPGW" demo --filesystem 127.0.0.1:10001 --github 127.0.0.1:10002 --sandbox .dev/sandbox &
 pids+=($!)
+"$MCPGW" sidecar --listen 127.0.0.1:10100 --db .dev/audit.db --checkpoint-key .dev/audit-checkpoint.key \
+  --heartbeat-secs 15 2> .dev/sidecar.log &
+pids+=($!)
 "$ENVOY" -c envoy/demo.yaml --use-dynamic-base-id --log-level info 2> .dev/envoy.log &
 pids+=($!)
 
@@ -28,6 +38,11 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -fsS http://127.0.0.1:9901/ready >/dev/null || { echo "envoy did not become ready; see .dev/envoy.log" >&2; exit 1; }
+for _ in $(seq 1 100); do
+  grep -q "listening on" .dev/sidecar.log 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "listening on" .dev/sidecar.log || { echo "the sidecar did not start; see .dev/sidecar.log" >&2; exit 1; }
 
 cat <<'MSG'
 
@@ -45,7 +60,14 @@ Try what the gateway refuses:
   - alice reading /user/bob/notes.md or /public/../private/salaries.csv on /mcp/filesystem (403)
   - no token at all (401)
 and ask why: target/release/mcpgw explain --help
-Audit lines: grep mcp_audit .dev/envoy.log
-Ctrl-C stops everything.
+
+The audit trail (every decision, in .dev/audit.db, hash-chained and signed):
+  ADMIN=$(target/release/mcpgw token --sub root --roles admin)
+  curl -N -H "Authorization: Bearer $ADMIN" http://127.0.0.1:10000/events          # live, as SSE
+  curl -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:10000/audit?user=alice&limit=5"
+  target/release/mcpgw audit verify      # checks the chain and the signed checkpoints
+A developer's token on /events sees only that developer's own records.
+Envoy's stats: curl -s http://127.0.0.1:9901/stats/prometheus | grep mcp_gateway
+Audit lines are also in .dev/envoy.log (grep mcp_audit). Ctrl-C stops everything.
 MSG
 wait -n "${pids[@]}"

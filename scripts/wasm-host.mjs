@@ -29,7 +29,14 @@ function pluginConfiguration() {
     if (l.trim() !== '' && indent(l) <= base) break;
     block.push(l);
   }
-  return block.join('\n');
+  // Without the audit sidecar: this host sends no HTTP calls.
+  const config = JSON.parse(block.join('\n'));
+  delete config.audit;
+  config.servers = config.servers.filter((s) => s.kind !== 'sidecar');
+  for (const role of Object.values(config.rbac.roles)) {
+    role.servers = role.servers.filter((s) => config.servers.some((t) => t.name === s) || s.includes('*'));
+  }
+  return JSON.stringify(config);
 }
 
 const enc = new TextEncoder();
@@ -148,6 +155,7 @@ const env = {
   },
   proxy_define_metric(type, namePtr, nameLen, idPtr) { view().setUint32(idPtr, 1, true); return 0; },
   proxy_increment_metric() { count('increment'); return 0; },
+  proxy_record_metric() { count('record_metric'); return 0; },
   proxy_set_tick_period_milliseconds() { return 0; },
   proxy_continue_stream() { count('continue'); return 0; },
   proxy_close_stream() { count('close'); return 0; },

@@ -110,10 +110,27 @@ fn demo(upstream: u16) -> Value {
     config
 }
 
-/// envoy/demo.yaml as JSON, with its local rate limit.
+/// envoy/demo.yaml as JSON, with its local rate limit, without its audit sidecar (the
+/// setups that send records add one: [`with_sidecar`]).
 fn demo_as_shipped(upstream: u16) -> Value {
     let yaml = std::fs::read_to_string(root().join("envoy/demo.yaml")).unwrap();
     let mut config: Value = serde_norway::from_str(&yaml).unwrap();
+    config["static_resources"]["clusters"].as_array_mut().unwrap().retain(|c| c["name"] != "sidecar");
+    hcm(&mut config)["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["route"]["cluster"] != "sidecar");
+    let wasm = filter_named(&mut config, "envoy.filters.http.wasm").unwrap();
+    let vm = &mut wasm["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"];
+    vm.as_array_mut().unwrap().retain(|k| k != "MCPGW_SIDECAR_SECRET");
+    let value = &mut wasm["typed_config"]["config"]["configuration"]["value"];
+    let mut plugin: Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
+    plugin.as_object_mut().unwrap().remove("audit");
+    plugin["servers"].as_array_mut().unwrap().retain(|s| s["kind"] != "sidecar");
+    for role in plugin["rbac"]["roles"].as_object_mut().unwrap().values_mut() {
+        role["servers"].as_array_mut().unwrap().retain(|s| s != "events" && s != "audit");
+    }
+    *value = json!(plugin.to_string());
     for cluster in config["static_resources"]["clusters"].as_array_mut().unwrap() {
         cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
             ["port_value"] = json!(upstream);

@@ -231,11 +231,13 @@ fn demo_envoy_config_validates() {
         .current_dir(root())
         .args(["--mode", "validate", "-c", "envoy/demo.yaml", "--use-dynamic-base-id"])
         .env("MCPGW_DEMO_JWK", jwk)
+        .env("MCPGW_SIDECAR_SECRET", "demo-validation-secret-0123")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("configured 2 servers"), "the filter did not load its configuration:\n{log}");
+    // The two MCP servers and the sidecar's /audit and /events.
+    assert!(log.contains("configured 4 servers"), "the filter did not load its configuration:\n{log}");
 }
 
 /// One Prometheus sample: `name{k="v",...} value`, labels as a sorted list.

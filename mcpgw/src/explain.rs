@@ -386,13 +386,24 @@ fn list_or_none(globs: &[String]) -> String {
 /// Compiles the plugin configuration from `text`: the configuration JSON itself, or an Envoy
 /// configuration (YAML) holding it as the `configuration.value` of its `mcp_gateway` wasm
 /// filter. `env` resolves `*_env` fields.
+///
+/// Explaining never sends records, so the sidecar's secret (`audit.sidecar.secret_env`)
+/// need not be given: when `env` does not have it, a stand-in is used.
 pub fn load_config(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ExplainError> {
-    if text.trim_start().starts_with('{') {
-        return Ok(Config::from_json(text.as_bytes(), env)?);
-    }
-    let plugin = plugin_configuration(text)?;
-    Ok(Config::from_json(plugin.as_bytes(), env)?)
+    let plugin = if text.trim_start().starts_with('{') { text.to_owned() } else { plugin_configuration(text)? };
+    let sidecar_secret = serde_json::from_str::<serde_json::Value>(&plugin)
+        .ok()
+        .and_then(|v| v.pointer("/audit/sidecar/secret_env")?.as_str().map(str::to_owned))
+        .filter(|name| env(name).is_none());
+    let env = |name: &str| match &sidecar_secret {
+        Some(secret) if secret == name => Some(SIDECAR_SECRET_STAND_IN.to_owned()),
+        _ => env(name),
+    };
+    Ok(Config::from_json(plugin.as_bytes(), &env)?)
 }
+
+/// What `load_config` gives the filter's configuration for an unset sidecar secret.
+const SIDECAR_SECRET_STAND_IN: &str = "explain-sends-no-records";
 
 /// The gateway's plugin configuration in an Envoy configuration (YAML): the
 /// `configuration.value` of the `envoy.filters.http.wasm` filter whose `config.name` is
