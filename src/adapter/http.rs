@@ -299,7 +299,7 @@ impl Filter {
         }
         let allowed = record.decision == Some(crate::audit::Outcome::Allow);
         Metrics::bump(host, if allowed { metrics.allowed } else { metrics.denied });
-        metrics.count_request(host, &record);
+        metrics.count_request(host, &record, &config.servers);
         let json = record.to_json_capped(config.max_record_bytes);
         // Always in Envoy's log; also queued for the sidecar when there is one.
         host.log(Level::Info, &format!("{}{json}", crate::audit::LOG_PREFIX));

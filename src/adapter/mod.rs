@@ -84,7 +84,19 @@ struct Metrics {
     filter_time: Option<u32>,
     /// Counters whose names carry labels (see [`crate::stats`]), defined on first use.
     /// Bounded: every label comes from a fixed set.
-    labelled: std::collections::HashMap<String, Option<u32>>,
+    labelled: std::collections::HashMap<Labels, Option<u32>>,
+}
+
+/// What a labelled counter counts (its name is built from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Labels {
+    /// Requests by decision, method label and server (its index in the configuration).
+    Request {
+        decision: &'static str,
+        method: &'static str,
+        server: Option<usize>,
+    },
+    AuthFailure(&'static str),
 }
 
 impl Metrics {
@@ -104,28 +116,35 @@ impl Metrics {
     }
 
     /// Counts a finished request by decision, method and server, and an authentication
-    /// failure by its reason.
-    fn count_request(&mut self, host: &impl Host, record: &crate::audit::AuditRecord) {
+    /// failure by its reason. The counters are found without building their names; a
+    /// name is formatted once, when its counter is defined.
+    fn count_request(
+        &mut self,
+        host: &impl Host,
+        record: &crate::audit::AuditRecord,
+        servers: &[crate::config::Server],
+    ) {
         use crate::stats;
-        let requests = stats::requests_name(
-            stats::decision_label(record.decision),
-            stats::method_label(record.method.as_deref()),
-            record.server.as_deref(),
-        );
-        let id = self.labelled_counter(host, requests);
+        let decision = stats::decision_label(record.decision);
+        let method = stats::method_label(record.method.as_deref());
+        let server = record.server.as_deref().and_then(|name| servers.iter().position(|s| s.name == name));
+        let key = Labels::Request { decision, method, server };
+        let id = self.labelled_counter(host, key, || {
+            stats::requests_name(decision, method, server.and_then(|i| servers.get(i)).map(|s| s.name.as_str()))
+        });
         Metrics::bump(host, id);
         if let Some(reason) = record.auth_failure {
-            let id = self.labelled_counter(host, stats::auth_failures_name(reason));
+            let id = self.labelled_counter(host, Labels::AuthFailure(reason), || stats::auth_failures_name(reason));
             Metrics::bump(host, id);
         }
     }
 
-    fn labelled_counter(&mut self, host: &impl Host, name: String) -> Option<u32> {
-        if let Some(id) = self.labelled.get(&name) {
+    fn labelled_counter(&mut self, host: &impl Host, key: Labels, name: impl FnOnce() -> String) -> Option<u32> {
+        if let Some(id) = self.labelled.get(&key) {
             return *id;
         }
-        let id = host.define_counter(&name);
-        self.labelled.insert(name, id);
+        let id = host.define_counter(&name());
+        self.labelled.insert(key, id);
         id
     }
 
