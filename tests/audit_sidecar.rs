@@ -10,6 +10,8 @@ use mcpgw::sidecar::{self, Config, Sidecar};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SECRET_ENV: &str = "MCPGW_TEST_SIDECAR_SECRET";
@@ -388,4 +390,116 @@ async fn each_record_states_the_outcome_at_three_levels() {
     assert!(!text.contains("hunter2") && !text.contains(&admin) && !text.contains(SECRET), "{text}");
     drop(gw);
     sidecar.stop().await;
+}
+
+/// The real sidecar binary on `addr`; it is killed (SIGKILL) when dropped.
+struct SidecarProcess(std::process::Child);
+
+impl SidecarProcess {
+    fn start(addr: SocketAddr, dir: &Path) -> SidecarProcess {
+        let mut child = std::process::Command::new(common::envoy::mcpgw_binary())
+            .args(["sidecar", "--listen", &addr.to_string(), "--db"])
+            .arg(dir.join("audit.db"))
+            .arg("--checkpoint-key")
+            .arg(dir.join("checkpoint.key"))
+            .args(["--checkpoint-records", "10"])
+            .env("MCPGW_SIDECAR_SECRET", SECRET)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It says when it listens.
+        let mut line = String::new();
+        let stderr = child.stderr.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line).unwrap();
+        assert!(line.contains("listening"), "{line}");
+        SidecarProcess(child)
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The sidecar process is killed without warning while a client keeps calling, then
+/// started again on the same database: every call the client made is in the store once
+/// (a batch committed but not acknowledged before the kill is resent and not stored
+/// twice), nothing was dropped, and the chain verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_killed_under_load_loses_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let db = dir.path().join("audit.db");
+    let sidecar = SidecarProcess::start(addr, dir.path());
+    let gw = gateway(addr).await;
+    let token = gw.token("alice", &["admin"]);
+    let url = gw.url("testjson");
+    // The client calls without pause until told to stop, counting what it made.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let client = {
+        let (url, token, made) = (url.clone(), token.clone(), Arc::clone(&made));
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !*stopped.borrow_and_update() {
+                let reply = post_json(&url, Some(&token), &tool_call(i, "echo", json!({"text": "load"}))).await;
+                assert_eq!(reply.status, 200, "a call failed while the sidecar was away");
+                made.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        })
+    };
+    let calls = || made.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = |what: &str| assert!(Instant::now() < deadline, "still waiting: {what}");
+    // Up: records are committing.
+    while stored_count(&db) < 20 {
+        waiting("records committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(sidecar);
+    let at_kill = calls();
+    // Down: the client goes on; the filter fails to send and retries.
+    while stat(&gw, "audit_records_retried").await == 0 || calls() < at_kill + 20 {
+        waiting("a failed send retried, 20 calls made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sidecar = SidecarProcess::start(addr, dir.path());
+    let at_restart = calls();
+    while calls() < at_restart + 20 {
+        waiting("20 calls after the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    client.await.unwrap();
+    let made = calls();
+    let records = wait_for_records(&db, made).await;
+    assert_eq!(records.len(), made, "every call once: {} stored of {made}", records.len());
+    let mut ids: Vec<&str> = records.iter().map(|r| r["record_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), made);
+    assert_eq!(stat(&gw, "audit_records_dropped").await, 0);
+    drop(sidecar);
+    let out = std::process::Command::new(common::envoy::mcpgw_binary())
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .arg("--public-key")
+        .arg(dir.path().join("checkpoint.key.pub"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("({made} records)")), "{said}");
+}
+
+fn stored_count(db: &Path) -> usize {
+    if db.exists() {
+        stored(db).len()
+    } else {
+        0
+    }
 }

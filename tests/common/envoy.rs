@@ -41,6 +41,21 @@ pub fn wasm_path() -> &'static Path {
     })
 }
 
+/// The `mcpgw` binary (the sidecar), built once per test binary like the filter.
+pub fn mcpgw_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root())
+            .args(["build", "--quiet", "-p", "mcpgw", "--bin", "mcpgw"])
+            .status()
+            .expect("run cargo to build mcpgw");
+        assert!(status.success(), "building mcpgw failed");
+        root().join("target/debug/mcpgw")
+    })
+}
+
 /// What to run Envoy with.
 pub struct EnvoyOptions {
     /// Plugin configuration (JSON) for the filter; `null` runs Envoy without the filter
