@@ -49,11 +49,16 @@ test: wasm envoy interop
 
 ## bench: JWT verification cost per algorithm (wasm on V8 via node, and native), the
 ## decision code's cost per MCP call (native), then Envoy's CPU per call with and without
-## the filter, interleaved rounds (writes bench/results/latest.md and BENCHMARKS.md)
+## the filter, interleaved rounds (writes bench/results/latest.md and BENCHMARKS.md), then the
+## sidecar's ingest rate and /events fan-out (bench/results/sidecar.md)
 bench: wasm envoy bench-tools
 	scripts/bench-jwt.sh
 	cargo test --release --test bench_pipeline -- --ignored --nocapture
 	cargo test --release --test bench_gateway -- --ignored --nocapture
+	@# mcpgw's tests also build the mcpgw binary, which release builds with panic=abort while the
+	@# test harness needs unwind; mcp-gateway's cdylib output has no hash in its name, so the two
+	@# builds of it would overwrite each other. One panic strategy for this run avoids that.
+	CARGO_PROFILE_RELEASE_PANIC=unwind cargo test --release -p mcpgw --test bench_sidecar -- --ignored --nocapture
 
 ## bench-tools: what `make bench` needs from Debian: wrk (load), gnuplot (the chart), binaryen
 ## (wasm-opt, for the size figures)

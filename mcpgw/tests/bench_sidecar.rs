@@ -1,0 +1,842 @@
+//! What the sidecar sustains: audit records committed per second, and `/events` fanned out
+//! to 1,000 and 10,000 subscribers on loopback (delivery latency, resident memory per
+//! subscriber).
+//!
+//! The sidecar is the built `mcpgw sidecar` in a process of its own, so its resident memory
+//! (`VmRSS`) and CPU time (`/proc/<pid>/stat`) are its own. Ingest: a few clients post
+//! batches as the filter sends them, back to back; every acknowledged record must be in the
+//! store afterwards (killed without warning, the chain and checkpoints verify). Fan-out:
+//! subscribers are raw HTTP/1.1 connections on one runtime that read only each event's
+//! `id:` line; records are posted one at a time, and each delivery's latency is from the
+//! post's send to the subscriber reading the event. A lost event or a subscriber that never
+//! connects fails the run; timings never do.
+//!
+//! Ignored by `make test`; `make bench` runs it in release mode and it writes
+//! `bench/results/sidecar.md` and the sidecar part of `BENCHMARKS.md`. By hand:
+//! `CARGO_PROFILE_RELEASE_PANIC=unwind cargo test --release -p mcpgw --test bench_sidecar --
+//! --ignored --nocapture` (the Makefile says why the panic strategy is set).
+
+// A benchmark harness: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use mcpgw::audit_store::{self, SqliteStore};
+use mcpgw::sidecar::SECRET_HEADER;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{Notify, Semaphore};
+
+const SECRET: &str = "bench-secret-0123456789";
+
+/// Ingest: concurrent clients, batch sizes (500 is the filter's default), seconds each.
+const INGEST_CLIENTS: usize = 4;
+const BATCH_SIZES: [usize; 4] = [1, 16, 64, 500];
+const INGEST_SECONDS: u64 = 3;
+
+/// Fan-out: subscriber counts, events posted to each, and the least time between posts
+/// (a post also waits until every subscriber has the previous event, so events never
+/// queue up behind each other and the bus cannot lag).
+const SUBSCRIBERS: [usize; 2] = [1_000, 10_000];
+const EVENTS: usize = 40;
+const EVENT_EVERY: Duration = Duration::from_millis(100);
+/// Subscribers connecting at once: below the sidecar's accept backlog, so none waits
+/// for a SYN retry.
+const CONNECTING: usize = 128;
+/// Open files each process needs besides one per subscriber connection.
+const SPARE_FILES: u64 = 256;
+
+/// The issue's targets for 10,000 subscribers on 2 cores.
+const TARGET_KIB: f64 = 20.0;
+const TARGET_P99_MS: f64 = 50.0;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// `mcpgw sidecar` in its own process, on a free loopback port with a fresh store; killed
+/// when dropped.
+struct SidecarProcess {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+impl SidecarProcess {
+    fn start() -> SidecarProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpgw"))
+            .args(["sidecar", "--listen", &addr.to_string(), "--db"])
+            .arg(dir.path().join("audit.db"))
+            .arg("--checkpoint-key")
+            .arg(dir.path().join("checkpoint.key"))
+            .env("MCPGW_SIDECAR_SECRET", SECRET)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its first line says it listens; the rest is passed on (and the pipe kept open,
+        // so its writes to stderr do not fail).
+        let stderr = child.stderr.take().unwrap();
+        let (first, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok);
+            let _ = first.send(lines.next().unwrap_or_default());
+            for line in lines {
+                eprintln!("{line}");
+            }
+        });
+        let line = listening.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(line.contains("listening"), "the sidecar did not start: {line}");
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        SidecarProcess { child, addr, dir, client }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn ingest(&self, body: String) -> Value {
+        let reply = self
+            .client
+            .post(format!("http://{}/ingest", self.addr))
+            .header(SECRET_HEADER, SECRET)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "ingest refused");
+        reply.json().await.unwrap()
+    }
+
+    /// One figure from `/metrics`.
+    async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(format!("http://{}/metrics", self.addr))
+            .header(SECRET_HEADER, SECRET)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// CPU time a process has used, µs.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    user: f64,
+    /// In the kernel: on loopback, sending includes most of the receiving side's work.
+    system: f64,
+}
+
+impl Cpu {
+    fn of(pid: u32) -> Cpu {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The fields after the command name's closing parenthesis, from the third (state).
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
+        // SAFETY: sysconf only reads a configuration value.
+        let us_per_tick = 1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let ticks = |i: usize| fields[i].parse::<u64>().unwrap() as f64 * us_per_tick;
+        Cpu { user: ticks(11), system: ticks(12) }
+    }
+
+    fn since(self, earlier: Cpu) -> Cpu {
+        Cpu { user: self.user - earlier.user, system: self.system - earlier.system }
+    }
+
+    /// Per one of `n` things, with the kernel's part.
+    fn per(self, n: f64) -> String {
+        format!("{:.1} ({:.1} kernel)", (self.user + self.system) / n, self.system / n)
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (the sidecar inherits it); returns
+/// the limit now in force.
+fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: both calls only read or write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// An audit record as the filter writes it (the README's example, about 750 bytes): its
+/// fields after `record_id`, serialized once, so the clients spend little CPU on bodies.
+fn record_rest() -> &'static str {
+    static REST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REST.get_or_init(|| {
+        let rest = json!({
+            "timestamp": "2026-12-02T06:00:00.000Z",
+            "request_id": "15db1d99-5c1e-4d0a-9d52-1b4e0f0a6c3e", "user_id": "alice", "roles": ["developer"],
+            "server": "github", "http_method": "POST", "method": "tools/call", "target": "get_repository",
+            "jsonrpc_id": 1, "params": {"repository": "acme/website"}, "decision": "allow", "reason": "role developer",
+            "success": true, "status": 200, "outcome": "ok", "is_error": false, "upstream_cluster": "github",
+            "upstream_host": "127.0.0.1:10102", "bytes_in": 112, "bytes_out": 230, "response_time_ms": 4,
+            "client_ip": "127.0.0.1", "user_agent": "curl/7.88.1",
+            "session_id": "ac1c6f0e8b9a4d2f9e7c5b3a1d0f8e6c", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+        })
+        .to_string();
+        rest[1..].to_owned()
+    })
+}
+
+/// A batch as the filter's outbox sends it: the records' JSON in an array. `ids` need no
+/// JSON escaping.
+fn batch(ids: impl Iterator<Item = String>) -> String {
+    let mut body = String::from("[");
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"record_id\":\"");
+        body.push_str(&id);
+        body.push_str("\",");
+        body.push_str(record_rest());
+    }
+    body.push(']');
+    body
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p / 100.0).round() as usize]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+struct IngestRow {
+    batch: usize,
+    records: u64,
+    batches: u64,
+    seconds: f64,
+    /// Post to acknowledgement, ms, sorted.
+    acks: Vec<f64>,
+    cpu: Cpu,
+}
+
+/// `INGEST_CLIENTS` clients posting batches of `size` back to back for `INGEST_SECONDS`.
+async fn ingest_rate(sidecar: &Arc<SidecarProcess>, size: usize) -> IngestRow {
+    let cpu = Cpu::of(sidecar.pid());
+    let start = Instant::now();
+    let until = start + Duration::from_secs(INGEST_SECONDS);
+    let clients: Vec<_> = (0..INGEST_CLIENTS)
+        .map(|c| {
+            let sidecar = Arc::clone(sidecar);
+            tokio::spawn(async move {
+                let (mut records, mut acks) = (0_u64, Vec::new());
+                for b in 0.. {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let body = batch((0..size).map(|i| format!("ingest-{size}-{c}-{b}-{i}")));
+                    let sent = Instant::now();
+                    let reply = sidecar.ingest(body).await;
+                    acks.push(sent.elapsed().as_secs_f64() * 1e3);
+                    // Every id is new, so every record of the batch is committed.
+                    assert_eq!(reply["committed"].as_u64(), Some(size as u64), "{reply}");
+                    records += size as u64;
+                }
+                (records, acks)
+            })
+        })
+        .collect();
+    let mut row = IngestRow { batch: size, records: 0, batches: 0, seconds: 0.0, acks: Vec::new(), cpu };
+    for client in clients {
+        let (records, acks) = client.await.unwrap();
+        row.records += records;
+        row.batches += acks.len() as u64;
+        row.acks.extend(acks);
+    }
+    row.seconds = start.elapsed().as_secs_f64();
+    row.cpu = Cpu::of(sidecar.pid()).since(cpu);
+    row.acks = sorted(row.acks);
+    row
+}
+
+/// Ingest at each batch size into one sidecar, then checks that what was acknowledged is
+/// what is stored: in `/metrics`, and in the store after a kill without warning.
+async fn ingest() -> Vec<IngestRow> {
+    let sidecar = Arc::new(SidecarProcess::start());
+    let mut rows = Vec::new();
+    for size in BATCH_SIZES {
+        rows.push(ingest_rate(&sidecar, size).await);
+    }
+    let acknowledged: u64 = rows.iter().map(|r| r.records).sum();
+    assert_eq!(sidecar.metric("mcpgw_sidecar_records_committed_total").await, acknowledged);
+    assert_eq!(sidecar.metric("mcpgw_sidecar_last_seq").await, acknowledged);
+    assert_eq!(sidecar.metric("mcpgw_sidecar_records_duplicate_total").await, 0);
+    let mut sidecar = Arc::into_inner(sidecar).unwrap();
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    let store = SqliteStore::open_existing(&sidecar.dir.path().join("audit.db")).unwrap();
+    let key =
+        audit_store::parse_public_key(&std::fs::read_to_string(sidecar.dir.path().join("checkpoint.key.pub")).unwrap())
+            .unwrap();
+    let report = audit_store::verify(&store, &key).unwrap().unwrap_or_else(|f| panic!("the store fails: {f:?}"));
+    assert_eq!(report.records, acknowledged, "acknowledged records missing from the store: {report:?}");
+    rows
+}
+
+/// An HTTP/1.1 chunked body read as SSE lines, from whatever pieces the socket gives.
+#[derive(Default)]
+struct ChunkedLines {
+    /// Data bytes left in the current chunk.
+    left: usize,
+    /// Bytes of the current chunk's closing CRLF still to skip.
+    crlf: usize,
+    /// A chunk-size line read in part.
+    size_line: Vec<u8>,
+    /// An SSE line read in part.
+    line: Vec<u8>,
+    /// The last (empty) chunk was read.
+    done: bool,
+}
+
+impl ChunkedLines {
+    fn feed(&mut self, mut input: &[u8], on_line: &mut impl FnMut(&[u8])) -> Result<(), String> {
+        while !input.is_empty() && !self.done {
+            if self.left > 0 {
+                let (mut data, rest) = input.split_at(self.left.min(input.len()));
+                self.left -= data.len();
+                input = rest;
+                while let Some(end) = data.iter().position(|&b| b == b'\n') {
+                    if self.line.is_empty() {
+                        on_line(&data[..end]);
+                    } else {
+                        self.line.extend_from_slice(&data[..end]);
+                        on_line(&self.line);
+                        self.line.clear();
+                    }
+                    data = &data[end + 1..];
+                }
+                self.line.extend_from_slice(data);
+                if self.left == 0 {
+                    self.crlf = 2;
+                }
+            } else if self.crlf > 0 {
+                let n = self.crlf.min(input.len());
+                self.crlf -= n;
+                input = &input[n..];
+            } else {
+                let Some(end) = input.iter().position(|&b| b == b'\n') else {
+                    self.size_line.extend_from_slice(input);
+                    break;
+                };
+                self.size_line.extend_from_slice(&input[..end]);
+                input = &input[end + 1..];
+                let text = String::from_utf8_lossy(&self.size_line);
+                let hex = text.split(';').next().unwrap_or_default().trim();
+                self.left = usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size line {text:?}"))?;
+                self.done = self.left == 0;
+                self.size_line.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one subscriber read: each event's sequence number and when it arrived.
+#[derive(Default)]
+struct Received {
+    events: Vec<(u64, Instant)>,
+    lagged: bool,
+    error: Option<String>,
+    /// The connection, kept open until every subscriber is done: closing it at once would
+    /// add the closes to the last event's fan-out.
+    socket: Option<tokio::net::TcpStream>,
+}
+
+/// A count that a task can wait to reach: atomics on the subscribers' side, one wake-up
+/// for the waiter. SeqCst: the waiter stores `wanted` then loads `done`, an adder the
+/// reverse, and one of them must see the other's write.
+#[derive(Default)]
+struct Count {
+    done: AtomicUsize,
+    wanted: AtomicUsize,
+    reached: Notify,
+}
+
+impl Count {
+    fn add(&self, n: usize) {
+        let before = self.done.fetch_add(n, Ordering::SeqCst);
+        let wanted = self.wanted.load(Ordering::SeqCst);
+        if before < wanted && before + n >= wanted {
+            self.reached.notify_one();
+        }
+    }
+
+    /// Waits until the count is at least `wanted`; false after `limit`.
+    async fn reach(&self, wanted: usize, limit: Duration) -> bool {
+        self.wanted.store(wanted, Ordering::SeqCst);
+        tokio::time::timeout(limit, async {
+            while self.done.load(Ordering::SeqCst) < wanted {
+                self.reached.notified().await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    fn get(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+/// What subscribers and the poster share.
+struct Gates {
+    /// Connections being opened, at most `CONNECTING`.
+    connecting: Semaphore,
+    /// Subscribers whose stream is open (or that failed).
+    connected: Count,
+    /// Events read (or given up on), over all subscribers.
+    delivered: Count,
+}
+
+/// One `/events` subscriber as an audit-role caller: a bare HTTP/1.1 request, then only
+/// the `id:` line of each event is looked at.
+async fn subscribe(addr: SocketAddr, index: usize, gates: Arc<Gates>) -> Received {
+    let mut got = Received::default();
+    let mut opened = false;
+    if let Err(e) = read_events(addr, index, &gates, &mut got, &mut opened).await {
+        got.error = Some(e);
+    }
+    if !opened {
+        gates.connected.add(1);
+    }
+    // Whatever it did not read, the poster must not wait for.
+    gates.delivered.add(EVENTS.saturating_sub(got.events.len()));
+    got
+}
+
+async fn read_events(
+    addr: SocketAddr,
+    index: usize,
+    gates: &Gates,
+    got: &mut Received,
+    opened: &mut bool,
+) -> Result<(), String> {
+    let connecting = gates.connecting.acquire().await.map_err(|e| e.to_string())?;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let request = format!(
+        "GET /events HTTP/1.1\r\nhost: {addr}\r\n{SECRET_HEADER}: {SECRET}\r\nx-mcp-user-id: subscriber-{index}\r\n\
+         x-mcp-roles: admin\r\naccept: text/event-stream\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.map_err(|e| format!("request: {e}"))?;
+    let mut buf = vec![0_u8; 4096];
+    let mut head = Vec::new();
+    let body_start = loop {
+        let read = socket.read(&mut buf).await.map_err(|e| format!("response head: {e}"))?;
+        if read == 0 {
+            return Err("closed before the response head".into());
+        }
+        head.extend_from_slice(&buf[..read]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
+    if !text.starts_with("http/1.1 200") || !text.contains("transfer-encoding: chunked") {
+        return Err(format!("unexpected response head: {text}"));
+    }
+    drop(connecting);
+    *opened = true;
+    gates.connected.add(1);
+    let mut body = ChunkedLines::default();
+    let mut now = Instant::now();
+    let mut read = head.len() - body_start;
+    buf[..read].copy_from_slice(&head[body_start..]);
+    loop {
+        body.feed(&buf[..read], &mut |line| on_line(line, now, got, gates))?;
+        if got.events.len() >= EVENTS || got.lagged {
+            got.socket = Some(socket);
+            return Ok(());
+        }
+        if body.done {
+            return Err(format!("the stream ended after {} events", got.events.len()));
+        }
+        read = socket.read(&mut buf).await.map_err(|e| format!("events: {e}"))?;
+        now = Instant::now();
+        if read == 0 {
+            return Err(format!("the connection closed after {} events", got.events.len()));
+        }
+    }
+}
+
+/// The per-event work of a subscriber: note when an event's id arrived.
+fn on_line(line: &[u8], now: Instant, got: &mut Received, gates: &Gates) {
+    if let Some(id) = line.strip_prefix(b"id:") {
+        let seq = std::str::from_utf8(id).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        got.events.push((seq, now));
+        gates.delivered.add(1);
+    } else if line.starts_with(b"event: lagged") {
+        got.lagged = true;
+    }
+}
+
+struct FanOutRow {
+    subscribers: usize,
+    rss_before_kib: u64,
+    rss_connected_kib: u64,
+    rss_after_kib: u64,
+    connect_seconds: f64,
+    /// Post to receipt, ms, over every (subscriber, event), sorted.
+    latencies: Vec<f64>,
+    /// Post to the last subscriber's receipt, ms, per event, sorted.
+    spreads: Vec<f64>,
+    /// Post to acknowledgement, ms, sorted.
+    acks: Vec<f64>,
+    lagged: usize,
+    lagged_metric: u64,
+    sidecar_cpu: Cpu,
+    client_cpu: Cpu,
+}
+
+impl FanOutRow {
+    fn kib_per_subscriber(&self, rss: u64) -> f64 {
+        rss.saturating_sub(self.rss_before_kib) as f64 / self.subscribers as f64
+    }
+}
+
+async fn fan_out(n: usize) -> FanOutRow {
+    let sidecar = SidecarProcess::start();
+    // One record first, so the store, its connection and the poster's are warm.
+    let mut last_seq = sidecar.ingest(batch(std::iter::once("warm-up".to_owned()))).await["last_seq"].as_u64().unwrap();
+    let rss_before_kib = rss_kib(sidecar.pid());
+    let gates = Arc::new(Gates {
+        connecting: Semaphore::new(CONNECTING),
+        connected: Count::default(),
+        delivered: Count::default(),
+    });
+    let start = Instant::now();
+    let subscribers: Vec<_> = (0..n).map(|i| tokio::spawn(subscribe(sidecar.addr, i, Arc::clone(&gates)))).collect();
+    assert!(
+        gates.connected.reach(n, Duration::from_secs(120)).await,
+        "{} of {n} subscribers connected after 120 s",
+        gates.connected.get()
+    );
+    // Every stream the client opened is one the sidecar counts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = sidecar.metric("mcpgw_sidecar_subscribers").await;
+        if counted == n as u64 {
+            break;
+        }
+        if Instant::now() > deadline || subscribers.iter().any(|s| s.is_finished()) {
+            let mut failed = Vec::new();
+            for s in subscribers.into_iter().filter(|s| s.is_finished()) {
+                failed.push(s.await.unwrap().error.unwrap_or_else(|| "ended".into()));
+            }
+            panic!("the sidecar counts {counted} of {n} subscribers; failures: {:?}", &failed[..failed.len().min(5)]);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_seconds = start.elapsed().as_secs_f64();
+    let rss_connected_kib = rss_kib(sidecar.pid());
+    let (sidecar_cpu, client_cpu) = (Cpu::of(sidecar.pid()), Cpu::of(std::process::id()));
+    let mut pace = tokio::time::interval(EVENT_EVERY);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = Vec::with_capacity(EVENTS);
+    let mut acks = Vec::with_capacity(EVENTS);
+    for k in 0..EVENTS {
+        pace.tick().await;
+        let body = batch(std::iter::once(format!("event-{k}")));
+        let at = Instant::now();
+        let reply = sidecar.ingest(body).await;
+        acks.push(at.elapsed().as_secs_f64() * 1e3);
+        last_seq += 1;
+        assert_eq!(reply["last_seq"].as_u64(), Some(last_seq), "{reply}");
+        sent.push((last_seq, at));
+        assert!(
+            gates.delivered.reach(n * (k + 1), Duration::from_secs(30)).await,
+            "event {last_seq} has not reached every subscriber after 30 s"
+        );
+    }
+    let (sidecar_cpu, client_cpu) =
+        (Cpu::of(sidecar.pid()).since(sidecar_cpu), Cpu::of(std::process::id()).since(client_cpu));
+    let rss_after_kib = rss_kib(sidecar.pid());
+    let lagged_metric = sidecar.metric("mcpgw_sidecar_lagged_total").await;
+    let mut latencies = Vec::with_capacity(n * EVENTS);
+    let mut last_receipt = vec![0.0_f64; EVENTS];
+    let mut lagged = 0;
+    for s in subscribers {
+        let got = s.await.unwrap();
+        if let Some(e) = got.error {
+            panic!("a subscriber failed: {e}");
+        }
+        lagged += usize::from(got.lagged);
+        let seqs: Vec<u64> = got.events.iter().map(|(seq, _)| *seq).collect();
+        let expected: Vec<u64> = sent.iter().map(|(seq, _)| *seq).collect();
+        if got.lagged {
+            assert!(expected.starts_with(&seqs), "a lagged subscriber got {seqs:?}");
+        } else {
+            assert_eq!(seqs, expected, "a subscriber lost or reordered events");
+        }
+        for ((_, at), (_, got_at)) in sent.iter().zip(&got.events) {
+            let ms = got_at.duration_since(*at).as_secs_f64() * 1e3;
+            latencies.push(ms);
+        }
+        for (last, ((_, at), (_, got_at))) in last_receipt.iter_mut().zip(sent.iter().zip(&got.events)) {
+            *last = last.max(got_at.duration_since(*at).as_secs_f64() * 1e3);
+        }
+    }
+    FanOutRow {
+        subscribers: n,
+        rss_before_kib,
+        rss_connected_kib,
+        rss_after_kib,
+        connect_seconds,
+        latencies: sorted(latencies),
+        spreads: sorted(last_receipt),
+        acks: sorted(acks),
+        lagged,
+        lagged_metric,
+        sidecar_cpu,
+        client_cpu,
+    }
+}
+
+/// For comparison: what an HTTP connection costs the sidecar without a subscriber, kept
+/// alive after one request was answered (a 404). KiB per connection.
+async fn idle_connection_kib(n: usize) -> f64 {
+    let sidecar = SidecarProcess::start();
+    sidecar.ingest(batch(std::iter::once("warm-up".to_owned()))).await;
+    let before = rss_kib(sidecar.pid());
+    let connecting = Arc::new(Semaphore::new(CONNECTING));
+    let addr = sidecar.addr;
+    let opened: Vec<_> = (0..n)
+        .map(|_| {
+            let connecting = Arc::clone(&connecting);
+            tokio::spawn(async move {
+                let _turn = connecting.acquire().await.unwrap();
+                let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+                socket.write_all(format!("GET /idle HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0_u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let read = socket.read(&mut buf).await.unwrap();
+                    assert!(read > 0, "closed before the response head");
+                    head.extend_from_slice(&buf[..read]);
+                }
+                assert!(head.starts_with(b"HTTP/1.1 404"), "{}", String::from_utf8_lossy(&head));
+                socket
+            })
+        })
+        .collect();
+    let mut sockets = Vec::with_capacity(n);
+    for socket in opened {
+        sockets.push(socket.await.unwrap());
+    }
+    rss_kib(sidecar.pid()).saturating_sub(before) as f64 / n as f64
+}
+
+/// 10000 as "10,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+fn markdown(ingest: &[IngestRow], fan_out: &[FanOutRow], idle: (usize, f64), skipped: Option<&str>) -> String {
+    let mut out = format!(
+        "Ingest: {INGEST_CLIENTS} clients post batches back to back, {INGEST_SECONDS} s per batch size; each \
+         record about 750 bytes, as the filter writes it.\n\n\
+         | records per batch | records/s | batches/s | acknowledged in (p50) | p99 | sidecar CPU µs/record |\n\
+         |---|---|---|---|---|---|\n"
+    );
+    for r in ingest {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {} |\n",
+            r.batch,
+            r.records as f64 / r.seconds,
+            r.batches as f64 / r.seconds,
+            percentile(&r.acks, 50.0),
+            percentile(&r.acks, 99.0),
+            r.cpu.per(r.records as f64),
+        ));
+    }
+    let total = thousands(ingest.iter().map(|r| r.records).sum::<u64>() as usize);
+    out.push_str(&format!(
+        "\nAll {total} acknowledged records were committed: `/metrics` says so, and after a SIGKILL the store \
+         holds {total} records whose chain and checkpoints verify.\n\n\
+         Fan-out: {EVENTS} records posted one at a time, at least {} ms apart and each once the last reached \
+         every subscriber; latency from the post's send to a subscriber reading the event, over every \
+         (subscriber, event).\n\n\
+         | subscribers | KiB per subscriber, connected | after the events | delivery p50 | p99 | max | last subscriber (median) | acknowledged in (p50) | lagged | sidecar CPU µs/delivery | client CPU µs/delivery | connect time |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        EVENT_EVERY.as_millis()
+    ));
+    for r in fan_out {
+        let deliveries = (r.subscribers * EVENTS) as f64;
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {} | {} | {} | {:.1} s |\n",
+            thousands(r.subscribers),
+            r.kib_per_subscriber(r.rss_connected_kib),
+            r.kib_per_subscriber(r.rss_after_kib),
+            percentile(&r.latencies, 50.0),
+            percentile(&r.latencies, 99.0),
+            r.latencies.last().copied().unwrap_or(f64::NAN),
+            percentile(&r.spreads, 50.0),
+            percentile(&r.acks, 50.0),
+            r.lagged.max(r.lagged_metric as usize),
+            r.sidecar_cpu.per(deliveries),
+            r.client_cpu.per(deliveries),
+            r.connect_seconds,
+        ));
+    }
+    let rss: Vec<String> = fan_out
+        .iter()
+        .map(|r| {
+            format!("{} → {} → {} MiB", r.rss_before_kib / 1024, r.rss_connected_kib / 1024, r.rss_after_kib / 1024)
+        })
+        .collect();
+    out.push_str(&format!(
+        "\nThe sidecar's resident memory before subscribers → connected → after the events: {}. For \
+         comparison, {} keep-alive connections with one request answered (a 404) and no subscriber: {:.1} KiB \
+         each.\n",
+        rss.join("; "),
+        thousands(idle.0),
+        idle.1
+    ));
+    match (fan_out.iter().find(|r| r.subscribers == 10_000), skipped) {
+        (Some(r), _) => {
+            let kib = r.kib_per_subscriber(r.rss_after_kib.max(r.rss_connected_kib));
+            let p99 = percentile(&r.latencies, 99.0);
+            out.push_str(&format!(
+                "\nTargets for 10,000 subscribers on 2 cores: ≤ {TARGET_KIB:.0} KiB each: {kib:.1} KiB, {}; delivery \
+                 p99 ≤ {TARGET_P99_MS:.0} ms: {p99:.1} ms, {}; none lagged: {}, {}.\n",
+                met(kib <= TARGET_KIB),
+                met(p99 <= TARGET_P99_MS),
+                r.lagged.max(r.lagged_metric as usize),
+                met(r.lagged == 0 && r.lagged_metric == 0),
+            ));
+        }
+        (None, Some(why)) => out.push_str(&format!("\nNot run with 10,000 subscribers: {why}.\n")),
+        (None, None) => {}
+    }
+    out
+}
+
+/// Replaces the generated part of BENCHMARKS.md's sidecar section with this run.
+fn write_benchmarks_md(table: &str) {
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(root())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let generated = format!(
+        "{START}\nLatest run: {}, commit `{}`, {cores} cores ({cpu}); `CARGO_PROFILE_RELEASE_PANIC=unwind cargo \
+         test --release -p mcpgw --test bench_sidecar -- --ignored --nocapture` (the last part of `make bench`).\n\n{table}{END}",
+        sh("date -u +%Y-%m-%d"),
+        sh("git rev-parse --short HEAD 2>/dev/null"),
+    );
+    let path = root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    match (text.find(START), text.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            std::fs::write(path, format!("{}{generated}{}", &text[..a], &text[b + END.len()..])).unwrap();
+        }
+        _ => eprintln!("BENCHMARKS.md has no {START} ... {END} section; left alone"),
+    }
+}
+
+const START: &str = "<!-- bench:sidecar:start -->";
+const END: &str = "<!-- bench:sidecar:end -->";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture (make bench)"]
+async fn sidecar_ingest_and_fan_out() {
+    let files = raise_open_files();
+    let largest = *SUBSCRIBERS.iter().max().unwrap();
+    let skipped = (files < largest as u64 + SPARE_FILES).then(|| {
+        format!("the open-file limit is {files}, and {largest} subscribers need {}", largest as u64 + SPARE_FILES)
+    });
+    if let Some(why) = &skipped {
+        println!("{why}: running only the smaller fan-out cases (raise `ulimit -Hn` to run them all)");
+    }
+    let ingest = ingest().await;
+    let mut fan_out_rows = Vec::new();
+    for n in SUBSCRIBERS.into_iter().filter(|&n| n as u64 + SPARE_FILES <= files) {
+        fan_out_rows.push(fan_out(n).await);
+    }
+    let idle = fan_out_rows.last().map_or(0, |r| r.subscribers);
+    let idle = (idle, idle_connection_kib(idle).await);
+    let table = markdown(&ingest, &fan_out_rows, idle, skipped.as_deref());
+    println!("\n{table}");
+    let results = root().join("bench/results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("sidecar.md"), &table).unwrap();
+    if skipped.is_none() {
+        write_benchmarks_md(&table);
+    }
+}
