@@ -729,10 +729,7 @@ async fn cost_of_a_call_in_envoy() {
         }
     }
     let c = &sidecar.counters;
-    let (committed, batches) = (
-        c.records_committed.load(std::sync::atomic::Ordering::Relaxed),
-        c.batches.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let (committed, batches) = (c.records_committed.get(), c.batches.get());
     let measured = from_env("BENCH_ROUNDS", ROUNDS) as f64 * from_env("BENCH_SECONDS", SECONDS) as f64;
     table.push_str(&format!(
         "\nThe sidecar committed {committed} audit records from *ours + records to the sidecar* in {batches} \

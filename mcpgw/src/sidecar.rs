@@ -17,6 +17,9 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -75,19 +78,46 @@ impl Config {
     }
 }
 
-/// Counters for `/metrics`.
+/// What `/metrics` reports (Prometheus / OpenMetrics, through `prometheus-client`).
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub batches: AtomicU64,
-    pub records_ingested: AtomicU64,
-    pub records_committed: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub ingest_errors: AtomicU64,
-    pub unauthorized: AtomicU64,
-    pub checkpoints: AtomicU64,
-    pub retained_deleted: AtomicU64,
-    pub subscribers: AtomicU64,
-    pub lagged: AtomicU64,
+    pub batches: Counter,
+    pub records_ingested: Counter,
+    pub records_committed: Counter,
+    pub duplicates: Counter,
+    pub ingest_errors: Counter,
+    pub unauthorized: Counter,
+    pub checkpoints: Counter,
+    pub retained_deleted: Counter,
+    pub lagged: Counter,
+    pub subscribers: Gauge,
+    /// Set when `/metrics` is read.
+    store_bytes: Gauge,
+    last_seq: Gauge,
+}
+
+impl Counters {
+    /// A registry holding (shared handles to) every metric.
+    fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        for (name, help, counter) in [
+            ("mcpgw_sidecar_batches", "Ingest batches committed", &self.batches),
+            ("mcpgw_sidecar_records_ingested", "Audit records received", &self.records_ingested),
+            ("mcpgw_sidecar_records_committed", "Audit records committed", &self.records_committed),
+            ("mcpgw_sidecar_records_duplicate", "Records received again and skipped", &self.duplicates),
+            ("mcpgw_sidecar_ingest_errors", "Batches refused or not committed", &self.ingest_errors),
+            ("mcpgw_sidecar_unauthorized", "Requests without the filter's secret", &self.unauthorized),
+            ("mcpgw_sidecar_checkpoints", "Checkpoints signed", &self.checkpoints),
+            ("mcpgw_sidecar_retention_deleted", "Records deleted by retention", &self.retained_deleted),
+            ("mcpgw_sidecar_lagged", "Event subscribers dropped for falling behind", &self.lagged),
+        ] {
+            r.register(name, help, counter.clone());
+        }
+        r.register("mcpgw_sidecar_subscribers", "Event subscribers connected", self.subscribers.clone());
+        r.register("mcpgw_sidecar_store_bytes", "Audit database size", self.store_bytes.clone());
+        r.register("mcpgw_sidecar_last_seq", "Last sequence number", self.last_seq.clone());
+        r
+    }
 }
 
 /// What the handlers share.
@@ -96,6 +126,7 @@ pub struct Sidecar {
     store: Mutex<SqliteStore>,
     key: CheckpointKey,
     pub counters: Counters,
+    registry: Registry,
     /// Committed records, to `/events` subscribers.
     bus: tokio::sync::broadcast::Sender<Arc<Published>>,
     /// The last sequence number published on the bus.
@@ -112,14 +143,9 @@ impl Sidecar {
         let key = CheckpointKey::load_or_create(&config.checkpoint_key)?;
         let (bus, _) = tokio::sync::broadcast::channel(config.bus_capacity.max(1));
         let last_committed = AtomicU64::new(store.last_seq()?);
-        Ok(Arc::new(Sidecar {
-            config,
-            store: Mutex::new(store),
-            key,
-            counters: Counters::default(),
-            bus,
-            last_committed,
-        }))
+        let counters = Counters::default();
+        let registry = counters.registry();
+        Ok(Arc::new(Sidecar { config, store: Mutex::new(store), key, counters, registry, bus, last_committed }))
     }
 
     /// Runs `f` on the store off the async threads.
@@ -145,7 +171,7 @@ impl Sidecar {
             }
             let signed = store.checkpoint(&me.key, now_ms())?;
             if signed.is_some() {
-                me.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                me.counters.checkpoints.inc();
             }
             Ok(signed.map(|c| c.seq))
         })
@@ -172,7 +198,7 @@ fn from_filter(sidecar: &Sidecar, headers: &HeaderMap) -> Option<Response> {
     if same_secret(given, sidecar.config.secret.as_bytes()) {
         None
     } else {
-        sidecar.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        sidecar.counters.unauthorized.inc();
         Some(error(StatusCode::UNAUTHORIZED, "requests to the sidecar come through the gateway"))
     }
 }
@@ -197,12 +223,12 @@ async fn ingest(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap, body: B
     let records: Vec<Value> = match serde_json::from_slice(&body) {
         Ok(Value::Array(records)) => records,
         _ => {
-            sidecar.counters.ingest_errors.fetch_add(1, Ordering::Relaxed);
+            sidecar.counters.ingest_errors.inc();
             return error(StatusCode::BAD_REQUEST, "the body must be a JSON array of audit records");
         }
     };
     if records.iter().any(|r| r.get("record_id").and_then(Value::as_str).is_none_or(str::is_empty)) {
-        sidecar.counters.ingest_errors.fetch_add(1, Ordering::Relaxed);
+        sidecar.counters.ingest_errors.inc();
         return error(StatusCode::BAD_REQUEST, "every record needs a non-empty record_id");
     }
     let received = records.len() as u64;
@@ -221,17 +247,17 @@ async fn ingest(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap, body: B
     match committed {
         Ok((n, last_seq)) => {
             let c = &sidecar.counters;
-            c.batches.fetch_add(1, Ordering::Relaxed);
-            c.records_ingested.fetch_add(received, Ordering::Relaxed);
-            c.records_committed.fetch_add(n, Ordering::Relaxed);
-            c.duplicates.fetch_add(received - n, Ordering::Relaxed);
+            c.batches.inc();
+            c.records_ingested.inc_by(received);
+            c.records_committed.inc_by(n);
+            c.duplicates.inc_by(received - n);
             if let Err(e) = sidecar.checkpoint(false).await {
                 eprintln!("mcpgw sidecar: checkpoint failed: {e:#}");
             }
             Json(json!({ "committed": n, "last_seq": last_seq })).into_response()
         }
         Err(e) => {
-            sidecar.counters.ingest_errors.fetch_add(1, Ordering::Relaxed);
+            sidecar.counters.ingest_errors.inc();
             eprintln!("mcpgw sidecar: ingest failed: {e:#}");
             error(StatusCode::SERVICE_UNAVAILABLE, "the audit store could not commit the batch")
         }
@@ -305,60 +331,20 @@ async fn audit(
     }
 }
 
-/// `GET /metrics`, Prometheus text format.
+/// `GET /metrics`: OpenMetrics text (which Prometheus reads).
 async fn metrics(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap) -> Response {
     if let Some(denied) = from_filter(&sidecar, &headers) {
         return denied;
     }
-    let c = &sidecar.counters;
     let size = sidecar.with_store(|store, _| Ok((store.size_bytes()?, store.last_seq()?))).await.unwrap_or((0, 0));
+    let c = &sidecar.counters;
+    c.store_bytes.set(i64::try_from(size.0).unwrap_or(i64::MAX));
+    c.last_seq.set(i64::try_from(size.1).unwrap_or(i64::MAX));
     let mut out = String::new();
-    for (name, help, value) in [
-        ("mcpgw_sidecar_batches_total", "Ingest batches committed.", c.batches.load(Ordering::Relaxed)),
-        ("mcpgw_sidecar_records_ingested_total", "Audit records received.", c.records_ingested.load(Ordering::Relaxed)),
-        (
-            "mcpgw_sidecar_records_committed_total",
-            "Audit records committed.",
-            c.records_committed.load(Ordering::Relaxed),
-        ),
-        (
-            "mcpgw_sidecar_records_duplicate_total",
-            "Records received again and skipped.",
-            c.duplicates.load(Ordering::Relaxed),
-        ),
-        (
-            "mcpgw_sidecar_ingest_errors_total",
-            "Batches refused or not committed.",
-            c.ingest_errors.load(Ordering::Relaxed),
-        ),
-        (
-            "mcpgw_sidecar_unauthorized_total",
-            "Requests without the filter's secret.",
-            c.unauthorized.load(Ordering::Relaxed),
-        ),
-        ("mcpgw_sidecar_checkpoints_total", "Checkpoints signed.", c.checkpoints.load(Ordering::Relaxed)),
-        (
-            "mcpgw_sidecar_retention_deleted_total",
-            "Records deleted by retention.",
-            c.retained_deleted.load(Ordering::Relaxed),
-        ),
-        (
-            "mcpgw_sidecar_lagged_total",
-            "Event subscribers dropped for falling behind.",
-            c.lagged.load(Ordering::Relaxed),
-        ),
-    ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+    if prometheus_client::encoding::text::encode(&mut out, &sidecar.registry).is_err() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics could not be encoded");
     }
-    out.push_str(&format!(
-        "# HELP mcpgw_sidecar_store_bytes Audit database size.\n# TYPE mcpgw_sidecar_store_bytes gauge\nmcpgw_sidecar_store_bytes {}\n\
-         # HELP mcpgw_sidecar_last_seq Last sequence number.\n# TYPE mcpgw_sidecar_last_seq gauge\nmcpgw_sidecar_last_seq {}\n\
-         # HELP mcpgw_sidecar_subscribers Event subscribers connected.\n# TYPE mcpgw_sidecar_subscribers gauge\nmcpgw_sidecar_subscribers {}\n",
-        size.0,
-        size.1,
-        c.subscribers.load(Ordering::Relaxed)
-    ));
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, with the checkpoint and retention
@@ -383,7 +369,7 @@ pub async fn run(
                     _ = retention.tick() => {
                         let policy = sidecar.config.retention;
                         match sidecar.with_store(move |store, _| store.retain(&policy, now_ms())).await {
-                            Ok(n) => { sidecar.counters.retained_deleted.fetch_add(n, Ordering::Relaxed); }
+                            Ok(n) => { sidecar.counters.retained_deleted.inc_by(n); }
                             Err(e) => eprintln!("mcpgw sidecar: retention failed: {e:#}"),
                         }
                     }
@@ -497,7 +483,7 @@ async fn events(
     };
     // Subscribe before reading the store, so nothing committed in between is missed.
     let mut live = sidecar.bus.subscribe();
-    sidecar.counters.subscribers.fetch_add(1, Ordering::Relaxed);
+    sidecar.counters.subscribers.inc();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(sidecar.config.subscriber_queue.max(1));
     // Set when this subscriber is dropped for falling behind: its stream then ends with a
     // `lagged` event, after what was queued for it.
@@ -549,7 +535,7 @@ async fn events(
                         match tx.try_send(Ok(e)) {
                             Ok(()) => {}
                             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                                me.counters.lagged.fetch_add(1, Ordering::Relaxed);
+                                me.counters.lagged.inc();
                                 dropped.store(true, Ordering::Release);
                                 return;
                             }
@@ -557,7 +543,7 @@ async fn events(
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        me.counters.lagged.fetch_add(1, Ordering::Relaxed);
+                        me.counters.lagged.inc();
                         dropped.store(true, Ordering::Release);
                         return;
                     }
@@ -580,6 +566,6 @@ struct SubscriberGuard(Arc<Sidecar>);
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.0.counters.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.subscribers.dec();
     }
 }

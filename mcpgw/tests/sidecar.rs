@@ -88,6 +88,12 @@ async fn only_the_filters_secret_gets_in() {
     let (_, metrics) = s.get("/metrics").await;
     assert!(metrics.contains("mcpgw_sidecar_unauthorized_total 5"), "{metrics}");
     assert!(metrics.contains("mcpgw_sidecar_records_committed_total 1"), "{metrics}");
+    // OpenMetrics text: typed families, gauges read from the store, the closing EOF.
+    assert!(metrics.contains("# TYPE mcpgw_sidecar_subscribers gauge\nmcpgw_sidecar_subscribers 0"), "{metrics}");
+    assert!(metrics.contains("mcpgw_sidecar_last_seq 1\n"), "{metrics}");
+    let size = metrics.lines().find_map(|l| l.strip_prefix("mcpgw_sidecar_store_bytes ")).unwrap();
+    assert!(size.parse::<u64>().unwrap() > 0, "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     s.stop().await;
 }
 
