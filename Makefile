@@ -58,7 +58,7 @@ bench: wasm envoy bench-tools
 	@# mcpgw's tests also build the mcpgw binary, which release builds with panic=abort while the
 	@# test harness needs unwind; mcp-gateway's cdylib output has no hash in its name, so the two
 	@# builds of it would overwrite each other. One panic strategy for this run avoids that.
-	CARGO_PROFILE_RELEASE_PANIC=unwind cargo test --release -p mcpgw --test bench_sidecar -- --ignored --nocapture
+	CARGO_PROFILE_RELEASE_PANIC=unwind cargo test --release -p mcpgw --features testing --test bench_sidecar -- --ignored --nocapture
 
 ## bench-tools: what `make bench` needs from Debian: wrk (load), gnuplot (the chart), binaryen
 ## (wasm-opt, for the size figures)

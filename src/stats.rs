@@ -18,6 +18,7 @@
 //! so the number of stats is bounded whatever clients send.
 
 use crate::audit::Outcome;
+use crate::jsonrpc::KNOWN_METHODS;
 use crate::jwt::AuthError;
 use crate::reject::Refusal;
 
@@ -42,38 +43,13 @@ pub const STATS_CONFIG_YAML: &str = r#"stats_config:
     buckets: [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000]
 "#;
 
-/// MCP methods counted under their own name; anything else is `other`.
-const METHODS: &[&str] = &[
-    "initialize",
-    "ping",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "completion/complete",
-    "logging/setLevel",
-    "tasks/get",
-    "tasks/result",
-    "tasks/list",
-    "tasks/cancel",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-    "notifications/tasks/status",
-];
-
-/// The method label: an MCP method, `other`, or `none` for requests without a JSON-RPC
-/// method (GET streams, DELETE, the sidecar's API, requests refused before their body).
+/// The method label: an MCP method (one of [`KNOWN_METHODS`]), `other`, or `none` for
+/// requests without a JSON-RPC method (GET streams, DELETE, the sidecar's API, requests
+/// refused before their body).
 pub fn method_label(method: Option<&str>) -> &'static str {
     match method {
         None => "none",
-        Some(m) => METHODS.iter().find(|known| **known == m).copied().unwrap_or("other"),
+        Some(m) => KNOWN_METHODS.iter().find(|known| **known == m).copied().unwrap_or("other"),
     }
 }
 
@@ -141,7 +117,7 @@ mod tests {
         assert_eq!(auth_failure(&Refusal::Auth(AuthError::Expired)), Some("expired"));
         assert_eq!(auth_failure(&Refusal::UnknownServer), None);
         // No label value may hold a dot: it would split the name differently.
-        for m in METHODS {
+        for m in KNOWN_METHODS {
             assert!(!m.contains('.'), "{m}");
         }
     }

@@ -934,36 +934,18 @@ fn chart(rows: &[Row], results: &Path) {
 
 /// Replaces the generated part of BENCHMARKS.md (between its markers) with this run.
 fn write_benchmarks_md(table: &str) {
-    let sh = |cmd: &str| {
-        Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let commit =
-        sh("git -C \"$0\" rev-parse --short HEAD 2>/dev/null".replace("$0", &root().to_string_lossy()).as_str())
-            .unwrap_or_default();
-    let date = sh("date -u +%Y-%m-%d").unwrap_or_default();
     let generated = format!(
-        "{START}\nLatest run: {date}, commit `{commit}`, {} cores ({cpu}); `make bench` \
+        "{START}\nLatest run: {}; `make bench` \
          (`cargo test --release --test bench_gateway -- --ignored --nocapture`). Envoy 1.40 with \
          `--concurrency 1`{}, wrk with {CONNECTIONS} connections, {ROUNDS} interleaved rounds of {SECONDS} s, \
          `tools/call get_repository` with the demo's ES256 token and policy.\n\n{table}{END}",
-        cores(),
+        mcpgw::testing::bench::run_line(root()),
         if cores() >= 2 { " pinned to core 0 (wrk and the upstream on the others)" } else { "" },
     );
     let path = root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let text = match (text.find(START), text.find(END)) {
-        (Some(a), Some(b)) if a < b => format!("{}{generated}{}", &text[..a], &text[b + END.len()..]),
-        _ => format!("# Benchmarks\n\n{generated}\n{text}"),
-    };
+    let text = mcpgw::testing::bench::replace_section(&text, START, END, &generated)
+        .unwrap_or_else(|| format!("# Benchmarks\n\n{generated}\n{text}"));
     std::fs::write(path, text).unwrap();
 }
 

@@ -12,8 +12,10 @@
 //!
 //! Its submodules play the other parties of a gateway test: [`jwks`] an identity provider
 //! publishing signing keys, [`keys`] those keys and the tokens (honest or forged) signed with
-//! them, [`discovery`] an MCP client discovering protected resource metadata after a 401.
+//! them, [`discovery`] an MCP client discovering protected resource metadata after a 401;
+//! [`bench`] what the benchmarks share.
 
+pub mod bench;
 pub mod discovery;
 pub mod jwks;
 pub mod keys;

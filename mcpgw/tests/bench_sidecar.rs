@@ -13,7 +13,7 @@
 //!
 //! Ignored by `make test`; `make bench` runs it in release mode and it writes
 //! `bench/results/sidecar.md` and the sidecar part of `BENCHMARKS.md`. By hand:
-//! `CARGO_PROFILE_RELEASE_PANIC=unwind cargo test --release -p mcpgw --test bench_sidecar --
+//! `CARGO_PROFILE_RELEASE_PANIC=unwind cargo test --release -p mcpgw --features testing --test bench_sidecar --
 //! --ignored --nocapture` (the Makefile says why the panic strategy is set).
 
 // A benchmark harness: failing loudly is the point.
@@ -21,6 +21,7 @@
 
 use mcpgw::audit_store::{self, SqliteStore};
 use mcpgw::sidecar::SECRET_HEADER;
+use mcpgw::testing::bench;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -776,37 +777,16 @@ fn markdown(ingest: &[IngestRow], fan_out: &[FanOutRow], idle: (usize, f64), ski
 
 /// Replaces the generated part of BENCHMARKS.md's sidecar section with this run.
 fn write_benchmarks_md(table: &str) {
-    let sh = |cmd: &str| {
-        Command::new("sh")
-            .args(["-c", cmd])
-            .current_dir(root())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let generated = format!(
-        "{START}\nLatest run: {}, commit `{}`, {cores} cores ({cpu}); `CARGO_PROFILE_RELEASE_PANIC=unwind cargo \
-         test --release -p mcpgw --test bench_sidecar -- --ignored --nocapture` (the last part of `make bench`).\n\n{table}{END}",
-        sh("date -u +%Y-%m-%d"),
-        sh("git rev-parse --short HEAD 2>/dev/null"),
+        "{START}\nLatest run: {}; `CARGO_PROFILE_RELEASE_PANIC=unwind cargo test --release -p mcpgw --features \
+         testing --test bench_sidecar -- --ignored --nocapture` (the last part of `make bench`).\n\n{table}{END}",
+        bench::run_line(root()),
     );
     let path = root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    match (text.find(START), text.find(END)) {
-        (Some(a), Some(b)) if a < b => {
-            std::fs::write(path, format!("{}{generated}{}", &text[..a], &text[b + END.len()..])).unwrap();
-        }
-        _ => eprintln!("BENCHMARKS.md has no {START} ... {END} section; left alone"),
+    match bench::replace_section(&text, START, END, &generated) {
+        Some(text) => std::fs::write(path, text).unwrap(),
+        None => eprintln!("BENCHMARKS.md has no {START} ... {END} section; left alone"),
     }
 }
 

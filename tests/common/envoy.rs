@@ -30,13 +30,7 @@ pub fn wasm_path() -> &'static Path {
         if let Some(path) = std::env::var_os("MCPGW_WASM") {
             return PathBuf::from(path);
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root())
-            .args(["build", "--quiet", "--target", "wasm32-wasip1", "--release", "--lib"])
-            .status()
-            .expect("run cargo to build the wasm filter");
-        assert!(status.success(), "building the wasm filter failed");
+        cargo_build(&["--target", "wasm32-wasip1", "--release", "--lib"], "the wasm filter");
         root().join("target/wasm32-wasip1/release/mcp_gateway.wasm")
     })
 }
@@ -45,15 +39,21 @@ pub fn wasm_path() -> &'static Path {
 pub fn mcpgw_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root())
-            .args(["build", "--quiet", "-p", "mcpgw", "--bin", "mcpgw"])
-            .status()
-            .expect("run cargo to build mcpgw");
-        assert!(status.success(), "building mcpgw failed");
+        cargo_build(&["-p", "mcpgw", "--bin", "mcpgw"], "mcpgw");
         root().join("target/debug/mcpgw")
     })
+}
+
+/// `cargo build --quiet <args>` in the repository (a no-op when up to date).
+fn cargo_build(args: &[&str], what: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root())
+        .args(["build", "--quiet"])
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo to build {what}: {e}"));
+    assert!(status.success(), "building {what} failed");
 }
 
 /// What to run Envoy with.
