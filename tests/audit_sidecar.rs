@@ -64,10 +64,18 @@ async fn gateway_with_routes(sidecar: SocketAddr, routes: &[(&str, &str)]) -> Ga
                     .push(json!({"name": name, "path_prefix": prefix, "kind": "sidecar"}));
             }
         },
-        vec![("sidecar".into(), sidecar)],
+        // As in envoy/demo.yaml: /events has a cluster of its own, so each subscription
+        // has a connection of its own.
+        vec![("sidecar".into(), sidecar), ("sidecar_events".into(), sidecar)],
         vec![(SECRET_ENV.into(), SECRET.into())],
         Vec::new(),
-        routes.iter().map(|(_, prefix)| ((*prefix).to_owned(), "sidecar".to_owned())).collect(),
+        routes
+            .iter()
+            .map(|(_, prefix)| {
+                let cluster = if *prefix == "/events" { "sidecar_events" } else { "sidecar" };
+                ((*prefix).to_owned(), cluster.to_owned())
+            })
+            .collect(),
     )
     .await
 }

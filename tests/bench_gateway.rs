@@ -115,11 +115,14 @@ fn demo(upstream: u16) -> Value {
 fn demo_as_shipped(upstream: u16) -> Value {
     let yaml = std::fs::read_to_string(root().join("envoy/demo.yaml")).unwrap();
     let mut config: Value = serde_norway::from_str(&yaml).unwrap();
-    config["static_resources"]["clusters"].as_array_mut().unwrap().retain(|c| c["name"] != "sidecar");
+    config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "sidecar" && c["name"] != "sidecar_events");
     hcm(&mut config)["route_config"]["virtual_hosts"][0]["routes"]
         .as_array_mut()
         .unwrap()
-        .retain(|r| r["route"]["cluster"] != "sidecar");
+        .retain(|r| r["route"]["cluster"] != "sidecar" && r["route"]["cluster"] != "sidecar_events");
     let wasm = filter_named(&mut config, "envoy.filters.http.wasm").unwrap();
     let vm = &mut wasm["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"];
     vm.as_array_mut().unwrap().retain(|k| k != "MCPGW_SIDECAR_SECRET");

@@ -122,6 +122,10 @@ struct SidecarArgs {
     /// Seconds between /events heartbeats.
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
+    /// Events an /events subscriber's connection may leave unsent; one more and it gets
+    /// `lagged` and is closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    subscriber_queue: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +323,7 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         retention: Retention { max_age_ms: args.max_age_secs.map(secs), max_records: args.max_records },
         audit_roles: args.audit_roles,
         heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
+        subscriber_queue: args.subscriber_queue as usize,
         ..Config::new(args.db, args.checkpoint_key, secret)
     };
     let sidecar = Sidecar::open(config)?;

@@ -8,26 +8,29 @@
 //! filter's headers. Clients reach `/audit` through Envoy, where the filter authenticates
 //! and authorizes them like any other request.
 
-use crate::audit_store::{self, AuditStore as _, CheckpointKey, Committed, Query, Retention, SqliteStore};
+mod events;
+mod serve;
+
+use crate::audit_store::{self, AuditStore as _, CheckpointKey, Query, Retention, SqliteStore};
 use anyhow::{anyhow, Context as _, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query as QueryParams, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use events::Published;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// The header carrying the secret shared with the filter.
 pub const SECRET_HEADER: &str = "x-mcp-sidecar-secret";
@@ -127,10 +130,14 @@ pub struct Sidecar {
     key: CheckpointKey,
     pub counters: Counters,
     registry: Registry,
-    /// Committed records, to `/events` subscribers.
+    /// Committed records (and heartbeats), to `/events` subscribers.
     bus: tokio::sync::broadcast::Sender<Arc<Published>>,
+    /// Committed records not yet on the bus, in commit order.
+    pending: Mutex<Vec<Published>>,
     /// The last sequence number published on the bus.
-    last_committed: AtomicU64,
+    last_published: AtomicU64,
+    /// Cancelled when the sidecar shuts down: streams end.
+    closing: CancellationToken,
 }
 
 impl Sidecar {
@@ -142,10 +149,38 @@ impl Sidecar {
         let store = SqliteStore::open(&config.db)?;
         let key = CheckpointKey::load_or_create(&config.checkpoint_key)?;
         let (bus, _) = tokio::sync::broadcast::channel(config.bus_capacity.max(1));
-        let last_committed = AtomicU64::new(store.last_seq()?);
+        let last_published = AtomicU64::new(store.last_seq()?);
         let counters = Counters::default();
         let registry = counters.registry();
-        Ok(Arc::new(Sidecar { config, store: Mutex::new(store), key, counters, registry, bus, last_committed }))
+        Ok(Arc::new(Sidecar {
+            config,
+            store: Mutex::new(store),
+            key,
+            counters,
+            registry,
+            bus,
+            pending: Mutex::new(Vec::new()),
+            last_published,
+            closing: CancellationToken::new(),
+        }))
+    }
+
+    /// Puts the committed records waiting for it on the bus, in commit order, and then
+    /// `also` (a heartbeat). Called after the commit rather than under the store's lock,
+    /// so that waking thousands of subscribers does not hold the batch's acknowledgement.
+    fn publish(&self, also: Option<fn(u64) -> Published>) {
+        // The lock is held while sending: two callers cannot interleave their records.
+        let Ok(mut pending) = self.pending.lock() else { return };
+        for p in pending.drain(..) {
+            let seq = p.seq();
+            let _ = self.bus.send(Arc::new(p));
+            if let Some(seq) = seq {
+                self.last_published.store(seq, Ordering::Release);
+            }
+        }
+        if let Some(make) = also {
+            let _ = self.bus.send(Arc::new(make(self.last_published.load(Ordering::Acquire))));
+        }
     }
 
     /// Runs `f` on the store off the async threads.
@@ -209,7 +244,7 @@ pub fn app(sidecar: Arc<Sidecar>) -> Router {
         .route("/ingest", post(ingest))
         .route("/audit", get(audit))
         .route("/metrics", get(metrics))
-        .route("/events", get(events))
+        .route("/events", get(events::events))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
         .with_state(sidecar)
 }
@@ -236,14 +271,15 @@ async fn ingest(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap, body: B
         .with_store(move |store, me| {
             let committed = store.append(&records, now_ms())?;
             let last = store.last_seq()?;
-            // Published under the store's lock, so subscribers see records in order.
-            for c in &committed {
-                let _ = me.bus.send(Arc::new(Published::of(c)));
+            // Queued under the store's lock, so they reach the bus in commit order.
+            if let Ok(mut pending) = me.pending.lock() {
+                pending.extend(committed.iter().map(Published::of));
             }
-            me.last_committed.store(last, Ordering::Release);
             Ok((committed.len() as u64, last))
         })
         .await;
+    // Also when the commit failed: an earlier batch may have left records waiting.
+    sidecar.publish(None);
     match committed {
         Ok((n, last_seq)) => {
             let c = &sidecar.counters;
@@ -359,8 +395,11 @@ pub async fn run(
         tokio::spawn(async move {
             let mut checkpoint = tokio::time::interval(sidecar.config.checkpoint_every);
             let mut retention = tokio::time::interval(sidecar.config.retention_every);
+            let mut heartbeat = tokio::time::interval(sidecar.config.heartbeat);
+            heartbeat.tick().await;
             loop {
                 tokio::select! {
+                    _ = heartbeat.tick() => sidecar.publish(Some(Published::heartbeat)),
                     _ = checkpoint.tick() => {
                         if let Err(e) = sidecar.checkpoint(true).await {
                             eprintln!("mcpgw sidecar: checkpoint failed: {e:#}");
@@ -377,195 +416,8 @@ pub async fn run(
             }
         })
     };
-    let served = axum::serve(listener, app(Arc::clone(&sidecar))).with_graceful_shutdown(shutdown).await;
+    serve::serve(listener, Arc::clone(&sidecar), shutdown).await;
     timers.abort();
     sidecar.checkpoint(true).await?;
-    served.context("the sidecar's server failed")
-}
-
-/// `/events`' query parameters: comma-separated lists; an empty list selects everything.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventParams {
-    servers: Option<String>,
-    methods: Option<String>,
-    users: Option<String>,
-    decisions: Option<String>,
-}
-
-/// Which records one subscriber gets: its filters and, unless it holds an audit role,
-/// only its own.
-#[derive(Debug, Clone)]
-struct Selection {
-    servers: Vec<String>,
-    methods: Vec<String>,
-    users: Vec<String>,
-    decisions: Vec<String>,
-    /// `Some(user)` when the caller may see only its own records.
-    only: Option<String>,
-}
-
-fn list(v: Option<String>) -> Vec<String> {
-    v.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
-}
-
-impl Selection {
-    fn wants(&self, record: &Value) -> bool {
-        let field = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or_default();
-        let pick = |list: &[String], k: &str| list.is_empty() || list.iter().any(|v| v == field(k));
-        pick(&self.servers, "server")
-            && pick(&self.methods, "method")
-            && pick(&self.users, "user_id")
-            && pick(&self.decisions, "decision")
-            && self.only.as_deref().is_none_or(|me| field("user_id") == me)
-    }
-}
-
-/// A committed record as subscribers get it, parsed and formatted once for all of them.
-#[derive(Debug)]
-pub struct Published {
-    seq: u64,
-    value: Value,
-    decision: String,
-    /// The event's data: the record with its `seq`.
-    data: String,
-}
-
-impl Published {
-    fn of(c: &Committed) -> Published {
-        let mut value = c.value();
-        let decision = value.get("decision").and_then(Value::as_str).unwrap_or("none").to_owned();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("seq".to_owned(), c.seq.into());
-        }
-        let data = value.to_string();
-        Published { seq: c.seq, value, decision, data }
-    }
-
-    /// The SSE event: `id` the sequence number, `event` the decision.
-    fn event(&self) -> Event {
-        Event::default().id(self.seq.to_string()).event(&self.decision).data(&self.data)
-    }
-}
-
-/// `GET /events?servers=&methods=&users=&decisions=`: committed records as they come, as
-/// SSE. With `Last-Event-ID` it first replays what was committed after that id, from the
-/// store, then goes on live with no gap and no duplicate. A subscriber that falls more
-/// than the bus's capacity behind gets a `lagged` event and is closed.
-async fn events(
-    State(sidecar): State<Arc<Sidecar>>,
-    headers: HeaderMap,
-    params: Result<QueryParams<EventParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Some(denied) = from_filter(&sidecar, &headers) {
-        return denied;
-    }
-    let Ok(QueryParams(p)) = params else {
-        return error(StatusCode::BAD_REQUEST, "query parameters: servers, methods, users, decisions");
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let Some(user) = header(mcp_gateway::headers::USER_ID).filter(|u| !u.is_empty()) else {
-        return error(StatusCode::FORBIDDEN, "no caller identity from the gateway");
-    };
-    let roles: Vec<String> = header(mcp_gateway::headers::ROLES).map(|r| list(Some(r))).unwrap_or_default();
-    let sees_all = roles.iter().any(|r| sidecar.config.audit_roles.contains(r));
-    let selection = Selection {
-        servers: list(p.servers),
-        methods: list(p.methods),
-        users: list(p.users),
-        decisions: list(p.decisions),
-        only: (!sees_all).then_some(user),
-    };
-    let resume = match header("last-event-id").map(|id| id.trim().parse::<u64>()) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "Last-Event-ID must be a record's sequence number"),
-    };
-    // Subscribe before reading the store, so nothing committed in between is missed.
-    let mut live = sidecar.bus.subscribe();
-    sidecar.counters.subscribers.inc();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(sidecar.config.subscriber_queue.max(1));
-    // Set when this subscriber is dropped for falling behind: its stream then ends with a
-    // `lagged` event, after what was queued for it.
-    let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let dropped = Arc::clone(&lagged);
-    let me = Arc::clone(&sidecar);
-    tokio::spawn(async move {
-        let _gone = SubscriberGuard(Arc::clone(&me));
-        let mut sent = match resume {
-            Some(id) => id,
-            None => me.last_committed.load(Ordering::Acquire),
-        };
-        if resume.is_some() {
-            loop {
-                let from = sent;
-                let Ok(page) = me.with_store(move |store, _| store.after(from, 500)).await else {
-                    return;
-                };
-                let Some(last) = page.last().map(|c| c.seq) else { break };
-                for p in page.iter().map(Published::of).filter(|p| selection.wants(&p.value)) {
-                    if tx.send(Ok(p.event())).await.is_err() {
-                        return;
-                    }
-                }
-                sent = last;
-            }
-        }
-        let mut heartbeat = tokio::time::interval(me.config.heartbeat);
-        heartbeat.tick().await;
-        loop {
-            tokio::select! {
-                _ = heartbeat.tick() => {
-                    let beat = Event::default().event("heartbeat").data(json!({"last_seq": sent}).to_string());
-                    if tx.send(Ok(beat)).await.is_err() {
-                        return;
-                    }
-                }
-                got = live.recv() => match got {
-                    Ok(c) => {
-                        if c.seq <= sent {
-                            continue; // already replayed from the store
-                        }
-                        sent = c.seq;
-                        if !selection.wants(&c.value) {
-                            continue;
-                        }
-                        let e = c.event();
-                        // A full queue means the client does not read: drop it, never wait.
-                        match tx.try_send(Ok(e)) {
-                            Ok(()) => {}
-                            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                                me.counters.lagged.inc();
-                                dropped.store(true, Ordering::Release);
-                                return;
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        me.counters.lagged.inc();
-                        dropped.store(true, Ordering::Release);
-                        return;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
-            }
-        }
-    });
-    use tokio_stream::StreamExt as _;
-    let tail = tokio_stream::iter([()]).filter_map(move |()| {
-        lagged
-            .load(Ordering::Acquire)
-            .then(|| Ok(Event::default().event("lagged").data(r#"{"reason":"the subscriber fell too far behind"}"#)))
-    });
-    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail)).into_response()
-}
-
-/// Counts a subscriber out when its task ends.
-struct SubscriberGuard(Arc<Sidecar>);
-
-impl Drop for SubscriberGuard {
-    fn drop(&mut self) {
-        self.0.counters.subscribers.dec();
-    }
+    Ok(())
 }

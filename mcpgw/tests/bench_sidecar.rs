@@ -804,15 +804,21 @@ async fn sidecar_ingest_and_fan_out() {
     if let Some(why) = &skipped {
         println!("{why}: running only the smaller fan-out cases (raise `ulimit -Hn` to run them all)");
     }
-    let ingest = ingest().await;
+    // `BENCH_SIDECAR_FAN_OUT_ONLY=1` (while working on /events): the fan-out cases alone,
+    // printed, and nothing written.
+    let fan_out_only = std::env::var_os("BENCH_SIDECAR_FAN_OUT_ONLY").is_some();
+    let ingest = if fan_out_only { Vec::new() } else { ingest().await };
     let mut fan_out_rows = Vec::new();
     for n in SUBSCRIBERS.into_iter().filter(|&n| n as u64 + SPARE_FILES <= files) {
         fan_out_rows.push(fan_out(n).await);
     }
     let idle = fan_out_rows.last().map_or(0, |r| r.subscribers);
-    let idle = (idle, idle_connection_kib(idle).await);
+    let idle = (idle, if fan_out_only { 0.0 } else { idle_connection_kib(idle).await });
     let table = markdown(&ingest, &fan_out_rows, idle, skipped.as_deref());
     println!("\n{table}");
+    if fan_out_only {
+        return;
+    }
     let results = root().join("bench/results");
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("sidecar.md"), &table).unwrap();

@@ -202,8 +202,18 @@ struct Subscription {
 }
 
 async fn subscribe(s: &Running, query: &str, user: &str, roles: &str, last_event_id: Option<u64>) -> Subscription {
-    let mut req = s
-        .client
+    subscribe_on(&s.client, s, query, user, roles, last_event_id).await
+}
+
+async fn subscribe_on(
+    client: &reqwest::Client,
+    s: &Running,
+    query: &str,
+    user: &str,
+    roles: &str,
+    last_event_id: Option<u64>,
+) -> Subscription {
+    let mut req = client
         .get(format!("{}/events{query}", s.url))
         .header(SECRET_HEADER, SECRET)
         .header("x-mcp-user-id", user)
@@ -249,9 +259,10 @@ impl Subscription {
     async fn ids(&mut self, n: usize) -> Vec<u64> {
         let mut out = Vec::new();
         while out.len() < n {
-            let (_, id, record) = self.next().await.expect("stream ended");
-            assert_eq!(record["seq"].as_u64(), id);
-            out.push(id.unwrap());
+            let (event, id, record) = self.next().await.expect("stream ended");
+            let Some(id) = id else { panic!("a `{event}` event without an id: {record}") };
+            assert_eq!(record["seq"].as_u64(), Some(id));
+            out.push(id);
         }
         out
     }
@@ -323,6 +334,51 @@ async fn last_event_id_resumes_from_the_store_without_gap_or_duplicate() {
     assert_eq!(bad.status(), 400);
 }
 
+/// A subscriber reading the store slowly while more than the live bus holds is committed
+/// goes back to the store for what the bus no longer has: no gap, no `lagged`.
+#[tokio::test]
+async fn a_replay_outrun_by_the_bus_goes_on_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(
+        Config {
+            subscriber_queue: 8,
+            bus_capacity: 64,
+            checkpoint_every: Duration::from_secs(3600),
+            retention_every: Duration::from_secs(3600),
+            ..Config::new(dir.path().join("audit.db"), dir.path().join("checkpoint.key"), SECRET.to_owned())
+        },
+        dir,
+    )
+    .await;
+    let filler = "x".repeat(16 * 1024);
+    let mut next = 1;
+    let mut ingest = |n: u64| {
+        let batch: Vec<Value> = (next..next + n)
+            .map(|i| {
+                let mut r = record(i, "alice");
+                r["params"] = json!({ "text": filler });
+                r
+            })
+            .collect();
+        next += n;
+        Value::Array(batch)
+    };
+    // More than the socket buffers take (the kernel caps them at a few MiB): the replay
+    // waits for the client with these still to send.
+    for _ in 0..30 {
+        assert_eq!(s.ingest(Some(SECRET), &ingest(16)).await.0, 200);
+    }
+    let mut slow = subscribe(&s, "", "carol", "admin", Some(0)).await;
+    // Meanwhile more than the bus holds is committed.
+    for _ in 0..8 {
+        assert_eq!(s.ingest(Some(SECRET), &ingest(16)).await.0, 200);
+    }
+    let total = 38 * 16;
+    assert_eq!(slow.ids(total).await, (1..=total as u64).collect::<Vec<_>>());
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(metrics.contains("mcpgw_sidecar_lagged_total 0"), "{metrics}");
+}
+
 #[tokio::test]
 async fn a_stalled_subscriber_is_dropped_without_delaying_another() {
     let dir = tempfile::tempdir().unwrap();
@@ -373,4 +429,31 @@ async fn a_stalled_subscriber_is_dropped_without_delaying_another() {
     }
     assert_eq!(last.as_deref(), Some("lagged"));
     assert!(seen < total, "{seen} of {total}");
+}
+
+/// Both of the sidecar's ways of writing a stream deliver the same events: its own writer
+/// on a connection whose first request is the subscription (answered `connection:
+/// close`), and hyper on a keep-alive connection that served a request before.
+#[tokio::test]
+async fn a_subscription_on_a_used_connection_gets_the_same_events() {
+    let s = start(1000).await;
+    let fresh = reqwest::Client::new();
+    let mut own = subscribe_on(&fresh, &s, "", "carol", "admin", None).await;
+    assert_eq!(own.reply.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    let used = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    let metrics = used.get(format!("{}/metrics", s.url)).header(SECRET_HEADER, SECRET).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    metrics.text().await.unwrap();
+    let mut reused = subscribe_on(&used, &s, "?decisions=deny", "carol", "admin", None).await;
+    assert_eq!(reused.reply.headers().get("connection"), None, "served by hyper, kept alive");
+    let batch = json!([decided(1, "alice", "allow"), decided(2, "bob", "deny"), decided(3, "alice", "deny")]);
+    assert_eq!(s.ingest(Some(SECRET), &batch).await.0, 200);
+    assert_eq!(own.ids(3).await, [1, 2, 3]);
+    assert_eq!(reused.ids(2).await, [2, 3]);
+    // Resuming on a used connection replays from the store as well.
+    let again = used.get(format!("{}/metrics", s.url)).header(SECRET_HEADER, SECRET).send().await.unwrap();
+    again.text().await.unwrap();
+    let mut resumed = subscribe_on(&used, &s, "", "carol", "admin", Some(1)).await;
+    assert_eq!(resumed.reply.headers().get("connection"), None);
+    assert_eq!(resumed.ids(2).await, [2, 3]);
 }
