@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the demo: two rmcp MCP servers on 127.0.0.1:10001/10002, the audit sidecar on
-# 127.0.0.1:10100 (store in .dev/audit.db) and Envoy with the mcp-gateway filter on
+# the Unix socket .dev/sidecar.sock (store in .dev/audit.db) and Envoy with the mcp-gateway filter on
 # 127.0.0.1:10000. Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ trap stop INT TERM EXIT
 
 "$MCPGW" demo --filesystem 127.0.0.1:10001 --github 127.0.0.1:10002 --sandbox .dev/sandbox &
 pids+=($!)
-"$MCPGW" sidecar --listen 127.0.0.1:10100 --db .dev/audit.db --checkpoint-key .dev/audit-checkpoint.key \
+"$MCPGW" sidecar --listen unix:.dev/sidecar.sock --db .dev/audit.db --checkpoint-key .dev/audit-checkpoint.key \
   --heartbeat-secs 15 2> .dev/sidecar.log &
 pids+=($!)
 "$ENVOY" -c envoy/demo.yaml --use-dynamic-base-id --log-level info 2> .dev/envoy.log &

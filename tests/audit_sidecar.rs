@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod common;
 
+use common::envoy::Address;
 use common::{post_json, tool_call, Gateway};
 use mcpgw::audit_store::{AuditStore as _, Query, SqliteStore};
 use mcpgw::sidecar::{self, Config, Sidecar};
@@ -24,14 +25,17 @@ struct RunningSidecar {
 }
 
 async fn start_sidecar(addr: SocketAddr, dir: &Path) -> RunningSidecar {
+    start_sidecar_on(tokio::net::TcpListener::bind(addr).await.unwrap(), dir)
+}
+
+fn start_sidecar_on(listener: impl Into<sidecar::Listener>, dir: &Path) -> RunningSidecar {
     let config = Config {
         checkpoint_every: Duration::from_secs(3600),
         retention_every: Duration::from_secs(3600),
         ..Config::new(dir.join("audit.db"), dir.join("checkpoint.key"), SECRET.to_owned())
     };
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sidecar::run(listener, Sidecar::open(config).unwrap(), async {
+    let task = tokio::spawn(sidecar::run(listener.into(), Sidecar::open(config).unwrap(), async {
         let _ = stopped.await;
     }));
     RunningSidecar { stop, task }
@@ -53,7 +57,8 @@ async fn gateway(sidecar: SocketAddr) -> Gateway {
 }
 
 /// The gateway sending records to `sidecar`, with sidecar routes (server name, path prefix).
-async fn gateway_with_routes(sidecar: SocketAddr, routes: &[(&str, &str)]) -> Gateway {
+async fn gateway_with_routes(sidecar: impl Into<Address>, routes: &[(&str, &str)]) -> Gateway {
+    let sidecar: Address = sidecar.into();
     Gateway::start_routed(
         |c| {
             c["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": SECRET_ENV, "flush_ms": 50}});
@@ -66,7 +71,7 @@ async fn gateway_with_routes(sidecar: SocketAddr, routes: &[(&str, &str)]) -> Ga
         },
         // As in envoy/demo.yaml: /events has a cluster of its own, so each subscription
         // has a connection of its own.
-        vec![("sidecar".into(), sidecar), ("sidecar_events".into(), sidecar)],
+        vec![("sidecar".into(), sidecar.clone()), ("sidecar_events".into(), sidecar)],
         vec![(SECRET_ENV.into(), SECRET.into())],
         Vec::new(),
         routes
@@ -296,6 +301,42 @@ async fn live_events_reach_a_subscriber_through_the_gateway() {
     sidecar.stop().await;
 }
 
+/// The sidecar on a Unix socket (Envoy's `pipe` address): records arrive and are committed,
+/// and `/events` streams through the gateway, as over TCP.
+#[tokio::test]
+async fn the_sidecar_serves_the_gateway_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.sock");
+    let sidecar = start_sidecar_on(tokio::net::UnixListener::bind(&path).unwrap(), dir.path());
+    let gw = gateway_with_routes(Address::Pipe(path.clone()), &[("events", "/events")]).await;
+    let admin = gw.token("carol", &["admin"]);
+    let mut stream = reqwest::Client::new()
+        .get(gw.envoy.url("/events?methods=tools/call"))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let caller = gw.token("erin", &["admin"]);
+    assert_eq!(
+        post_json(&gw.url("testjson"), Some(&caller), &tool_call(3, "echo", json!({"text": "piped"}))).await.status,
+        200
+    );
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text.contains("\"user_id\":\"erin\"") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.chunk()).await.expect("no event").unwrap().expect("stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: allow") && text.contains("\"target\":\"echo\""), "{text}");
+    drop(stream);
+    drop(gw);
+    sidecar.stop().await;
+    let records = stored(&dir.path().join("audit.db"));
+    assert!(records.iter().any(|r| r["user_id"] == "erin" && r["target"] == "echo"), "{records:?}");
+}
+
 /// A request as an MCP client sends it, in a session, with a bearer token.
 async fn post_in_session(url: &str, token: &str, session: &str, body: &Value) -> common::Raw {
     let auth = format!("Bearer {token}");
@@ -321,7 +362,7 @@ async fn each_record_states_the_outcome_at_three_levels() {
                 "reply_read_bytes": 4096,
             });
         },
-        vec![("sidecar".into(), addr)],
+        vec![("sidecar".into(), addr.into())],
         vec![(SECRET_ENV.into(), SECRET.into())],
         Vec::new(),
         Vec::new(),

@@ -90,9 +90,10 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct SidecarArgs {
-    /// Address to listen on (loopback only).
-    #[arg(long, default_value = "127.0.0.1:10100")]
-    listen: SocketAddr,
+    /// Where to listen: a loopback address, or `unix:PATH` for a Unix socket (made
+    /// owner-only; a stale socket file at PATH is replaced, a live one refused).
+    #[arg(long, default_value = "127.0.0.1:10100", value_parser = parse_listen)]
+    listen: Listen,
     /// The audit database (SQLite), created if missing.
     #[arg(long, default_value = ".dev/audit.db")]
     db: PathBuf,
@@ -308,12 +309,59 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `mcpgw sidecar --listen`.
+#[derive(Debug, Clone)]
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a path".to_owned());
+        }
+        return Ok(Listen::Unix(PathBuf::from(path)));
+    }
+    let addr: SocketAddr = s.parse().map_err(|e| format!("{e}: expected IP:PORT or unix:PATH"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("the sidecar listens on loopback only (got {addr})"));
+    }
+    Ok(Listen::Tcp(addr))
+}
+
+/// Binds a Unix socket at `path`, owner-only. A socket file nobody answers on is a
+/// leftover and replaced; anything else at `path` is an error.
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("--listen: {} exists and is not a socket", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("--listen: another process listens on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} owner-only", path.display()))?;
+    Ok(listener)
+}
+
 async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
     use mcpgw::audit_store::Retention;
     use mcpgw::sidecar::{Config, Sidecar};
-    if !args.listen.ip().is_loopback() {
-        bail!("--listen: the sidecar listens on loopback only (got {})", args.listen);
-    }
     let secret = std::env::var(&args.secret_env)
         .with_context(|| format!("--secret-env: environment variable {} is not set", args.secret_env))?;
     let secs = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -327,16 +375,23 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         ..Config::new(args.db, args.checkpoint_key, secret)
     };
     let sidecar = Sidecar::open(config)?;
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener: mcpgw::sidecar::Listener = match &args.listen {
+        Listen::Tcp(addr) => TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?.into(),
+        Listen::Unix(path) => bind_unix(path)?.into(),
+    };
     eprintln!("mcpgw sidecar: listening on {}", args.listen);
-    mcpgw::sidecar::run(listener, sidecar, async {
+    let served = mcpgw::sidecar::run(listener, sidecar, async {
         if let Err(e) = wait_for_stop_signal().await {
             // Without signals it runs until killed, rather than stopping now.
             eprintln!("mcpgw sidecar: cannot wait for signals: {e:#}");
             std::future::pending::<()>().await;
         }
     })
-    .await
+    .await;
+    if let Listen::Unix(path) = &args.listen {
+        let _ = std::fs::remove_file(path);
+    }
+    served
 }
 
 fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {

@@ -9,7 +9,9 @@
 //! and authorizes them like any other request.
 
 mod events;
+mod fanout;
 mod serve;
+pub use serve::Listener;
 
 use crate::audit_store::{self, AuditStore as _, CheckpointKey, Query, Retention, SqliteStore};
 use anyhow::{anyhow, Context as _, Result};
@@ -29,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The header carrying the secret shared with the filter.
@@ -138,6 +139,9 @@ pub struct Sidecar {
     last_published: AtomicU64,
     /// Cancelled when the sidecar shuts down: streams end.
     closing: CancellationToken,
+    /// The threads that write live events to subscribers on the sidecar's own
+    /// connections; started by [`run`].
+    fanout: std::sync::OnceLock<fanout::FanOut>,
 }
 
 impl Sidecar {
@@ -162,6 +166,7 @@ impl Sidecar {
             pending: Mutex::new(Vec::new()),
             last_published,
             closing: CancellationToken::new(),
+            fanout: std::sync::OnceLock::new(),
         }))
     }
 
@@ -180,6 +185,10 @@ impl Sidecar {
         }
         if let Some(make) = also {
             let _ = self.bus.send(Arc::new(make(self.last_published.load(Ordering::Acquire))));
+        }
+        drop(pending);
+        if let Some(fanout) = self.fanout.get() {
+            fanout.wake_all();
         }
     }
 
@@ -386,7 +395,7 @@ async fn metrics(State(sidecar): State<Arc<Sidecar>>, headers: HeaderMap) -> Res
 /// Serves `app` on `listener` until `shutdown` resolves, with the checkpoint and retention
 /// timers; signs a last checkpoint on the way out.
 pub async fn run(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     sidecar: Arc<Sidecar>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -416,7 +425,16 @@ pub async fn run(
             }
         })
     };
-    serve::serve(listener, Arc::clone(&sidecar), shutdown).await;
+    // One fan-out shard per core, as the runtime has workers.
+    let shards = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(8);
+    match fanout::FanOut::start(&sidecar, shards) {
+        Ok(f) => {
+            let _ = sidecar.fanout.set(f);
+        }
+        // Without shards, each subscription's own task writes its stream.
+        Err(e) => eprintln!("mcpgw sidecar: /events fan-out threads not started ({e}); streams are written per task"),
+    }
+    serve::serve(listener.into(), Arc::clone(&sidecar), shutdown).await;
     timers.abort();
     sidecar.checkpoint(true).await?;
     Ok(())

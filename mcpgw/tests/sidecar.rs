@@ -457,3 +457,20 @@ async fn a_subscription_on_a_used_connection_gets_the_same_events() {
     assert_eq!(resumed.reply.headers().get("connection"), None);
     assert_eq!(resumed.ids(2).await, [2, 3]);
 }
+
+/// Stopping the sidecar ends every stream cleanly (the body's last chunk), on both ways of
+/// writing one, after what was already committed.
+#[tokio::test]
+async fn stopping_the_sidecar_ends_every_stream() {
+    let s = start(1000).await;
+    let mut own = subscribe(&s, "", "carol", "admin", None).await;
+    let used = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    used.get(format!("{}/metrics", s.url)).header(SECRET_HEADER, SECRET).send().await.unwrap().text().await.unwrap();
+    let mut reused = subscribe_on(&used, &s, "", "carol", "admin", None).await;
+    assert_eq!(s.ingest(Some(SECRET), &json!([record(1, "alice")])).await.0, 200);
+    assert_eq!(own.ids(1).await, [1]);
+    assert_eq!(reused.ids(1).await, [1]);
+    s.stop().await;
+    assert!(own.next().await.is_none(), "the sidecar's own stream ended");
+    assert!(reused.next().await.is_none(), "hyper's stream ended");
+}

@@ -66,10 +66,32 @@ pub struct EnvoyOptions {
     /// Environment variables given to Envoy and exposed to the wasm VM.
     pub env: Vec<(String, String)>,
     /// Clusters without a route (identity providers the filter calls).
-    pub clusters: Vec<(String, SocketAddr)>,
+    pub clusters: Vec<(String, Address)>,
     /// (path prefix, cluster) routes kept as they are (no rewrite to `/mcp`): the
     /// sidecar's API. The cluster is one of `clusters`.
     pub plain_routes: Vec<(String, String)>,
+}
+
+/// Where a cluster's one endpoint is: a TCP address or a Unix socket (Envoy's `pipe`).
+#[derive(Debug, Clone)]
+pub enum Address {
+    Tcp(SocketAddr),
+    Pipe(PathBuf),
+}
+
+impl From<SocketAddr> for Address {
+    fn from(a: SocketAddr) -> Address {
+        Address::Tcp(a)
+    }
+}
+
+impl Address {
+    fn yaml(&self) -> String {
+        match self {
+            Address::Tcp(a) => format!("{{ socket_address: {{ address: {}, port_value: {} }} }}", a.ip(), a.port()),
+            Address::Pipe(p) => format!("{{ pipe: {{ path: {:?} }} }}", p.display().to_string()),
+        }
+    }
 }
 
 pub struct Envoy {
@@ -110,13 +132,12 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
     let clusters: String = opts
         .upstreams
         .iter()
-        .map(|(name, _, addr)| (name, addr))
-        .chain(opts.clusters.iter().map(|(name, addr)| (name, addr)))
+        .map(|(name, _, addr)| (name, Address::Tcp(*addr)))
+        .chain(opts.clusters.iter().map(|(name, addr)| (name, addr.clone())))
         .map(|(name, addr)| {
             format!(
-                "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
-                addr.ip(),
-                addr.port()
+                "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {} }}\n",
+                addr.yaml()
             )
         })
         .collect();

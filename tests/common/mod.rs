@@ -90,13 +90,14 @@ impl Gateway {
         env: Vec<(String, String)>,
         upstreams: Vec<(String, String, std::net::SocketAddr)>,
     ) -> Gateway {
+        let clusters = clusters.into_iter().map(|(name, addr)| (name, addr.into())).collect();
         Gateway::start_routed(edit, clusters, env, upstreams, Vec::new()).await
     }
 
     /// Also with (path prefix, cluster) routes passed on unchanged (the sidecar's API).
     pub async fn start_routed(
         edit: impl FnOnce(&mut Value),
-        clusters: Vec<(String, std::net::SocketAddr)>,
+        clusters: Vec<(String, envoy::Address)>,
         env: Vec<(String, String)>,
         upstreams: Vec<(String, String, std::net::SocketAddr)>,
         plain_routes: Vec<(String, String)>,

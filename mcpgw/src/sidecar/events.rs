@@ -2,13 +2,16 @@
 //!
 //! Each record is encoded once, as the HTTP/1.1 chunk that carries its SSE event, and the
 //! same bytes go to every subscriber who may see it. A subscriber is a [`Subscription`]
-//! (what it may see, where it is on the bus, its replay from the store) and one of two
-//! writers: on a connection whose first request is `/events` the sidecar writes the chunks
-//! to the socket itself ([`stream_to_socket`]: one task and one `writev` per delivery,
-//! no HTTP library buffers), and on a keep-alive connection that already served other
-//! requests hyper writes them ([`events`]). Both keep a bounded queue per subscriber and
-//! drop one that falls behind, after a `lagged` event.
+//! (what it may see, where it is on the bus, its replay from the store) and a writer. On
+//! a connection whose first request is `/events` the sidecar writes the stream itself
+//! ([`stream_to_socket`]): the connection's task writes the head and any replay, then
+//! hands the socket to a fan-out shard ([`super::fanout`]), which writes live events to
+//! all of its subscribers in one pass. On a keep-alive connection that already served
+//! other requests, hyper writes the stream ([`events`]). Every writer keeps a bounded
+//! queue per subscriber and drops one that falls behind, after a `lagged` event.
 
+use super::fanout::{Adopt, Conn};
+use super::serve::Socket;
 use super::{error, from_filter, Sidecar};
 use crate::audit_store::{AuditStore as _, Committed};
 use axum::body::{Body, Bytes};
@@ -23,7 +26,6 @@ use std::convert::Infallible;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Records read from the store per page while a subscriber catches up.
@@ -44,7 +46,7 @@ struct EventParams {
 /// Which records one subscriber gets: its filters and, unless it holds an audit role,
 /// only its own.
 #[derive(Debug, Clone)]
-struct Selection {
+pub(super) struct Selection {
     servers: Vec<String>,
     methods: Vec<String>,
     users: Vec<String>,
@@ -58,7 +60,7 @@ fn list(v: Option<&str>) -> Vec<String> {
 }
 
 impl Selection {
-    fn wants(&self, record: &Value) -> bool {
+    pub(super) fn wants(&self, record: &Value) -> bool {
         let field = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or_default();
         let pick = |list: &[String], k: &str| list.is_empty() || list.iter().any(|v| v == field(k));
         pick(&self.servers, "server")
@@ -102,6 +104,16 @@ impl Published {
         self.seq
     }
 
+    /// The record, as subscribers' filters read it.
+    pub(super) fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The event as one HTTP/1.1 chunk.
+    pub(super) fn chunk(&self) -> &Bytes {
+        &self.chunk
+    }
+
     /// A `heartbeat` event: everything up to `last_seq` has been published.
     pub(super) fn heartbeat(last_seq: u64) -> Published {
         let chunk = chunk(None, "heartbeat", &json!({ "last_seq": last_seq }).to_string());
@@ -141,12 +153,12 @@ fn unframed(chunk: &Bytes) -> Bytes {
     chunk.slice(start..chunk.len().saturating_sub(2).max(start))
 }
 
-fn lagged_chunk() -> Bytes {
+pub(super) fn lagged_chunk() -> Bytes {
     chunk(None, "lagged", r#"{"reason":"the subscriber fell too far behind"}"#)
 }
 
 /// The chunk that ends a chunked body.
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+pub(super) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// One event for a subscriber.
 pub(super) struct Item {
@@ -175,7 +187,7 @@ pub(super) struct Subscription {
 }
 
 /// Counts a subscriber in, and out when it is dropped.
-struct SubscriberGuard(Arc<Sidecar>);
+pub(super) struct SubscriberGuard(Arc<Sidecar>);
 
 impl SubscriberGuard {
     fn new(sidecar: &Arc<Sidecar>) -> SubscriberGuard {
@@ -328,6 +340,11 @@ impl Subscription {
         }
     }
 
+    /// The live subscription, for a fan-out shard to carry on with `conn`.
+    fn into_adopt(self, conn: Conn) -> Adopt {
+        Adopt { conn, selection: self.selection, sent: self.sent, live: self.live, counted: self._counted }
+    }
+
     /// Still reading the store (or handing out what it read).
     fn catching_up(&self) -> bool {
         self.replaying || !self.backlog.is_empty()
@@ -406,7 +423,7 @@ transfer-encoding: chunked\r\nconnection: close\r\n\r\n";
 /// ready together, in one `writev`. Events that the socket does not take wait in a queue
 /// of `subscriber_queue`; one more and the subscriber gets `lagged` and is closed. Ends
 /// when the client closes, the stream ends or the sidecar shuts down.
-pub(super) async fn stream_to_socket(stream: TcpStream, mut subscription: Subscription) {
+pub(super) async fn stream_to_socket<S: Socket>(stream: S, mut subscription: Subscription) {
     let limit = subscription.sidecar.config.subscriber_queue.max(1);
     let closing = subscription.sidecar.closing.clone();
     let mut queue: VecDeque<Bytes> = VecDeque::from([Bytes::from_static(STREAM_HEAD)]);
@@ -419,6 +436,16 @@ pub(super) async fn stream_to_socket(stream: TcpStream, mut subscription: Subscr
         if !receiving && queue.is_empty() {
             return; // dropping the socket closes it
         }
+        // Caught up and all written: a fan-out shard carries on from here.
+        if receiving && queue.is_empty() && !subscription.catching_up() && !subscription.over {
+            let sidecar = Arc::clone(&subscription.sidecar);
+            if let Some(fanout) = sidecar.fanout.get() {
+                let Ok(conn) = stream.into_conn() else { return };
+                // Not taken: the sidecar is closing, and the stream ends here.
+                let _ = fanout.adopt(subscription.into_adopt(conn));
+                return;
+            }
+        }
         tokio::select! {
             biased;
             () = closing.cancelled(), if receiving => {
@@ -426,7 +453,7 @@ pub(super) async fn stream_to_socket(stream: TcpStream, mut subscription: Subscr
                 receiving = false;
             }
             // The client sends nothing more; reading only notices it closing.
-            ready = stream.readable() => {
+            ready = stream.ready(tokio::io::Interest::READABLE) => {
                 if ready.is_err() {
                     return;
                 }
@@ -437,7 +464,7 @@ pub(super) async fn stream_to_socket(stream: TcpStream, mut subscription: Subscr
                     Err(_) => return,
                 }
             }
-            ready = stream.writable(), if !queue.is_empty() => {
+            ready = stream.ready(tokio::io::Interest::WRITABLE), if !queue.is_empty() => {
                 if ready.is_err() {
                     return;
                 }
@@ -472,7 +499,7 @@ pub(super) async fn stream_to_socket(stream: TcpStream, mut subscription: Subscr
 }
 
 /// Writes as much of `queue` as the socket takes now, without waiting.
-fn write_queued(stream: &TcpStream, queue: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+fn write_queued<S: Socket>(stream: &S, queue: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     while !queue.is_empty() {
         let slices: Vec<IoSlice<'_>> = queue.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect();
         let mut written = match stream.try_write_vectored(&slices) {

@@ -5,6 +5,7 @@
 //! hyper's.
 
 use super::events::{self, Subscription};
+use super::fanout::Conn;
 use super::Sidecar;
 use axum::body::Bytes;
 use axum::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
@@ -19,8 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 /// The longest first request head looked at here; a longer one is hyper's to judge.
 const MAX_HEAD: usize = 16 << 10;
@@ -31,33 +32,112 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// Headers parsed in a first request head; more, and hyper reads it.
 const MAX_HEADERS: usize = 64;
 
+/// Where the sidecar listens: a loopback TCP address or a Unix socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Listener {
+        Listener::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Listener {
+        Listener::Unix(l)
+    }
+}
+
+/// A connected socket of either kind, as the event writer uses it: non-blocking reads and
+/// vectored writes, and waiting for readiness.
+pub(super) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize>;
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    fn ready(&self, interest: Interest) -> impl Future<Output = std::io::Result<tokio::io::Ready>> + Send;
+    /// The socket, out of tokio's hands, for a fan-out shard.
+    fn into_conn(self) -> std::io::Result<Conn>;
+}
+
+impl Socket for TcpStream {
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+    fn ready(&self, interest: Interest) -> impl Future<Output = std::io::Result<tokio::io::Ready>> + Send {
+        TcpStream::ready(self, interest)
+    }
+    fn into_conn(self) -> std::io::Result<Conn> {
+        Ok(Conn::Tcp(mio::net::TcpStream::from_std(self.into_std()?)))
+    }
+}
+
+impl Socket for UnixStream {
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        UnixStream::try_write_vectored(self, bufs)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        UnixStream::try_read(self, buf)
+    }
+    fn ready(&self, interest: Interest) -> impl Future<Output = std::io::Result<tokio::io::Ready>> + Send {
+        UnixStream::ready(self, interest)
+    }
+    fn into_conn(self) -> std::io::Result<Conn> {
+        Ok(Conn::Unix(mio::net::UnixStream::from_std(self.into_std()?)))
+    }
+}
+
 /// Accepts connections until `shutdown`, then ends the streams and waits (a while) for
 /// the requests in flight.
-pub(super) async fn serve(listener: TcpListener, sidecar: Arc<Sidecar>, shutdown: impl Future<Output = ()>) {
+pub(super) async fn serve(listener: Listener, sidecar: Arc<Sidecar>, shutdown: impl Future<Output = ()>) {
     let router = super::app(Arc::clone(&sidecar));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Events are written whole, one `writev` each: nothing to gain by waiting.
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(stream, router.clone(), Arc::clone(&sidecar), graceful.watcher()));
-                }
-                Err(e) => {
-                    // Out of file descriptors, most likely: let some close.
-                    eprintln!("mcpgw sidecar: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            accepted = accept(&listener) => accepted,
+        };
+        let (router, sidecar, watcher) = (router.clone(), Arc::clone(&sidecar), graceful.watcher());
+        match accepted {
+            Ok(Accepted::Tcp(stream)) => {
+                // Events are written whole, one `writev` each: nothing to gain by waiting.
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream, router, sidecar, watcher));
+            }
+            Ok(Accepted::Unix(stream)) => {
+                tokio::spawn(connection(stream, router, sidecar, watcher));
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: let some close.
+                eprintln!("mcpgw sidecar: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     drop(listener);
     sidecar.closing.cancel();
+    if let Some(fanout) = sidecar.fanout.get() {
+        fanout.wake_all();
+    }
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         eprintln!("mcpgw sidecar: requests still in flight after {} s; stopping anyway", DRAIN.as_secs());
+    }
+}
+
+enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
     }
 }
 
@@ -104,7 +184,7 @@ fn first_request(head: &[u8]) -> First {
     First::Events { uri, headers: map }
 }
 
-async fn connection(mut stream: TcpStream, router: axum::Router, sidecar: Arc<Sidecar>, watcher: Watcher) {
+async fn connection<S: Socket>(mut stream: S, router: axum::Router, sidecar: Arc<Sidecar>, watcher: Watcher) {
     let mut head = BytesMut::with_capacity(1024);
     loop {
         match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(&mut head)).await {
@@ -130,7 +210,7 @@ async fn connection(mut stream: TcpStream, router: axum::Router, sidecar: Arc<Si
 }
 
 /// Writes a refused subscription's response and closes the connection.
-async fn refuse(mut stream: TcpStream, refused: Response) {
+async fn refuse<S: Socket>(mut stream: S, refused: Response) {
     let status = refused.status();
     let content_type =
         refused.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
@@ -148,12 +228,12 @@ async fn refuse(mut stream: TcpStream, refused: Response) {
 }
 
 /// A connection with bytes already read from it put back in front.
-struct Prefixed {
+struct Prefixed<S> {
     head: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let me = self.get_mut();
         if me.head.is_empty() {
@@ -165,7 +245,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
