@@ -518,6 +518,8 @@ struct Gates {
 /// the connections with `mio` (epoll): the load generator shares the two cores with the
 /// sidecar, so it does as little per event as it can (one `read`, the `id:` line).
 const CLIENT_THREADS: usize = 2;
+/// How long a client thread polls without sleeping after its last event.
+const SPIN: Duration = Duration::from_micros(200);
 
 /// A subscriber's connection, read without blocking.
 enum Conn {
@@ -656,6 +658,7 @@ fn run_subscribers(endpoint: &Endpoint, indices: &[usize], gates: &Gates) -> Vec
     let mut subs: Vec<Sub> = Vec::with_capacity(indices.len());
     let mut buf = vec![0_u8; 16 << 10];
     let (mut next, mut unfinished, mut settled) = (0, indices.len(), 0);
+    let mut last_busy = Instant::now();
     while unfinished > 0 {
         // Connections still waiting for their response head (`settled`: opened or done).
         let waiting = subs.len() - settled;
@@ -682,7 +685,14 @@ fn run_subscribers(endpoint: &Endpoint, indices: &[usize], gates: &Gates) -> Vec
             }
             subs.push(sub);
         }
-        poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+        // While events are coming in, poll without sleeping for a little while: going to
+        // sleep between two of them would cost a wake-up each (for the sidecar's writer
+        // too). Quiet for `SPIN`, sleep until the next one.
+        let quiet = last_busy.elapsed() > SPIN;
+        poll.poll(&mut events, Some(if quiet { Duration::from_millis(100) } else { Duration::ZERO })).unwrap();
+        if !events.is_empty() {
+            last_busy = Instant::now();
+        }
         for event in &events {
             let Some(sub) = subs.get_mut(event.token().0) else { continue };
             if sub.finished {

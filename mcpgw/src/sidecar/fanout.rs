@@ -197,7 +197,25 @@ impl Live {
                 return true;
             }
         }
-        self.queue.push_back(p.chunk().clone());
+        let chunk = p.chunk();
+        if self.queue.is_empty() {
+            // Nothing waiting: write straight from the shared bytes, and queue only what
+            // the socket does not take.
+            let written = loop {
+                match self.conn.write_vectored(&[IoSlice::new(chunk)]) {
+                    Ok(0) => return false,
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break 0,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            };
+            if written < chunk.len() {
+                self.queue.push_back(chunk.slice(written..));
+            }
+            return true;
+        }
+        self.queue.push_back(chunk.clone());
         if self.flush().is_err() {
             return false;
         }
