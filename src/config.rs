@@ -668,6 +668,9 @@ pub enum UpstreamAuth {
 pub struct Server {
     pub name: String,
     pub path_prefix: String,
+    /// Every path prefix that reaches it: `path_prefix`, then for an MCP server the seed's
+    /// form `/proxy/{name}/mcp`. No two servers' prefixes overlap.
+    pub prefixes: Vec<String>,
     pub upstream_auth: UpstreamAuth,
     pub kind: ServerKind,
 }
@@ -711,11 +714,26 @@ impl Config {
 
     /// The server a request path is for.
     pub fn server_for(&self, path: &str) -> Option<&Server> {
-        let path = path.split('?').next().unwrap_or_default();
-        self.servers.iter().find(|s| {
-            path.strip_prefix(s.path_prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        self.route(path).map(|(server, _)| server)
     }
+
+    /// The server a request path is for, and the prefix of its that the path used. At
+    /// most one matches: prefixes never overlap (checked when compiling).
+    pub fn route(&self, path: &str) -> Option<(&Server, &str)> {
+        let path = path.split('?').next().unwrap_or_default();
+        self.servers.iter().find_map(|s| s.prefixes.iter().find(|p| under(path, p)).map(|p| (s, p.as_str())))
+    }
+}
+
+/// `path` is `prefix` or below it (the next character is `/`), as Envoy's
+/// `path_separated_prefix` matches.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The seed's path form for an MCP server: `/proxy/{name}/mcp`.
+pub fn proxy_path(name: &str) -> String {
+    format!("/proxy/{name}/mcp")
 }
 
 impl RawConfig {
@@ -791,7 +809,9 @@ fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) ->
         return Err(err("servers", "at least one server is required"));
     }
     let mut seen_names = HashSet::new();
-    let mut seen_prefixes = HashSet::new();
+    // Every prefix so far, with the server it reaches: a path must reach one server only,
+    // so neither may be the other or below it.
+    let mut taken: Vec<(String, String)> = Vec::new();
     raw.into_iter()
         .enumerate()
         .map(|(i, s)| {
@@ -817,15 +837,29 @@ fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) ->
             if !seen_names.insert(s.name.clone()) {
                 return Err(err(at("name"), format!("duplicate server name {:?}", s.name)));
             }
-            if !seen_prefixes.insert(s.path_prefix.clone()) {
-                return Err(err(at("path_prefix"), format!("duplicate path prefix {:?}", s.path_prefix)));
+            let mut prefixes = vec![s.path_prefix.clone()];
+            if s.kind == ServerKind::Mcp {
+                prefixes.push(proxy_path(&s.name));
             }
+            for prefix in &prefixes {
+                if let Some((other, name)) = taken.iter().find(|(t, _)| under(prefix, t) || under(t, prefix)) {
+                    let what = if other == prefix { "is also" } else { "overlaps" };
+                    return Err(err(
+                        at("path_prefix"),
+                        format!(
+                            "{prefix:?} (server {:?}) {what} {other:?} (server {name:?}): every path must reach one server",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+            taken.extend(prefixes.iter().map(|p| (p.clone(), s.name.clone())));
             let upstream_auth =
                 UpstreamAuth::compile(s.upstream_auth, env).map_err(|e| e.within(&at("upstream_auth")))?;
             if s.kind == ServerKind::Sidecar && upstream_auth != UpstreamAuth::None {
                 return Err(err(at("upstream_auth"), "a sidecar server gets the sidecar's secret, nothing else"));
             }
-            Ok(Server { name: s.name, path_prefix: s.path_prefix, upstream_auth, kind: s.kind })
+            Ok(Server { name: s.name, path_prefix: s.path_prefix, prefixes, upstream_auth, kind: s.kind })
         })
         .collect()
 }
@@ -1064,5 +1098,39 @@ pub(crate) mod tests {
         assert_eq!(name("/mcp/githubx"), None);
         assert_eq!(name("/mcp"), None);
         assert_eq!(name("/mcp/filesystem"), Some("filesystem".into()));
+        // The seed's form reaches the same servers.
+        assert_eq!(name("/proxy/github/mcp"), Some("github".into()));
+        assert_eq!(name("/proxy/github/mcp?x=1"), Some("github".into()));
+        assert_eq!(name("/proxy/filesystem/mcp/x"), Some("filesystem".into()));
+        assert_eq!(name("/proxy/github/mcpx"), None);
+        assert_eq!(name("/proxy/github"), None);
+        assert_eq!(name("/proxy/gitlab/mcp"), None);
+        assert_eq!(c.route("/proxy/github/mcp").map(|(_, p)| p), Some("/proxy/github/mcp"));
+        assert_eq!(c.route("/mcp/github/x").map(|(_, p)| p), Some("/mcp/github"));
+    }
+
+    #[test]
+    fn prefixes_that_overlap_are_refused() {
+        // Two more servers beside the base's github (/mcp/github) and filesystem.
+        let refused = |prefixes: &[(&str, &str)]| {
+            let mut v = base();
+            for (name, prefix) in prefixes {
+                v["servers"].as_array_mut().unwrap().push(json!({"name": name, "path_prefix": prefix}));
+            }
+            compile(&v).map(|_| ()).map_err(|e| e.to_string())
+        };
+        for (overlapping, at) in [
+            ([("a", "/t"), ("b", "/t/b")], "servers[3]"),
+            ([("a", "/t/b/c"), ("b", "/t/b")], "servers[3]"),
+            ([("a", "/t"), ("b", "/t")], "servers[3]"),
+            ([("a", "/mcp"), ("b", "/t/b")], "servers[2]"),
+            // A prefix on another server's seed form, either way round.
+            ([("a", "/proxy/b/mcp"), ("b", "/t/b")], "servers[3]"),
+            ([("a", "/proxy"), ("b", "/t/b")], "servers[2]"),
+        ] {
+            let e = refused(&overlapping).unwrap_err();
+            assert!(e.contains(&format!("{at}.path_prefix")) && e.contains("one server"), "{overlapping:?}: {e}");
+        }
+        assert_eq!(refused(&[("a", "/t/git"), ("b", "/t/github")]), Ok(()), "/t/github is not below /t/git");
     }
 }

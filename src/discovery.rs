@@ -70,15 +70,16 @@ pub fn base_url(md: &ResourceMetadata, scheme: Option<&str>, authority: Option<&
     format!("{scheme}://{host}")
 }
 
-/// The metadata URL for a server (or for the gateway as a whole).
-pub fn metadata_url(base: &str, server: Option<&Server>) -> String {
-    format!("{base}{WELL_KNOWN}{}", server.map_or("", |s| s.path_prefix.as_str()))
+/// The metadata URL for a server, by the path prefix the client used for it (or for the
+/// gateway as a whole).
+pub fn metadata_url(base: &str, prefix: Option<&str>) -> String {
+    format!("{base}{WELL_KNOWN}{}", prefix.unwrap_or_default())
 }
 
-/// The metadata document.
-pub fn document(md: &ResourceMetadata, base: &str, server: Option<&Server>) -> Value {
+/// The metadata document of the resource at `prefix` (or of the gateway).
+pub fn document(md: &ResourceMetadata, base: &str, prefix: Option<&str>) -> Value {
     let mut doc = Map::new();
-    let resource = format!("{base}{}", server.map_or("", |s| s.path_prefix.as_str()));
+    let resource = format!("{base}{}", prefix.unwrap_or_default());
     doc.insert("resource".into(), json!(resource));
     doc.insert("authorization_servers".into(), json!(md.authorization_servers));
     doc.insert("bearer_methods_supported".into(), json!(["header"]));
@@ -95,13 +96,14 @@ pub fn document(md: &ResourceMetadata, base: &str, server: Option<&Server>) -> V
 }
 
 /// Which document a well-known path asks for: `Some(None)` for the gateway's,
-/// `Some(Some(server))` for a server's, `None` when the path names neither.
-pub fn lookup<'a>(servers: &'a [Server], path: &str) -> Option<Option<&'a Server>> {
+/// `Some(Some(prefix))` for a server's at one of its prefixes, `None` when the path names
+/// neither.
+pub fn lookup<'a>(servers: &'a [Server], path: &str) -> Option<Option<&'a str>> {
     let rest = path.split('?').next()?.strip_prefix(WELL_KNOWN)?;
     if rest.is_empty() {
         return Some(None);
     }
-    servers.iter().find(|s| s.path_prefix == rest).map(Some)
+    servers.iter().flat_map(|s| s.prefixes.iter()).find(|p| *p == rest).map(|p| Some(p.as_str()))
 }
 
 #[cfg(test)]
@@ -124,6 +126,7 @@ mod tests {
         vec![Server {
             name: "github".into(),
             path_prefix: "/mcp/github".into(),
+            prefixes: vec!["/mcp/github".into(), "/proxy/github/mcp".into()],
             upstream_auth: UpstreamAuth::None,
             kind: Default::default(),
         }]
@@ -131,16 +134,16 @@ mod tests {
 
     #[test]
     fn documents_name_the_resource_and_its_authorization_servers() {
-        let s = servers();
         let base = base_url(&md(Some("https://mcp.example.com")), Some("http"), Some("ignored"));
-        let doc = document(&md(None), &base, s.first());
+        let doc = document(&md(None), &base, Some("/mcp/github"));
         assert_eq!(doc["resource"], "https://mcp.example.com/mcp/github");
         assert_eq!(doc["authorization_servers"][0], "https://idp.example/realms/acme");
         assert_eq!(doc["scopes_supported"][0], "mcp:read");
         assert_eq!(
-            metadata_url(&base, s.first()),
+            metadata_url(&base, Some("/mcp/github")),
             "https://mcp.example.com/.well-known/oauth-protected-resource/mcp/github"
         );
+        assert_eq!(document(&md(None), &base, None)["resource"], "https://mcp.example.com");
     }
 
     #[test]
@@ -153,7 +156,12 @@ mod tests {
     fn well_known_paths_map_to_documents() {
         let s = servers();
         assert!(matches!(lookup(&s, WELL_KNOWN), Some(None)));
-        assert!(matches!(lookup(&s, "/.well-known/oauth-protected-resource/mcp/github"), Some(Some(_))));
+        assert_eq!(lookup(&s, "/.well-known/oauth-protected-resource/mcp/github"), Some(Some("/mcp/github")));
+        // The resource at the seed's path form has its own document.
+        assert_eq!(
+            lookup(&s, "/.well-known/oauth-protected-resource/proxy/github/mcp"),
+            Some(Some("/proxy/github/mcp"))
+        );
         assert!(lookup(&s, "/.well-known/oauth-protected-resource/mcp/gitlab").is_none());
         assert!(lookup(&s, "/mcp/github").is_none());
     }

@@ -242,9 +242,9 @@ impl Exchange {
                 // Only challenges need the metadata URL: build it here, off the allowed path.
                 if let Some(md) = &config.resource_metadata {
                     let path = self.head.path();
-                    let server = is_plain_path(path).then(|| config.server_for(path)).flatten();
+                    let prefix = is_plain_path(path).then(|| config.route(path)).flatten().map(|(_, p)| p);
                     let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
-                    self.metadata_url = Some(discovery::metadata_url(&base, server));
+                    self.metadata_url = Some(discovery::metadata_url(&base, prefix));
                 }
                 (Step::Reply(self.refuse(&refusal, None)), HeaderEdits::default())
             }
@@ -344,9 +344,9 @@ impl Exchange {
             return None;
         }
         let found = config.resource_metadata.as_ref().and_then(|md| {
-            discovery::lookup(&config.servers, path).map(|server| {
+            discovery::lookup(&config.servers, path).map(|prefix| {
                 let base = discovery::base_url(md, self.head.header(":scheme"), self.head.header(":authority"));
-                discovery::document(md, &base, server)
+                discovery::document(md, &base, prefix)
             })
         });
         let reply = match (self.head.method(), found) {

@@ -119,9 +119,13 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
         .upstreams
         .iter()
         .map(|(name, prefix, _)| {
-            format!(
-                "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s }}\n"
-            )
+            // The server's prefix and the seed's `/proxy/{name}/mcp`, both to its cluster.
+            let route = |prefix: &str| {
+                format!(
+                    "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s }}\n"
+                )
+            };
+            route(prefix) + &route(&format!("/proxy/{name}/mcp"))
         })
         .chain(opts.plain_routes.iter().map(|(prefix, cluster)| {
             format!(
