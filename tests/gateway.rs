@@ -201,6 +201,8 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
             env: vec![(JWK_ENV.into(), "{}".into())],
             clusters: vec![],
             plain_routes: vec![],
+            replicas: vec![],
+            session_affinity: false,
         })
         .await
         .expect("envoy must refuse the configuration");
@@ -215,6 +217,8 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
         env: vec![(JWK_ENV.into(), "{}".into())],
         clusters: vec![],
         plain_routes: vec![],
+        replicas: vec![],
+        session_affinity: false,
     })
     .await
     .unwrap();

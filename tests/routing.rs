@@ -3,8 +3,12 @@
 mod common;
 
 use common::envoy::{Envoy, EnvoyOptions};
-use common::{plugin_config, post_json, tool_call, Gateway, JWK_ENV};
+use common::{plugin_config, post_json, send, tool_call, Gateway, JWK_ENV};
+use mcpgw::client::{connect, text};
+use mcpgw::token::{keygen, mint, TokenRequest};
+use mcpgw::{spawn, RunningServer, ServerKind};
 use serde_json::json;
+use std::collections::HashSet;
 
 /// `/mcp/{server}` and the seed's `/proxy/{server}/mcp` reach the same server, which sees
 /// its own `/mcp` path and the call as authorized; a path naming no server is a JSON-RPC
@@ -47,6 +51,8 @@ async fn overlapping_prefixes_are_refused_when_envoy_loads_the_filter() {
             env: vec![(JWK_ENV.into(), "{}".into())],
             clusters: vec![],
             plain_routes: vec![],
+            replicas: vec![],
+            session_affinity: false,
         })
         .await
         .expect("envoy must refuse the configuration");
@@ -54,4 +60,80 @@ async fn overlapping_prefixes_are_refused_when_envoy_loads_the_filter() {
         assert!(log.contains(&format!("servers[{index}].path_prefix")), "{second}: {log}");
         assert!(log.contains(&format!("{other:?}")) && log.contains("one server"), "{second}: {log}");
     }
+}
+
+/// A server with two replicas behind Envoy's stateful session filter (the envelope of
+/// `Mcp-Session-Id`): new sessions spread over both, every request of a session reaches
+/// the replica that issued it, and the replica only ever sees its own session id.
+#[tokio::test]
+async fn a_session_stays_on_the_replica_that_issued_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let files = keygen(keys.path()).unwrap();
+    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
+    let public = std::fs::read_to_string(&files.public_key).unwrap();
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let a = spawn(ServerKind::Test, listener().await).await.unwrap();
+    let b = spawn(ServerKind::Test, listener().await).await.unwrap();
+    let mut config = plugin_config();
+    config["servers"].as_array_mut().unwrap().push(json!({"name": "replicated", "path_prefix": "/mcp/replicated"}));
+    let envoy = Envoy::start(EnvoyOptions {
+        plugin_config: config,
+        upstreams: vec![("replicated".into(), "/mcp/replicated".into(), a.addr)],
+        env: vec![(JWK_ENV.into(), public)],
+        clusters: vec![],
+        plain_routes: vec![],
+        replicas: vec![("replicated".into(), vec![b.addr])],
+        session_affinity: true,
+    })
+    .await
+    .unwrap();
+    let token = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    let url = envoy.url("/mcp/replicated");
+    // 16 sessions: all on one replica by chance is a 1 in 30,000 event.
+    const SESSIONS: usize = 16;
+    let mut clients = Vec::new();
+    for _ in 0..SESSIONS {
+        clients.push(connect(&url, Some(&token)).await.unwrap());
+    }
+    for (i, client) in clients.iter().enumerate() {
+        for k in 0..3 {
+            let said = format!("{i}-{k}");
+            assert_eq!(text(&client.call_tool("echo", json!({"text": said})).await.unwrap()), said);
+        }
+    }
+    let sessions = |s: &RunningServer| s.requests.header_values("mcp-session-id").into_iter().collect::<HashSet<_>>();
+    let (on_a, on_b) = (sessions(&a), sessions(&b));
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "new sessions spread: {} on a, {} on b", on_a.len(), on_b.len());
+    assert!(on_a.is_disjoint(&on_b), "a session's requests reached both replicas");
+    assert_eq!(on_a.len() + on_b.len(), SESSIONS);
+    for (replica, ids) in [(&a, &on_a), (&b, &on_b)] {
+        // Each replica issued the sessions it served, and saw each id as it issued it.
+        assert_eq!(replica.requests.with_rpc_method("initialize").len(), ids.len());
+        assert!(ids.iter().all(|id| !id.contains(";UV:")), "{ids:?}");
+        let calls = replica.requests.with_rpc_method("tools/call").len();
+        assert_eq!(calls, ids.len() * 3, "every call of a session on its replica");
+    }
+    // The client holds the envelope (the replica's address travels with the id), and a
+    // request with it goes to that replica whichever Envoy worker takes it.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let opened = post_json(&url, Some(&token), &init).await;
+    assert_eq!(opened.status, 200);
+    let enveloped = opened.header("mcp-session-id").unwrap().to_owned();
+    assert!(enveloped.contains(";UV:"), "{enveloped}");
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("authorization", auth.as_str()),
+        ("mcp-session-id", enveloped.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let before = (a.requests.len(), b.requests.len());
+    for id in 2..6 {
+        let reply = send("POST", &url, &headers, tool_call(id, "echo", json!({"text": "raw"})).to_string()).await;
+        assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+    }
+    let grew = (a.requests.len() - before.0, b.requests.len() - before.1);
+    assert!(grew == (4, 0) || grew == (0, 4), "the raw session's calls went {grew:?}");
 }

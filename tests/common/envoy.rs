@@ -70,6 +70,13 @@ pub struct EnvoyOptions {
     /// (path prefix, cluster) routes kept as they are (no rewrite to `/mcp`): the
     /// sidecar's API. The cluster is one of `clusters`.
     pub plain_routes: Vec<(String, String)>,
+    /// More replicas of an upstream: (its server name, addresses), beside the one in
+    /// `upstreams`. Clusters balance by least request.
+    pub replicas: Vec<(String, Vec<SocketAddr>)>,
+    /// Envoy's stateful session filter before the gateway's, with the envelope of
+    /// `Mcp-Session-Id` (as `envoy/demo.yaml` has it): a session's requests reach the
+    /// replica that issued it.
+    pub session_affinity: bool,
 }
 
 /// Where a cluster's one endpoint is: a TCP address or a Unix socket (Envoy's `pipe`).
@@ -136,12 +143,16 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
     let clusters: String = opts
         .upstreams
         .iter()
-        .map(|(name, _, addr)| (name, Address::Tcp(*addr)))
-        .chain(opts.clusters.iter().map(|(name, addr)| (name, addr.clone())))
-        .map(|(name, addr)| {
+        .map(|(name, _, addr)| {
+            let more = opts.replicas.iter().filter(|(n, _)| n == name).flat_map(|(_, a)| a.iter());
+            (name, std::iter::once(addr).chain(more).map(|a| Address::Tcp(*a)).collect::<Vec<_>>())
+        })
+        .chain(opts.clusters.iter().map(|(name, addr)| (name, vec![addr.clone()])))
+        .map(|(name, addrs)| {
+            let endpoints: String =
+                addrs.iter().map(|a| format!("        - endpoint: {{ address: {} }}\n", a.yaml())).collect();
             format!(
-                "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {} }}\n",
-                addr.yaml()
+                "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    lb_policy: LEAST_REQUEST\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{endpoints}"
             )
         })
         .collect();
@@ -170,15 +181,29 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
               domains: ["*"]
               routes:
 {routes}          http_filters:
-{gateway}          - name: envoy.filters.http.router
+{affinity}{gateway}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
 {clusters}"#,
+        affinity = if opts.session_affinity { SESSION_AFFINITY } else { "" },
         gateway = gateway_filter(opts),
         stats = mcp_gateway::stats::STATS_CONFIG_YAML,
     )
 }
+
+/// Envoy's stateful session filter keeping each MCP session on the replica that issued it
+/// (before the gateway's filter, which then reads session ids without the envelope).
+const SESSION_AFFINITY: &str = r#"          - name: envoy.filters.http.stateful_session
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession
+              strict: true
+              session_state:
+                name: envoy.http.stateful_session.envelope
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.http.stateful_session.envelope.v3.EnvelopeSessionState
+                  header: { name: mcp-session-id }
+"#;
 
 /// The gateway filter's entry in `http_filters` (nothing when the plugin config is null).
 fn gateway_filter(opts: &EnvoyOptions) -> String {

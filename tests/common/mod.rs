@@ -129,6 +129,8 @@ impl Gateway {
             env: std::iter::once((JWK_ENV.into(), public_jwk.clone())).chain(env).collect(),
             clusters,
             plain_routes,
+            replicas: Vec::new(),
+            session_affinity: false,
         })
         .await
         .expect("start envoy");
