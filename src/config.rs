@@ -79,6 +79,11 @@ pub struct RawConfig {
     /// (a request naming a forgotten session gets 404, and the client opens a new one).
     #[serde(default = "default_session_idle_secs")]
     pub session_idle_secs: u64,
+    /// Environment variable holding a key (at least 32 bytes) shared by every gateway
+    /// replica: session ids are then handed out bound to their caller (`<id>.<tag>`) and
+    /// any replica can check one it did not see opened. Without it, the owners of sessions
+    /// are kept in this Envoy's memory.
+    pub session_binding_key_env: Option<String>,
 }
 
 fn default_session_idle_secs() -> u64 {
@@ -692,6 +697,8 @@ pub struct Config {
     pub resource_policies: BTreeMap<String, ResourcePolicy>,
     /// Idle time after which a session's owner is forgotten, in milliseconds.
     pub session_idle_ms: u64,
+    /// Session ids bound to their caller (`session_binding_key_env`).
+    pub session_binding: Option<crate::session::Binding>,
     /// Where audit records are sent besides Envoy's log.
     pub audit_sidecar: Option<AuditSidecar>,
     /// See [`RawAudit::reply_read_bytes`].
@@ -785,6 +792,18 @@ impl RawConfig {
         if audit.max_record_bytes < 1024 {
             return Err(err("audit.max_record_bytes", "must be at least 1024"));
         }
+        let session_binding = match &self.session_binding_key_env {
+            None => None,
+            Some(name) => {
+                let Some(key) = env(name) else {
+                    return Err(err("session_binding_key_env", format!("environment variable {name} is not set")));
+                };
+                let Some(binding) = crate::session::Binding::new(key.as_bytes()) else {
+                    return Err(err("session_binding_key_env", format!("{name} must hold at least 32 bytes")));
+                };
+                Some(binding)
+            }
+        };
         Ok(Config {
             audit_sidecar,
             reply_read_bytes: audit.reply_read_bytes,
@@ -800,6 +819,7 @@ impl RawConfig {
             resource_metadata,
             resource_policies,
             session_idle_ms: time::millis(Duration::from_secs(self.session_idle_secs)),
+            session_binding,
         })
     }
 }

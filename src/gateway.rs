@@ -141,6 +141,9 @@ pub struct Exchange {
     /// Who opened the session the request names (from the shared session table), and
     /// whether that entry is due for a refresh.
     session_owner: Option<(String, bool)>,
+    /// With bound session ids: the upstream's id inside the one the client presented,
+    /// checked for this caller; it replaces the client's header upstream.
+    upstream_session: Option<String>,
     /// The task the reply created, to record.
     created_task: Option<session::Change>,
     /// The `traceparent` the gateway starts when the request brought no valid one.
@@ -160,6 +163,7 @@ impl Exchange {
             metadata_url: None,
             events: None,
             session_owner: None,
+            upstream_session: None,
             created_task: None,
             new_traceparent: None,
             scan: None,
@@ -189,6 +193,16 @@ impl Exchange {
             (Some(id), _) if self.session_owner.as_ref().is_some_and(|(_, refresh)| *refresh) => {
                 Some(session::Change::Refresh { id: id.to_owned(), owner })
             }
+            _ => None,
+        }
+    }
+
+    /// With bound session ids (`session_binding_key_env`): the id to hand the client in
+    /// place of the upstream's `id`, when this reply opens a session.
+    pub fn client_session_id(&self, config: &Config, status: u32, id: &str) -> Option<String> {
+        let binding = config.session_binding.as_ref()?;
+        match self.session_change(status, Some(id))? {
+            session::Change::Open { id, owner } => Some(binding.bind(&owner, &id)),
             _ => None,
         }
     }
@@ -301,10 +315,19 @@ impl Exchange {
         // answered like an unknown one (404), so it cannot be hijacked.
         if let Some(id) = self.head.header("mcp-session-id") {
             let caller = session::owner(&principal.provider, &principal.user_id);
-            match &self.session_owner {
-                Some((owner, _)) if *owner == caller => {}
-                Some(_) => return Err(Refusal::UnknownSession { id: id.to_owned(), another_callers: true }),
-                None => return Err(Refusal::UnknownSession { id: id.to_owned(), another_callers: false }),
+            if let Some(binding) = &config.session_binding {
+                // Bound ids: the tag proves the owner, whichever replica opened it.
+                let Some(upstream) = binding.check(&caller, id.trim()) else {
+                    return Err(Refusal::UnknownSession { id: id.to_owned(), another_callers: false });
+                };
+                self.upstream_session = Some(upstream.to_owned());
+                self.record.session_id = Some(upstream.to_owned());
+            } else {
+                match &self.session_owner {
+                    Some((owner, _)) if *owner == caller => {}
+                    Some(_) => return Err(Refusal::UnknownSession { id: id.to_owned(), another_callers: true }),
+                    None => return Err(Refusal::UnknownSession { id: id.to_owned(), another_callers: false }),
+                }
             }
         }
         if let Some(md) = &config.resource_metadata {
@@ -837,6 +860,10 @@ impl Exchange {
         if let Some(session) = &self.record.session_id {
             set.push((headers::SESSION_ID.into(), headers::header_safe(session)));
         }
+        // The upstream gets its own session id, the one checked for this caller.
+        if let Some(id) = &self.upstream_session {
+            set.push(("mcp-session-id".into(), id.clone()));
+        }
         let request_id = headers::header_safe(&self.record.request_id);
         set.push((headers::REQUEST_ID.into(), request_id));
         set.push((headers::TRACE_ID.into(), self.record.trace_id.clone().unwrap_or_default()));
@@ -1355,6 +1382,49 @@ mod tests {
         ex.set_session_owner(Some((owner.clone(), true)));
         with_session("alice").method("GET").headers_step(&mut ex);
         assert_eq!(ex.session_change(200, None), Some(session::Change::Refresh { id: "s-1".into(), owner }));
+    }
+
+    #[test]
+    fn bound_session_ids_are_checked_by_their_tag_and_forwarded_plain() {
+        const KEY: &str = "a-key-every-gateway-replica-shares-0123";
+        let mut v = config_json();
+        v["session_binding_key_env"] = json!("SESSION_KEY");
+        let env = |name: &str| (name == "SESSION_KEY").then(|| KEY.to_owned());
+        let cfg = Config::from_json(v.to_string().as_bytes(), &env).unwrap();
+        let step = |req: &Req, ex: &mut Exchange| {
+            ex.on_request_headers(&cfg, &mut KeyStore::new(1, 8), req.head(), req.method != "POST", now())
+        };
+        // The initialize reply's id is handed out bound to its caller.
+        let mut ex = Exchange::new(now());
+        step(&request().by("alice", &["developer"]), &mut ex);
+        let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+        assert_eq!(ex.on_request_body(&cfg, &Catalog::default(), init), Step::Continue);
+        let bound = ex.client_session_id(&cfg, 200, "s-1").unwrap();
+        assert!(bound.starts_with("s-1.") && bound.len() > 20, "{bound}");
+        assert_eq!(ex.client_session_id(&cfg, 400, "s-1"), None, "only a successful initialize");
+        assert_eq!(ex.client_session_id(&config(), 200, "s-1"), None, "only with a binding key");
+        // Any exchange (any replica: nothing is looked up) lets its owner in, and the
+        // upstream gets its own id; anyone else, or a changed id, is an unknown session.
+        let with_session = |who: &str, id: &str| request().by(who, &["developer"]).header("mcp-session-id", id);
+        let mut ex = Exchange::new(now());
+        let (next, edits) = step(&with_session("alice", &bound), &mut ex);
+        assert_eq!(status(&next), None);
+        let upstream: Vec<&str> =
+            edits.set.iter().filter(|(n, _)| n == "mcp-session-id").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(upstream, ["s-1"]);
+        let (_, tag) = bound.rsplit_once('.').unwrap();
+        for (who, id) in [("bob", bound.clone()), ("alice", "s-1".to_owned()), ("alice", format!("s-2.{tag}"))] {
+            let mut ex = Exchange::new(now());
+            // Even a shared-table entry naming this caller does not stand in for the tag.
+            ex.set_session_owner(Some((session::owner("p", who), false)));
+            let (next, _) = step(&with_session(who, &id), &mut ex);
+            assert_eq!(status(&next), Some(404), "{who} {id}");
+        }
+        // A missing key is a configuration error naming the field.
+        let e = Config::from_json(v.to_string().as_bytes(), &|_| None).unwrap_err();
+        assert!(e.to_string().contains("session_binding_key_env"), "{e}");
+        let short = |name: &str| (name == "SESSION_KEY").then(|| "short".to_owned());
+        assert!(Config::from_json(v.to_string().as_bytes(), &short).is_err());
     }
 
     #[test]

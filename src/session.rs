@@ -202,3 +202,82 @@ mod tests {
         assert!(keys.len() > BUCKETS / 2, "{}", keys.len());
     }
 }
+
+/// Session ids that carry their owner: the gateway hands the client `<id>.<tag>`, where
+/// the tag is an HMAC of the caller and the upstream's id under a key every gateway
+/// replica shares, and forwards only `<id>` once the tag checks out for the caller making
+/// the request. Any replica can check a session it never saw opened (no shared table);
+/// a tag made for someone else, or for another id, does not check out.
+#[derive(Clone)]
+pub struct Binding {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Binding([REDACTED])")
+    }
+}
+
+/// Bytes of the tag's HMAC-SHA256 kept (128 bits, 22 base64url characters).
+const TAG_BYTES: usize = 16;
+
+impl Binding {
+    /// A binding under `key` (at least 32 bytes).
+    pub fn new(key: &[u8]) -> Option<Binding> {
+        (key.len() >= 32).then(|| Binding { key: key.to_vec() })
+    }
+
+    fn tag(&self, owner: &str, id: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        // `new_from_slice` takes keys of any length.
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key) else { return String::new() };
+        mac.update(owner.as_bytes());
+        mac.update(&[0]);
+        mac.update(id.as_bytes());
+        let full = mac.finalize().into_bytes();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(full.get(..TAG_BYTES).unwrap_or_default())
+    }
+
+    /// The session id the client gets for the upstream's `id`, opened by `owner`.
+    pub fn bind(&self, owner: &str, id: &str) -> String {
+        format!("{id}.{}", self.tag(owner, id))
+    }
+
+    /// The upstream's id inside `presented`, if its tag is `owner`'s.
+    pub fn check<'a>(&self, owner: &str, presented: &'a str) -> Option<&'a str> {
+        let (id, tag) = presented.rsplit_once('.')?;
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return None;
+        }
+        let expected = self.tag(owner, id);
+        // Compared in constant time: the tag is the secret part.
+        let same = expected.len() == tag.len()
+            && expected.bytes().zip(tag.bytes()).fold(0_u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        same.then_some(id)
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_id_checks_out_for_its_owner_only() {
+        let b = Binding::new(&[7; 32]).unwrap();
+        let alice = owner("p", "alice");
+        let bound = b.bind(&alice, "abc.def-1");
+        assert_eq!(b.check(&alice, &bound), Some("abc.def-1"));
+        assert_eq!(b.check(&owner("p", "bob"), &bound), None, "another caller");
+        assert_eq!(b.check(&owner("q", "alice"), &bound), None, "same name, another provider");
+        let (_, tag) = bound.rsplit_once('.').unwrap();
+        assert_eq!(b.check(&alice, &format!("abc.def-2.{tag}")), None, "the tag of another id");
+        assert_eq!(b.check(&alice, "abc.def-1"), None, "no tag");
+        assert_eq!(b.check(&alice, &format!("{bound}x")), None);
+        let other = Binding::new(&[8; 32]).unwrap();
+        assert_eq!(other.check(&alice, &bound), None, "another key");
+        assert!(Binding::new(&[1; 31]).is_none());
+        assert!(!format!("{b:?}").contains('7'));
+    }
+}

@@ -137,3 +137,76 @@ async fn a_session_stays_on_the_replica_that_issued_it() {
     let grew = (a.requests.len() - before.0, b.requests.len() - before.1);
     assert!(grew == (4, 0) || grew == (0, 4), "the raw session's calls went {grew:?}");
 }
+
+/// Two gateway replicas (two Envoys, nothing shared but their configuration and the
+/// session binding key) in front of the same two server replicas: a session opened
+/// through one is served through the other, on the replica that issued it, and the
+/// replica sees only its own id. Another caller with the same id gets 404.
+#[tokio::test]
+async fn a_session_opened_through_one_gateway_is_served_by_another() {
+    const KEY_ENV: &str = "MCPGW_TEST_SESSION_KEY";
+    let keys = tempfile::tempdir().unwrap();
+    let files = keygen(keys.path()).unwrap();
+    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
+    let public = std::fs::read_to_string(&files.public_key).unwrap();
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let a = spawn(ServerKind::Test, listener().await).await.unwrap();
+    let b = spawn(ServerKind::Test, listener().await).await.unwrap();
+    let mut config = plugin_config();
+    config["servers"].as_array_mut().unwrap().push(json!({"name": "replicated", "path_prefix": "/mcp/replicated"}));
+    config["session_binding_key_env"] = json!(KEY_ENV);
+    let gateway = || {
+        Envoy::start(EnvoyOptions {
+            plugin_config: config.clone(),
+            upstreams: vec![("replicated".into(), "/mcp/replicated".into(), a.addr)],
+            env: vec![
+                (JWK_ENV.into(), public.clone()),
+                (KEY_ENV.into(), "a key both gateway replicas share, 0123456789".into()),
+            ],
+            clusters: vec![],
+            plain_routes: vec![],
+            replicas: vec![("replicated".into(), vec![b.addr])],
+            session_affinity: true,
+        })
+    };
+    let (one, two) = (gateway().await.unwrap(), gateway().await.unwrap());
+    let alice = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    let bob = mint(&signing, &TokenRequest::new("bob", &["admin"])).unwrap();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let opened = post_json(&one.url("/mcp/replicated"), Some(&alice), &init).await;
+    assert_eq!(opened.status, 200, "{:?}", String::from_utf8_lossy(&opened.body));
+    let session = opened.header("mcp-session-id").unwrap().to_owned();
+    let in_session = |envoy: &Envoy, token: &str, body: serde_json::Value| {
+        let (url, auth, session) = (envoy.url("/mcp/replicated"), format!("Bearer {token}"), session.clone());
+        async move {
+            let headers = [
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("authorization", auth.as_str()),
+                ("mcp-session-id", session.as_str()),
+                ("mcp-protocol-version", "2025-06-18"),
+            ];
+            send("POST", &url, &headers, body.to_string()).await
+        }
+    };
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(in_session(&two, &alice, initialized).await.status, 202);
+    for (id, envoy) in [(2, &two), (3, &one), (4, &two)] {
+        let reply = in_session(envoy, &alice, tool_call(id, "echo", json!({"text": "across"}))).await;
+        assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+        assert!(String::from_utf8_lossy(&reply.body).contains("across"));
+    }
+    let (issuer, other) = if a.requests.with_rpc_method("initialize").is_empty() { (&b, &a) } else { (&a, &b) };
+    assert_eq!(issuer.requests.with_rpc_method("tools/call").len(), 3, "every call on the replica that issued it");
+    assert!(other.requests.is_empty(), "the other replica saw {:?}", other.requests.all());
+    let ids: HashSet<String> = issuer.requests.header_values("mcp-session-id").into_iter().collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(ids.iter().all(|id| !id.contains(";UV:") && !session.ends_with(id.as_str())), "{ids:?} / {session}");
+    // Bob holding alice's session id: unknown to him, through either gateway.
+    let before = issuer.requests.len();
+    for envoy in [&one, &two] {
+        in_session(envoy, &bob, tool_call(9, "echo", json!({"text": "x"}))).await.assert_rpc_error(404, -32004);
+    }
+    assert_eq!(issuer.requests.len(), before);
+}

@@ -170,16 +170,27 @@ impl Filter {
             (0, None)
         };
         let read_limit = self.vm.as_ref().map_or(0, |vm| vm.borrow().config.reply_read_bytes);
-        let (handling, change) = {
+        let (handling, change, bound) = {
             let mut r = self.request.borrow_mut();
             match r.exchange.as_mut() {
-                Some(ex) => (
-                    ex.on_response_headers(&content_type, encoding.as_deref(), read_limit),
-                    ex.session_change(status, session_id.as_deref()),
-                ),
-                None => (ResponseBody::Untouched, None),
+                Some(ex) => {
+                    let bound = match (&self.vm, session_id.as_deref()) {
+                        (Some(vm), Some(id)) => ex.client_session_id(&vm.borrow().config, status, id.trim()),
+                        _ => None,
+                    };
+                    (
+                        ex.on_response_headers(&content_type, encoding.as_deref(), read_limit),
+                        ex.session_change(status, session_id.as_deref()),
+                        bound,
+                    )
+                }
+                None => (ResponseBody::Untouched, None, None),
             }
         };
+        // Bound session ids: the client gets the id with its owner's tag.
+        if let Some(bound) = bound {
+            let _ = host.set_map_value(Map::ResponseHeaders, "mcp-session-id", &bound);
+        }
         // Recorded before the reply reaches the client, so its next request finds it.
         if let (Some(change), Some(vm)) = (change, &self.vm) {
             let idle_ms = vm.borrow().config.session_idle_ms;
