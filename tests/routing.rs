@@ -210,3 +210,64 @@ async fn a_session_opened_through_one_gateway_is_served_by_another() {
     }
     assert_eq!(issuer.requests.len(), before);
 }
+
+/// When a session's replica is gone, the client gets the spec's 404 with a JSON-RPC error
+/// (not Envoy's 503), and its new `initialize` lands on a live replica, even if the
+/// balancer first picks the dead one (a refused connection is retried elsewhere).
+#[tokio::test]
+async fn a_session_whose_replica_died_gets_404_and_a_new_one_lands_on_a_live_replica() {
+    let keys = tempfile::tempdir().unwrap();
+    let files = keygen(keys.path()).unwrap();
+    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
+    let public = std::fs::read_to_string(&files.public_key).unwrap();
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let a = spawn(ServerKind::Test, listener().await).await.unwrap();
+    let b = spawn(ServerKind::Test, listener().await).await.unwrap();
+    let mut config = plugin_config();
+    config["servers"].as_array_mut().unwrap().push(json!({"name": "replicated", "path_prefix": "/mcp/replicated"}));
+    let envoy = Envoy::start(EnvoyOptions {
+        plugin_config: config,
+        upstreams: vec![("replicated".into(), "/mcp/replicated".into(), a.addr)],
+        env: vec![(JWK_ENV.into(), public)],
+        clusters: vec![],
+        plain_routes: vec![],
+        replicas: vec![("replicated".into(), vec![b.addr])],
+        session_affinity: true,
+    })
+    .await
+    .unwrap();
+    let token = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    let url = envoy.url("/mcp/replicated");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let call_in = |session: String, id: i64| {
+        let (url, auth) = (url.clone(), format!("Bearer {token}"));
+        async move {
+            let headers = [
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("authorization", auth.as_str()),
+                ("mcp-session-id", session.as_str()),
+                ("mcp-protocol-version", "2025-06-18"),
+            ];
+            send("POST", &url, &headers, tool_call(id, "echo", json!({"text": "hi"})).to_string()).await
+        }
+    };
+    let opened = post_json(&url, Some(&token), &init).await;
+    assert_eq!(opened.status, 200);
+    let session = opened.header("mcp-session-id").unwrap().to_owned();
+    assert_eq!(call_in(session.clone(), 2).await.status, 200);
+    // Stop the replica that issued it.
+    let (dead, live) = if a.requests.with_rpc_method("initialize").is_empty() { (b, a) } else { (a, b) };
+    dead.shutdown().await.unwrap();
+    call_in(session, 3).await.assert_rpc_error(404, -32004);
+    // New sessions: every one lands on the live replica.
+    let before = live.requests.with_rpc_method("initialize").len();
+    for _ in 0..6 {
+        let reopened = post_json(&url, Some(&token), &init).await;
+        assert_eq!(reopened.status, 200, "{:?}", String::from_utf8_lossy(&reopened.body));
+        let session = reopened.header("mcp-session-id").unwrap().to_owned();
+        assert_eq!(call_in(session, 4).await.status, 200);
+    }
+    assert_eq!(live.requests.with_rpc_method("initialize").len(), before + 6);
+}

@@ -127,9 +127,20 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
         .iter()
         .map(|(name, prefix, _)| {
             // The server's prefix and the seed's `/proxy/{name}/mcp`, both to its cluster.
+            // With replicas: a request that could not reach its replica (refused, or reset
+            // before it was sent) is tried on another, never one that may have run.
+            // A request in a session is not retried: its replica is the only one that
+            // knows the session, and when it is gone the client is told so (404).
             let route = |prefix: &str| {
+                let plain = format!(
+                    "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s{} }}\n",
+                    if opts.session_affinity { RETRY_ELSEWHERE } else { "" }
+                );
+                if !opts.session_affinity {
+                    return plain;
+                }
                 format!(
-                    "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s }}\n"
+                    "              - match: {{ path_separated_prefix: {prefix}, headers: [{{ name: mcp-session-id, present_match: true }}] }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s }}\n{plain}"
                 )
             };
             route(prefix) + &route(&format!("/proxy/{name}/mcp"))
@@ -174,7 +185,7 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
           normalize_path: true
           merge_slashes: true
           path_with_escaped_slashes_action: REJECT_REQUEST
-          route_config:
+{session_gone}          route_config:
             name: mcp
             virtual_hosts:
             - name: mcp
@@ -187,6 +198,7 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
   clusters:
 {clusters}"#,
         affinity = if opts.session_affinity { SESSION_AFFINITY } else { "" },
+        session_gone = if opts.session_affinity { SESSION_GONE } else { "" },
         gateway = gateway_filter(opts),
         stats = mcp_gateway::stats::STATS_CONFIG_YAML,
     )
@@ -203,6 +215,26 @@ const SESSION_AFFINITY: &str = r#"          - name: envoy.filters.http.stateful_
                 typed_config:
                   "@type": type.googleapis.com/envoy.extensions.http.stateful_session.envelope.v3.EnvelopeSessionState
                   header: { name: mcp-session-id }
+"#;
+
+/// Route retries for replicated servers (as in `envoy/demo.yaml`).
+const RETRY_ELSEWHERE: &str = ", retry_policy: { retry_on: \"connect-failure,reset-before-request\", num_retries: 2, host_selection_retry_max_attempts: 5, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }] }";
+
+/// A request in a session whose replica is gone (no such host, or it refuses
+/// connections) gets the spec's 404 with a JSON-RPC error, which makes the client open a
+/// new session, instead of Envoy's 503.
+const SESSION_GONE: &str = r#"          local_reply_config:
+            mappers:
+            - filter:
+                and_filter:
+                  filters:
+                  - response_flag_filter: { flags: [UH, UF] }
+                  - header_filter: { header: { name: mcp-session-id, present_match: true } }
+              status_code: 404
+              body: { inline_string: '{"jsonrpc":"2.0","id":null,"error":{"code":-32004,"message":"Not Found: the session ended with its server replica; start a new session"}}' }
+              body_format_override:
+                text_format_source: { inline_string: "%LOCAL_REPLY_BODY%" }
+                content_type: application/json
 "#;
 
 /// The gateway filter's entry in `http_filters` (nothing when the plugin config is null).
