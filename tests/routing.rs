@@ -271,3 +271,40 @@ async fn a_session_whose_replica_died_gets_404_and_a_new_one_lands_on_a_live_rep
     }
     assert_eq!(live.requests.with_rpc_method("initialize").len(), before + 6);
 }
+
+/// Traffic without a session (a JSON server, or protocol 2026-07-28) is balanced per
+/// request across a server's replicas, with the affinity filter in place.
+#[tokio::test]
+async fn requests_without_a_session_are_balanced_one_by_one() {
+    let keys = tempfile::tempdir().unwrap();
+    let files = keygen(keys.path()).unwrap();
+    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
+    let public = std::fs::read_to_string(&files.public_key).unwrap();
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let a = spawn(ServerKind::TestJson, listener().await).await.unwrap();
+    let b = spawn(ServerKind::TestJson, listener().await).await.unwrap();
+    let mut config = plugin_config();
+    config["servers"].as_array_mut().unwrap().push(json!({"name": "stateless", "path_prefix": "/mcp/stateless"}));
+    let envoy = Envoy::start(EnvoyOptions {
+        plugin_config: config,
+        upstreams: vec![("stateless".into(), "/mcp/stateless".into(), a.addr)],
+        env: vec![(JWK_ENV.into(), public)],
+        clusters: vec![],
+        plain_routes: vec![],
+        replicas: vec![("stateless".into(), vec![b.addr])],
+        session_affinity: true,
+    })
+    .await
+    .unwrap();
+    let token = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    // 16 calls: all on one replica by chance is a 1 in 30,000 event.
+    for id in 0..16 {
+        let reply =
+            post_json(&envoy.url("/mcp/stateless"), Some(&token), &tool_call(id, "echo", json!({"text": "x"}))).await;
+        assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.header("mcp-session-id"), None, "no session was made");
+    }
+    let (on_a, on_b) = (a.requests.with_rpc_method("tools/call").len(), b.requests.with_rpc_method("tools/call").len());
+    assert_eq!(on_a + on_b, 16);
+    assert!(on_a > 0 && on_b > 0, "{on_a} on a, {on_b} on b");
+}
