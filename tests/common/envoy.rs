@@ -74,8 +74,9 @@ pub struct EnvoyOptions {
     /// `upstreams`. Clusters balance by least request.
     pub replicas: Vec<(String, Vec<SocketAddr>)>,
     /// Envoy's stateful session filter before the gateway's, with the envelope of
-    /// `Mcp-Session-Id` (as `envoy/demo.yaml` has it): a session's requests reach the
-    /// replica that issued it.
+    /// `Mcp-Session-Id`, the session routes and the 404 for a gone replica (the README's
+    /// "Sessions across gateway replicas"): a session's requests reach the replica that
+    /// issued it.
     pub session_affinity: bool,
 }
 
@@ -127,10 +128,10 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
         .iter()
         .map(|(name, prefix, _)| {
             // The server's prefix and the seed's `/proxy/{name}/mcp`, both to its cluster.
-            // With replicas: a request that could not reach its replica (refused, or reset
-            // before it was sent) is tried on another, never one that may have run.
-            // A request in a session is not retried: its replica is the only one that
-            // knows the session, and when it is gone the client is told so (404).
+            // With replicas, a request without a session that could not reach its replica
+            // (refused, or reset before it was sent) is tried on another, never one that
+            // may have run; a request in a session is not retried: its replica is the only
+            // one that knows the session, and when it is gone the client is told so (404).
             let route = |prefix: &str| {
                 let plain = format!(
                     "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s{} }}\n",
@@ -217,7 +218,7 @@ const SESSION_AFFINITY: &str = r#"          - name: envoy.filters.http.stateful_
                   header: { name: mcp-session-id }
 "#;
 
-/// Route retries for replicated servers (as in `envoy/demo.yaml`).
+/// Route retries for replicated servers, on requests without a session.
 const RETRY_ELSEWHERE: &str = ", retry_policy: { retry_on: \"connect-failure,reset-before-request\", num_retries: 2, host_selection_retry_max_attempts: 5, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }] }";
 
 /// A request in a session whose replica is gone (no such host, or it refuses
