@@ -5,7 +5,7 @@
 mod common;
 
 use common::envoy::Address;
-use common::{post_json, tool_call, Gateway};
+use common::{post_in_session, post_json, tool_call, Gateway};
 use mcpgw::audit_store::{AuditStore as _, Query, SqliteStore};
 use mcpgw::sidecar::{self, Config, Sidecar};
 use serde_json::{json, Value};
@@ -274,6 +274,29 @@ async fn live_events_reach_a_subscriber_through_the_gateway() {
     let addr = free_addr();
     let sidecar = start_sidecar(addr, dir.path()).await;
     let gw = gateway_with_routes(addr, &[("events", "/events")]).await;
+    an_admin_watching_events_sees_erins_call(&gw).await;
+    drop(gw);
+    sidecar.stop().await;
+}
+
+/// The sidecar on a Unix socket (Envoy's `pipe` address): records arrive and are committed,
+/// and `/events` streams through the gateway, as over TCP.
+#[tokio::test]
+async fn the_sidecar_serves_the_gateway_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.sock");
+    let sidecar = start_sidecar_on(tokio::net::UnixListener::bind(&path).unwrap(), dir.path());
+    let gw = gateway_with_routes(Address::Pipe(path.clone()), &[("events", "/events")]).await;
+    an_admin_watching_events_sees_erins_call(&gw).await;
+    drop(gw);
+    sidecar.stop().await;
+    let records = stored(&dir.path().join("audit.db"));
+    assert!(records.iter().any(|r| r["user_id"] == "erin" && r["target"] == "echo"), "{records:?}");
+}
+
+/// carol (admin) subscribes to `/events` through the gateway; erin calls `echo`; carol's
+/// stream shows erin's call as an `allow` event.
+async fn an_admin_watching_events_sees_erins_call(gw: &Gateway) {
     let admin = gw.token("carol", &["admin"]);
     let caller = gw.token("erin", &["admin"]);
     let mut stream = reqwest::Client::new()
@@ -296,58 +319,6 @@ async fn live_events_reach_a_subscriber_through_the_gateway() {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(text.contains("event: allow") && text.contains("\"target\":\"echo\""), "{text}");
-    drop(stream);
-    drop(gw);
-    sidecar.stop().await;
-}
-
-/// The sidecar on a Unix socket (Envoy's `pipe` address): records arrive and are committed,
-/// and `/events` streams through the gateway, as over TCP.
-#[tokio::test]
-async fn the_sidecar_serves_the_gateway_over_a_unix_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.sock");
-    let sidecar = start_sidecar_on(tokio::net::UnixListener::bind(&path).unwrap(), dir.path());
-    let gw = gateway_with_routes(Address::Pipe(path.clone()), &[("events", "/events")]).await;
-    let admin = gw.token("carol", &["admin"]);
-    let mut stream = reqwest::Client::new()
-        .get(gw.envoy.url("/events?methods=tools/call"))
-        .header("authorization", format!("Bearer {admin}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let caller = gw.token("erin", &["admin"]);
-    assert_eq!(
-        post_json(&gw.url("testjson"), Some(&caller), &tool_call(3, "echo", json!({"text": "piped"}))).await.status,
-        200
-    );
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !text.contains("\"user_id\":\"erin\"") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let chunk = tokio::time::timeout(left, stream.chunk()).await.expect("no event").unwrap().expect("stream ended");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    assert!(text.contains("event: allow") && text.contains("\"target\":\"echo\""), "{text}");
-    drop(stream);
-    drop(gw);
-    sidecar.stop().await;
-    let records = stored(&dir.path().join("audit.db"));
-    assert!(records.iter().any(|r| r["user_id"] == "erin" && r["target"] == "echo"), "{records:?}");
-}
-
-/// A request as an MCP client sends it, in a session, with a bearer token.
-async fn post_in_session(url: &str, token: &str, session: &str, body: &Value) -> common::Raw {
-    let auth = format!("Bearer {token}");
-    let headers = [
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-        ("authorization", auth.as_str()),
-        ("mcp-session-id", session),
-        ("mcp-protocol-version", "2025-06-18"),
-    ];
-    common::send("POST", url, &headers, body.to_string()).await
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{post_json, send, Gateway};
+use common::{initialize, post_json, send, Gateway};
 use mcpgw::testing::jwks::{JwksServer, JWKS_PATH};
 use mcpgw::testing::keys::{
     alg_none, b64url, forge, padded, replace_segment, standard_claims, tamper_payload, Alg, ConfusionSecret,
@@ -18,11 +18,6 @@ use std::time::{Duration, Instant};
 
 const ISSUER: &str = "https://idp.test/realms/acme";
 const AUDIENCE: &str = "mcp-gateway";
-
-fn initialize() -> Value {
-    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
-}
 
 fn claims(sub: &str, roles: &[&str]) -> Value {
     standard_claims(ISSUER, AUDIENCE, sub, roles, 600)

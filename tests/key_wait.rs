@@ -8,10 +8,10 @@
 
 mod common;
 
-use common::{post_json, Gateway};
+use common::{initialize, post_json, Gateway};
 use mcpgw::testing::jwks::{JwksServer, JWKS_PATH};
 use mcpgw::testing::keys::{forge, standard_claims, Alg, ForgedSignature, TestKey};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,11 +28,6 @@ const PATIENCE: Duration = Duration::from_secs(40);
 
 /// The bursts are heavy for a 2-core machine; run one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn initialize() -> Value {
-    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
-}
 
 /// An IdP publishing `key`, held from the start when `held`, and a gateway whose provider
 /// fetches from it. Waiting requests are released only by events (a fetch ending), never

@@ -3,12 +3,77 @@
 mod common;
 
 use common::envoy::{Envoy, EnvoyOptions};
-use common::{plugin_config, post_json, send, tool_call, Gateway, JWK_ENV};
+use common::{initialize, plugin_config, post_in_session, post_json, tool_call, Gateway, JWK_ENV};
 use mcpgw::client::{connect, text};
 use mcpgw::token::{keygen, mint, TokenRequest};
 use mcpgw::{spawn, RunningServer, ServerKind};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::HashSet;
+
+/// Two replicas of one server (`replicated`, at `/mcp/replicated`), and the key that signs
+/// callers' tokens, for gateways put in front of them.
+struct Replicas {
+    a: RunningServer,
+    b: RunningServer,
+    signing: String,
+    public: String,
+    _keys: tempfile::TempDir,
+}
+
+impl Replicas {
+    async fn start(kind: impl Fn() -> ServerKind) -> Replicas {
+        let keys = tempfile::tempdir().unwrap();
+        let files = keygen(keys.path()).unwrap();
+        let signing = std::fs::read_to_string(&files.signing_key).unwrap();
+        let public = std::fs::read_to_string(&files.public_key).unwrap();
+        let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let a = spawn(kind(), listener().await).await.unwrap();
+        let b = spawn(kind(), listener().await).await.unwrap();
+        Replicas { a, b, signing, public, _keys: keys }
+    }
+
+    fn token(&self, sub: &str) -> String {
+        mint(&self.signing, &TokenRequest::new(sub, &["admin"])).unwrap()
+    }
+
+    /// An Envoy with the gateway in front of both replicas, with session affinity;
+    /// `edit` changes the plugin configuration, `env` adds to the VM's environment.
+    async fn gateway(&self, edit: impl FnOnce(&mut Value), env: &[(&str, &str)]) -> Envoy {
+        let mut config = plugin_config();
+        config["servers"].as_array_mut().unwrap().push(json!({"name": "replicated", "path_prefix": "/mcp/replicated"}));
+        edit(&mut config);
+        let env = std::iter::once((JWK_ENV.to_owned(), self.public.clone()))
+            .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+            .collect();
+        Envoy::start(EnvoyOptions {
+            plugin_config: config,
+            upstreams: vec![("replicated".into(), "/mcp/replicated".into(), self.a.addr)],
+            env,
+            clusters: vec![],
+            plain_routes: vec![],
+            replicas: vec![("replicated".into(), vec![self.b.addr])],
+            session_affinity: true,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The replica that answered `initialize`, and the other one.
+    fn issuer_first(&self) -> (&RunningServer, &RunningServer) {
+        if self.a.requests.with_rpc_method("initialize").is_empty() {
+            (&self.b, &self.a)
+        } else {
+            (&self.a, &self.b)
+        }
+    }
+}
+
+/// A session's `Mcp-Session-Id` as a raw client got it from `initialize`.
+async fn open_session(url: &str, token: &str) -> String {
+    let opened = post_json(url, Some(token), &initialize()).await;
+    assert_eq!(opened.status, 200, "{:?}", String::from_utf8_lossy(&opened.body));
+    opened.header("mcp-session-id").unwrap().to_owned()
+}
 
 /// `/mcp/{server}` and the seed's `/proxy/{server}/mcp` reach the same server, which sees
 /// its own `/mcp` path and the call as authorized; a path naming no server is a JSON-RPC
@@ -67,27 +132,9 @@ async fn overlapping_prefixes_are_refused_when_envoy_loads_the_filter() {
 /// the replica that issued it, and the replica only ever sees its own session id.
 #[tokio::test]
 async fn a_session_stays_on_the_replica_that_issued_it() {
-    let keys = tempfile::tempdir().unwrap();
-    let files = keygen(keys.path()).unwrap();
-    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
-    let public = std::fs::read_to_string(&files.public_key).unwrap();
-    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let a = spawn(ServerKind::Test, listener().await).await.unwrap();
-    let b = spawn(ServerKind::Test, listener().await).await.unwrap();
-    let mut config = plugin_config();
-    config["servers"].as_array_mut().unwrap().push(json!({"name": "replicated", "path_prefix": "/mcp/replicated"}));
-    let envoy = Envoy::start(EnvoyOptions {
-        plugin_config: config,
-        upstreams: vec![("replicated".into(), "/mcp/replicated".into(), a.addr)],
-        env: vec![(JWK_ENV.into(), public)],
-        clusters: vec![],
-        plain_routes: vec![],
-        replicas: vec![("replicated".into(), vec![b.addr])],
-        session_affinity: true,
-    })
-    .await
-    .unwrap();
-    let token = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    let r = Replicas::start(|| ServerKind::Test).await;
+    let envoy = r.gateway(|_| {}, &[]).await;
+    let token = r.token("alice");
     let url = envoy.url("/mcp/replicated");
     // 16 sessions: all on one replica by chance is a 1 in 30,000 event.
     const SESSIONS: usize = 16;
@@ -102,11 +149,11 @@ async fn a_session_stays_on_the_replica_that_issued_it() {
         }
     }
     let sessions = |s: &RunningServer| s.requests.header_values("mcp-session-id").into_iter().collect::<HashSet<_>>();
-    let (on_a, on_b) = (sessions(&a), sessions(&b));
+    let (on_a, on_b) = (sessions(&r.a), sessions(&r.b));
     assert!(!on_a.is_empty() && !on_b.is_empty(), "new sessions spread: {} on a, {} on b", on_a.len(), on_b.len());
     assert!(on_a.is_disjoint(&on_b), "a session's requests reached both replicas");
     assert_eq!(on_a.len() + on_b.len(), SESSIONS);
-    for (replica, ids) in [(&a, &on_a), (&b, &on_b)] {
+    for (replica, ids) in [(&r.a, &on_a), (&r.b, &on_b)] {
         // Each replica issued the sessions it served, and saw each id as it issued it.
         assert_eq!(replica.requests.with_rpc_method("initialize").len(), ids.len());
         assert!(ids.iter().all(|id| !id.contains(";UV:")), "{ids:?}");
@@ -115,26 +162,14 @@ async fn a_session_stays_on_the_replica_that_issued_it() {
     }
     // The client holds the envelope (the replica's address travels with the id), and a
     // request with it goes to that replica whichever Envoy worker takes it.
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
-    let opened = post_json(&url, Some(&token), &init).await;
-    assert_eq!(opened.status, 200);
-    let enveloped = opened.header("mcp-session-id").unwrap().to_owned();
+    let enveloped = open_session(&url, &token).await;
     assert!(enveloped.contains(";UV:"), "{enveloped}");
-    let auth = format!("Bearer {token}");
-    let headers = [
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-        ("authorization", auth.as_str()),
-        ("mcp-session-id", enveloped.as_str()),
-        ("mcp-protocol-version", "2025-06-18"),
-    ];
-    let before = (a.requests.len(), b.requests.len());
+    let before = (r.a.requests.len(), r.b.requests.len());
     for id in 2..6 {
-        let reply = send("POST", &url, &headers, tool_call(id, "echo", json!({"text": "raw"})).to_string()).await;
+        let reply = post_in_session(&url, &token, &enveloped, &tool_call(id, "echo", json!({"text": "raw"}))).await;
         assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
     }
-    let grew = (a.requests.len() - before.0, b.requests.len() - before.1);
+    let grew = (r.a.requests.len() - before.0, r.b.requests.len() - before.1);
     assert!(grew == (4, 0) || grew == (0, 4), "the raw session's calls went {grew:?}");
 }
 
@@ -145,59 +180,21 @@ async fn a_session_stays_on_the_replica_that_issued_it() {
 #[tokio::test]
 async fn a_session_opened_through_one_gateway_is_served_by_another() {
     const KEY_ENV: &str = "MCPGW_TEST_SESSION_KEY";
-    let keys = tempfile::tempdir().unwrap();
-    let files = keygen(keys.path()).unwrap();
-    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
-    let public = std::fs::read_to_string(&files.public_key).unwrap();
-    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let a = spawn(ServerKind::Test, listener().await).await.unwrap();
-    let b = spawn(ServerKind::Test, listener().await).await.unwrap();
-    let mut config = plugin_config();
-    config["servers"].as_array_mut().unwrap().push(json!({"name": "replicated", "path_prefix": "/mcp/replicated"}));
-    config["session_binding_key_env"] = json!(KEY_ENV);
-    let gateway = || {
-        Envoy::start(EnvoyOptions {
-            plugin_config: config.clone(),
-            upstreams: vec![("replicated".into(), "/mcp/replicated".into(), a.addr)],
-            env: vec![
-                (JWK_ENV.into(), public.clone()),
-                (KEY_ENV.into(), "a key both gateway replicas share, 0123456789".into()),
-            ],
-            clusters: vec![],
-            plain_routes: vec![],
-            replicas: vec![("replicated".into(), vec![b.addr])],
-            session_affinity: true,
-        })
-    };
-    let (one, two) = (gateway().await.unwrap(), gateway().await.unwrap());
-    let alice = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
-    let bob = mint(&signing, &TokenRequest::new("bob", &["admin"])).unwrap();
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
-    let opened = post_json(&one.url("/mcp/replicated"), Some(&alice), &init).await;
-    assert_eq!(opened.status, 200, "{:?}", String::from_utf8_lossy(&opened.body));
-    let session = opened.header("mcp-session-id").unwrap().to_owned();
-    let in_session = |envoy: &Envoy, token: &str, body: serde_json::Value| {
-        let (url, auth, session) = (envoy.url("/mcp/replicated"), format!("Bearer {token}"), session.clone());
-        async move {
-            let headers = [
-                ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-                ("authorization", auth.as_str()),
-                ("mcp-session-id", session.as_str()),
-                ("mcp-protocol-version", "2025-06-18"),
-            ];
-            send("POST", &url, &headers, body.to_string()).await
-        }
-    };
+    let r = Replicas::start(|| ServerKind::Test).await;
+    let bind = |c: &mut Value| c["session_binding_key_env"] = json!(KEY_ENV);
+    let key = [(KEY_ENV, "a key both gateway replicas share, 0123456789")];
+    let (one, two) = (r.gateway(bind, &key).await, r.gateway(bind, &key).await);
+    let (alice, bob) = (r.token("alice"), r.token("bob"));
+    let (url_one, url_two) = (one.url("/mcp/replicated"), two.url("/mcp/replicated"));
+    let session = open_session(&url_one, &alice).await;
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    assert_eq!(in_session(&two, &alice, initialized).await.status, 202);
-    for (id, envoy) in [(2, &two), (3, &one), (4, &two)] {
-        let reply = in_session(envoy, &alice, tool_call(id, "echo", json!({"text": "across"}))).await;
+    assert_eq!(post_in_session(&url_two, &alice, &session, &initialized).await.status, 202);
+    for (id, url) in [(2, &url_two), (3, &url_one), (4, &url_two)] {
+        let reply = post_in_session(url, &alice, &session, &tool_call(id, "echo", json!({"text": "across"}))).await;
         assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
         assert!(String::from_utf8_lossy(&reply.body).contains("across"));
     }
-    let (issuer, other) = if a.requests.with_rpc_method("initialize").is_empty() { (&b, &a) } else { (&a, &b) };
+    let (issuer, other) = r.issuer_first();
     assert_eq!(issuer.requests.with_rpc_method("tools/call").len(), 3, "every call on the replica that issued it");
     assert!(other.requests.is_empty(), "the other replica saw {:?}", other.requests.all());
     let ids: HashSet<String> = issuer.requests.header_values("mcp-session-id").into_iter().collect();
@@ -205,8 +202,10 @@ async fn a_session_opened_through_one_gateway_is_served_by_another() {
     assert!(ids.iter().all(|id| !id.contains(";UV:") && !session.ends_with(id.as_str())), "{ids:?} / {session}");
     // Bob holding alice's session id: unknown to him, through either gateway.
     let before = issuer.requests.len();
-    for envoy in [&one, &two] {
-        in_session(envoy, &bob, tool_call(9, "echo", json!({"text": "x"}))).await.assert_rpc_error(404, -32004);
+    for url in [&url_one, &url_two] {
+        post_in_session(url, &bob, &session, &tool_call(9, "echo", json!({"text": "x"})))
+            .await
+            .assert_rpc_error(404, -32004);
     }
     assert_eq!(issuer.requests.len(), before);
 }
@@ -216,58 +215,23 @@ async fn a_session_opened_through_one_gateway_is_served_by_another() {
 /// balancer first picks the dead one (a refused connection is retried elsewhere).
 #[tokio::test]
 async fn a_session_whose_replica_died_gets_404_and_a_new_one_lands_on_a_live_replica() {
-    let keys = tempfile::tempdir().unwrap();
-    let files = keygen(keys.path()).unwrap();
-    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
-    let public = std::fs::read_to_string(&files.public_key).unwrap();
-    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let a = spawn(ServerKind::Test, listener().await).await.unwrap();
-    let b = spawn(ServerKind::Test, listener().await).await.unwrap();
-    let mut config = plugin_config();
-    config["servers"].as_array_mut().unwrap().push(json!({"name": "replicated", "path_prefix": "/mcp/replicated"}));
-    let envoy = Envoy::start(EnvoyOptions {
-        plugin_config: config,
-        upstreams: vec![("replicated".into(), "/mcp/replicated".into(), a.addr)],
-        env: vec![(JWK_ENV.into(), public)],
-        clusters: vec![],
-        plain_routes: vec![],
-        replicas: vec![("replicated".into(), vec![b.addr])],
-        session_affinity: true,
-    })
-    .await
-    .unwrap();
-    let token = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    let r = Replicas::start(|| ServerKind::Test).await;
+    let envoy = r.gateway(|_| {}, &[]).await;
+    let token = r.token("alice");
     let url = envoy.url("/mcp/replicated");
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
-    let call_in = |session: String, id: i64| {
-        let (url, auth) = (url.clone(), format!("Bearer {token}"));
-        async move {
-            let headers = [
-                ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-                ("authorization", auth.as_str()),
-                ("mcp-session-id", session.as_str()),
-                ("mcp-protocol-version", "2025-06-18"),
-            ];
-            send("POST", &url, &headers, tool_call(id, "echo", json!({"text": "hi"})).to_string()).await
-        }
-    };
-    let opened = post_json(&url, Some(&token), &init).await;
-    assert_eq!(opened.status, 200);
-    let session = opened.header("mcp-session-id").unwrap().to_owned();
-    assert_eq!(call_in(session.clone(), 2).await.status, 200);
+    let call = |id: i64| tool_call(id, "echo", json!({"text": "hi"}));
+    let session = open_session(&url, &token).await;
+    assert_eq!(post_in_session(&url, &token, &session, &call(2)).await.status, 200);
     // Stop the replica that issued it.
+    let Replicas { a, b, .. } = r;
     let (dead, live) = if a.requests.with_rpc_method("initialize").is_empty() { (b, a) } else { (a, b) };
     dead.shutdown().await.unwrap();
-    call_in(session, 3).await.assert_rpc_error(404, -32004);
+    post_in_session(&url, &token, &session, &call(3)).await.assert_rpc_error(404, -32004);
     // New sessions: every one lands on the live replica.
     let before = live.requests.with_rpc_method("initialize").len();
     for _ in 0..6 {
-        let reopened = post_json(&url, Some(&token), &init).await;
-        assert_eq!(reopened.status, 200, "{:?}", String::from_utf8_lossy(&reopened.body));
-        let session = reopened.header("mcp-session-id").unwrap().to_owned();
-        assert_eq!(call_in(session, 4).await.status, 200);
+        let session = open_session(&url, &token).await;
+        assert_eq!(post_in_session(&url, &token, &session, &call(4)).await.status, 200);
     }
     assert_eq!(live.requests.with_rpc_method("initialize").len(), before + 6);
 }
@@ -276,35 +240,18 @@ async fn a_session_whose_replica_died_gets_404_and_a_new_one_lands_on_a_live_rep
 /// request across a server's replicas, with the affinity filter in place.
 #[tokio::test]
 async fn requests_without_a_session_are_balanced_one_by_one() {
-    let keys = tempfile::tempdir().unwrap();
-    let files = keygen(keys.path()).unwrap();
-    let signing = std::fs::read_to_string(&files.signing_key).unwrap();
-    let public = std::fs::read_to_string(&files.public_key).unwrap();
-    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let a = spawn(ServerKind::TestJson, listener().await).await.unwrap();
-    let b = spawn(ServerKind::TestJson, listener().await).await.unwrap();
-    let mut config = plugin_config();
-    config["servers"].as_array_mut().unwrap().push(json!({"name": "stateless", "path_prefix": "/mcp/stateless"}));
-    let envoy = Envoy::start(EnvoyOptions {
-        plugin_config: config,
-        upstreams: vec![("stateless".into(), "/mcp/stateless".into(), a.addr)],
-        env: vec![(JWK_ENV.into(), public)],
-        clusters: vec![],
-        plain_routes: vec![],
-        replicas: vec![("stateless".into(), vec![b.addr])],
-        session_affinity: true,
-    })
-    .await
-    .unwrap();
-    let token = mint(&signing, &TokenRequest::new("alice", &["admin"])).unwrap();
+    let r = Replicas::start(|| ServerKind::TestJson).await;
+    let envoy = r.gateway(|_| {}, &[]).await;
+    let token = r.token("alice");
     // 16 calls: all on one replica by chance is a 1 in 30,000 event.
     for id in 0..16 {
         let reply =
-            post_json(&envoy.url("/mcp/stateless"), Some(&token), &tool_call(id, "echo", json!({"text": "x"}))).await;
+            post_json(&envoy.url("/mcp/replicated"), Some(&token), &tool_call(id, "echo", json!({"text": "x"}))).await;
         assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
         assert_eq!(reply.header("mcp-session-id"), None, "no session was made");
     }
-    let (on_a, on_b) = (a.requests.with_rpc_method("tools/call").len(), b.requests.with_rpc_method("tools/call").len());
+    let calls = |s: &RunningServer| s.requests.with_rpc_method("tools/call").len();
+    let (on_a, on_b) = (calls(&r.a), calls(&r.b));
     assert_eq!(on_a + on_b, 16);
     assert!(on_a > 0 && on_b > 0, "{on_a} on a, {on_b} on b");
 }

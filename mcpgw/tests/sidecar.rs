@@ -33,6 +33,22 @@ async fn start(checkpoint_records: u64) -> Running {
     .await
 }
 
+/// A sidecar whose subscribers may leave 8 events unsent and whose bus holds 64.
+async fn start_with_small_queues() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    start_with(
+        Config {
+            subscriber_queue: 8,
+            bus_capacity: 64,
+            checkpoint_every: Duration::from_secs(3600),
+            retention_every: Duration::from_secs(3600),
+            ..Config::new(dir.path().join("audit.db"), dir.path().join("checkpoint.key"), SECRET.to_owned())
+        },
+        dir,
+    )
+    .await
+}
+
 async fn start_with(config: Config, dir: tempfile::TempDir) -> Running {
     let sidecar = Sidecar::open(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -338,18 +354,7 @@ async fn last_event_id_resumes_from_the_store_without_gap_or_duplicate() {
 /// goes back to the store for what the bus no longer has: no gap, no `lagged`.
 #[tokio::test]
 async fn a_replay_outrun_by_the_bus_goes_on_from_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start_with(
-        Config {
-            subscriber_queue: 8,
-            bus_capacity: 64,
-            checkpoint_every: Duration::from_secs(3600),
-            retention_every: Duration::from_secs(3600),
-            ..Config::new(dir.path().join("audit.db"), dir.path().join("checkpoint.key"), SECRET.to_owned())
-        },
-        dir,
-    )
-    .await;
+    let s = start_with_small_queues().await;
     let filler = "x".repeat(16 * 1024);
     let mut next = 1;
     let mut ingest = |n: u64| {
@@ -381,18 +386,7 @@ async fn a_replay_outrun_by_the_bus_goes_on_from_the_store() {
 
 #[tokio::test]
 async fn a_stalled_subscriber_is_dropped_without_delaying_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start_with(
-        Config {
-            subscriber_queue: 8,
-            bus_capacity: 64,
-            checkpoint_every: Duration::from_secs(3600),
-            retention_every: Duration::from_secs(3600),
-            ..Config::new(dir.path().join("audit.db"), dir.path().join("checkpoint.key"), SECRET.to_owned())
-        },
-        dir,
-    )
-    .await;
+    let s = start_with_small_queues().await;
     let mut stalled = subscribe(&s, "", "carol", "admin", None).await;
     let mut reader = subscribe(&s, "", "dave", "admin", None).await;
     // Large records fill the stalled one's socket buffers, then its queue.

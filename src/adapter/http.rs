@@ -74,7 +74,9 @@ impl Filter {
         };
         let mut exchange = Exchange::new(started);
         let session_id = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id")).map(|(_, v)| v.trim());
-        if let Some(id) = session_id {
+        // Bound session ids carry their owner; only the table needs a lookup.
+        let table = vm.borrow().config.session_binding.is_none();
+        if let (Some(id), true) = (session_id, table) {
             exchange.set_session_owner(shared::session_owner(host, &vm, id, epoch_ms(started)));
         }
         let (step, edits) = {
@@ -191,7 +193,10 @@ impl Filter {
         if let Some(bound) = bound {
             let _ = host.set_map_value(Map::ResponseHeaders, "mcp-session-id", &bound);
         }
-        // Recorded before the reply reaches the client, so its next request finds it.
+        // Recorded before the reply reaches the client, so its next request finds it
+        // (bound session ids are never looked up: nothing to record).
+        let table = self.vm.as_ref().is_some_and(|vm| vm.borrow().config.session_binding.is_none());
+        let change = change.filter(|_| table);
         if let (Some(change), Some(vm)) = (change, &self.vm) {
             let idle_ms = vm.borrow().config.session_idle_ms;
             shared::change_session(host, &change, idle_ms, epoch_ms(host.now()));

@@ -223,6 +223,25 @@ pub async fn post_json(url: &str, token: Option<&str>, body: &Value) -> Raw {
     send("POST", url, &headers, body.to_string()).await
 }
 
+/// A request as an MCP client sends it, in a session, with a bearer token.
+pub async fn post_in_session(url: &str, token: &str, session: &str, body: &Value) -> Raw {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("authorization", auth.as_str()),
+        ("mcp-session-id", session),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    send("POST", url, &headers, body.to_string()).await
+}
+
+/// An `initialize` request as a raw client sends it.
+pub fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+}
+
 pub fn tool_call(id: i64, name: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
 }

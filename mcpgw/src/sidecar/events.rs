@@ -500,12 +500,23 @@ pub(super) async fn stream_to_socket<S: Socket>(stream: S, mut subscription: Sub
 
 /// Writes as much of `queue` as the socket takes now, without waiting.
 fn write_queued<S: Socket>(stream: &S, queue: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+    write_queue(queue, |slices| stream.try_write_vectored(slices))
+}
+
+/// Writes `queue` through `write` (a non-blocking `writev`) until it is empty or the
+/// socket takes no more (`WouldBlock`), dropping what was written. Err: the connection
+/// is gone. The sidecar's own writers, per task and in the fan-out threads, share it.
+pub(super) fn write_queue(
+    queue: &mut VecDeque<Bytes>,
+    mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
+) -> std::io::Result<()> {
     while !queue.is_empty() {
         let slices: Vec<IoSlice<'_>> = queue.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect();
-        let mut written = match stream.try_write_vectored(&slices) {
+        let mut written = match write(&slices) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         while written > 0 {

@@ -8,10 +8,9 @@
 //! written) and leaves when its client closes, it falls `subscriber_queue` events behind
 //! (`lagged`), or the sidecar shuts down.
 
-use super::events::{lagged_chunk, Published, Selection, SubscriberGuard, LAST_CHUNK};
+use super::events::{lagged_chunk, write_queue, Published, Selection, SubscriberGuard, LAST_CHUNK};
 use super::Sidecar;
 use axum::body::Bytes;
-use bytes::Buf as _;
 use std::collections::VecDeque;
 use std::io::{IoSlice, Read as _, Write as _};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +19,6 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::broadcast::Receiver;
 
-/// Queued chunks handed to one `writev`.
-const WRITE_SLICES: usize = 64;
 /// The token of a shard's waker; subscriber `i` is token `i + 1`.
 const WAKER: mio::Token = mio::Token(0);
 
@@ -137,27 +134,8 @@ struct Live {
 impl Live {
     /// Writes what the socket takes now. Err: the connection is gone.
     fn flush(&mut self) -> std::io::Result<()> {
-        while !self.queue.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self.queue.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect();
-            let mut written = match self.conn.write_vectored(&slices) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            while written > 0 {
-                let Some(front) = self.queue.front_mut() else { break };
-                if written >= front.len() {
-                    written -= front.len();
-                    self.queue.pop_front();
-                } else {
-                    front.advance(written);
-                    written = 0;
-                }
-            }
-        }
-        Ok(())
+        let conn = &mut self.conn;
+        write_queue(&mut self.queue, |slices| conn.write_vectored(slices))
     }
 
     /// Reads (and ignores) what the client sent. False once it has closed.
