@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the demo: two rmcp MCP servers on 127.0.0.1:10001/10002, the audit sidecar on
+# Runs the demo: rmcp MCP servers (filesystem on 127.0.0.1:10001, github's eu-west and
+# us-east replicas on 127.0.0.1:10002 and :10003), the audit sidecar on
 # the Unix socket .dev/sidecar.sock (store in .dev/audit.db) and Envoy with the mcp-gateway filter on
 # 127.0.0.1:10000. Ctrl-C stops everything this script started.
 set -euo pipefail
@@ -16,6 +17,12 @@ if [ ! -s .dev/sidecar-secret ]; then
 fi
 MCPGW_SIDECAR_SECRET="$(cat .dev/sidecar-secret)"
 export MCPGW_SIDECAR_SECRET
+# The key every gateway replica shares to bind session ids to their caller.
+if [ ! -s .dev/session-key ]; then
+  (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > .dev/session-key)
+fi
+MCPGW_SESSION_KEY="$(cat .dev/session-key)"
+export MCPGW_SESSION_KEY
 
 pids=()
 stop() {
@@ -25,7 +32,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$MCPGW" demo --filesystem 127.0.0.1:10001 --github 127.0.0.1:10002 --sandbox .dev/sandbox &
+"$MCPGW" demo --filesystem 127.0.0.1:10001 --github 127.0.0.1:10002 --github 127.0.0.1:10003 --sandbox .dev/sandbox &
 pids+=($!)
 "$MCPGW" sidecar --listen unix:.dev/sidecar.sock --db .dev/audit.db --checkpoint-key .dev/audit-checkpoint.key \
   --heartbeat-secs 15 2> .dev/sidecar.log &
@@ -43,12 +50,19 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 grep -q "listening on" .dev/sidecar.log || { echo "the sidecar did not start; see .dev/sidecar.log" >&2; exit 1; }
+# Envoy sends traffic by its health checks: wait for the MCP servers' first ones (up to 15 s).
+for _ in $(seq 1 150); do
+  curl -fsS http://127.0.0.1:9901/clusters 2>/dev/null | grep -q "health_flags::/failed_active_hc" || break
+  sleep 0.1
+done
 
 cat <<'MSG'
 
 MCP gateway ready on http://127.0.0.1:10000
   http://127.0.0.1:10000/mcp/filesystem   read_file, list_directory, write_file
   http://127.0.0.1:10000/mcp/github       get_repository, list_issues, create_issue
+                                           (replicas in eu-west and us-east)
+  (and the same at /proxy/filesystem/mcp and /proxy/github/mcp)
 
 Call a tool through the gateway with a real MCP client (paste into another terminal):
 
@@ -60,6 +74,12 @@ Try what the gateway refuses:
   - alice reading /user/bob/notes.md or /public/../private/salaries.csv on /mcp/filesystem (403)
   - no token at all (401)
 and ask why: target/release/mcpgw explain --help
+
+Regions (the audit record names region, region_source, residency and served_region):
+  - a token with --claim region=us-east is served by github's us-east replica
+  - a front proxy at 127.0.0.2 may say where the caller is:
+    curl --interface 127.0.0.2 -H 'x-client-region: us-east' ...  (from 127.0.0.1: ignored)
+  - --claim data_residency=eu pins a caller to eu-west: never served elsewhere
 
 The audit trail (every decision, in .dev/audit.db, hash-chained and signed):
   ADMIN=$(target/release/mcpgw token --sub root --roles admin)

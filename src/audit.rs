@@ -267,6 +267,17 @@ pub struct AuditRecord {
     /// The Envoy cluster and upstream host that served the request (none when refused).
     pub upstream_cluster: Option<String>,
     pub upstream_host: Option<String>,
+    /// With `regions`: the caller's region, where it came from (`claim`, `header`, `cidr`,
+    /// `default`), the residency rule pinning them, and the region of the replica that
+    /// served the call (the upstream host's locality, or the server's `region`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_region: Option<String>,
     /// Body bytes received from the client and sent to it.
     pub bytes_in: u64,
     pub bytes_out: u64,

@@ -84,6 +84,9 @@ pub struct RawConfig {
     /// any replica can check one it did not see opened. Without it, the owners of sessions
     /// are kept in this Envoy's memory.
     pub session_binding_key_env: Option<String>,
+    /// Where callers are and where their data may be served (README "Regions and data
+    /// residency"). Optional.
+    pub regions: Option<crate::region::RawRegions>,
 }
 
 fn default_session_idle_secs() -> u64 {
@@ -115,6 +118,16 @@ pub struct RawServer {
     /// JSON-RPC body; the filter adds the sidecar's secret (`audit.sidecar.secret_env`).
     #[serde(default)]
     pub kind: ServerKind,
+    /// The region the server runs in, when all of it runs in one (needs `regions`).
+    pub region: Option<String>,
+    /// Replicas in several regions: the Envoy cluster serving callers of each region
+    /// (every one of `regions.names`), named to Envoy in `x-mcp-cluster`.
+    #[serde(default)]
+    pub regional_clusters: BTreeMap<String, String>,
+    /// The cluster serving callers pinned by each residency rule: it must hold only the
+    /// regions the rule allows. A pinned caller whose rule has none here is refused.
+    #[serde(default)]
+    pub residency_clusters: BTreeMap<String, String>,
 }
 
 /// What sits behind a server's path prefix.
@@ -678,6 +691,7 @@ pub struct Server {
     pub prefixes: Vec<String>,
     pub upstream_auth: UpstreamAuth,
     pub kind: ServerKind,
+    pub regions: crate::region::ServerRegions,
 }
 
 /// The validated configuration the filter runs on.
@@ -705,6 +719,8 @@ pub struct Config {
     pub reply_read_bytes: usize,
     /// See [`RawAudit::max_record_bytes`].
     pub max_record_bytes: usize,
+    /// Where callers are placed (`regions`).
+    pub regions: Option<crate::region::Regions>,
 }
 
 impl Config {
@@ -751,7 +767,11 @@ impl RawConfig {
         if !(1..=128).contains(&self.max_json_depth) {
             return Err(err("max_json_depth", format!("must be between 1 and 128, got {}", self.max_json_depth)));
         }
-        let servers = compile_servers(self.servers, env)?;
+        let regions = self
+            .regions
+            .map(|raw| crate::region::Regions::compile(raw).map_err(|e| e.within("regions")))
+            .transpose()?;
+        let servers = compile_servers(self.servers, env, regions.as_ref())?;
         let names: HashSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
         let key_wait = Duration::from_millis(self.jwt.key_wait_ms);
         let cache_entries = self.jwt.cache_entries;
@@ -820,11 +840,16 @@ impl RawConfig {
             resource_policies,
             session_idle_ms: time::millis(Duration::from_secs(self.session_idle_secs)),
             session_binding,
+            regions,
         })
     }
 }
 
-fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Server>, ConfigError> {
+fn compile_servers(
+    raw: Vec<RawServer>,
+    env: &dyn Fn(&str) -> Option<String>,
+    regions: Option<&crate::region::Regions>,
+) -> Result<Vec<Server>, ConfigError> {
     if raw.is_empty() {
         return Err(err("servers", "at least one server is required"));
     }
@@ -879,7 +904,19 @@ fn compile_servers(raw: Vec<RawServer>, env: &dyn Fn(&str) -> Option<String>) ->
             if s.kind == ServerKind::Sidecar && upstream_auth != UpstreamAuth::None {
                 return Err(err(at("upstream_auth"), "a sidecar server gets the sidecar's secret, nothing else"));
             }
-            Ok(Server { name: s.name, path_prefix: s.path_prefix, prefixes, upstream_auth, kind: s.kind })
+            let placed = crate::region::ServerRegions::compile(s.region, s.regional_clusters, s.residency_clusters, regions)
+                .map_err(|e| e.within(&format!("servers[{i}]")))?;
+            if s.kind == ServerKind::Sidecar && placed != crate::region::ServerRegions::Unplaced {
+                return Err(err(at("region"), "the sidecar's routes are the gateway's own: they have no region"));
+            }
+            Ok(Server {
+                name: s.name,
+                path_prefix: s.path_prefix,
+                prefixes,
+                upstream_auth,
+                kind: s.kind,
+                regions: placed,
+            })
         })
         .collect()
 }
@@ -989,6 +1026,19 @@ pub(crate) mod tests {
         assert_eq!(field(&|v| v["audit"]["sidecar"]["max_buffered"] = json!(10)), "audit.sidecar.max_buffered");
         assert_eq!(field(&|v| v["audit"]["sidecar"]["path"] = json!("ingest")), "audit.sidecar.path");
         assert_eq!(field(&|v| v["servers"][2]["kind"] = json!("grpc")), "servers[2].kind");
+    }
+
+    #[test]
+    fn region_fields_are_checked_where_they_sit() {
+        let mut v = base();
+        v["servers"][0]["region"] = json!("eu-west");
+        assert_eq!(field_of(v.clone()), "servers[0].region", "a region needs the regions section");
+        v["regions"] = json!({"names": ["eu-west"], "default": "eu-west"});
+        assert!(compile(&v).is_ok());
+        v["servers"][1]["regional_clusters"] = json!({"eu-west": "fs eu"});
+        assert_eq!(field_of(v.clone()), "servers[1].regional_clusters.eu-west");
+        v["regions"]["default"] = json!("us");
+        assert_eq!(field_of(v), "regions.default");
     }
 
     #[test]

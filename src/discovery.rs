@@ -129,6 +129,7 @@ mod tests {
             prefixes: vec!["/mcp/github".into(), "/proxy/github/mcp".into()],
             upstream_auth: UpstreamAuth::None,
             kind: Default::default(),
+            regions: Default::default(),
         }]
     }
 

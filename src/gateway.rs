@@ -15,9 +15,11 @@ use crate::jwt::{bearer_token, AuthError, KeyStore, Principal, Verdict};
 use crate::listing::{self, EventStream, EventTooLarge, ListKind};
 use crate::outcome::{Found, Outcome as ReplyOutcome, ReplyScan};
 use crate::rbac::{Catalog, Denial};
+use crate::region::{Placement, Regions, Serving};
 use crate::reject::{reply_with, status_and_error, Refusal, Reply};
 use crate::session;
 use serde_json::Value;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::SystemTime;
 
@@ -150,6 +152,13 @@ pub struct Exchange {
     new_traceparent: Option<String>,
     /// Reads the reply's outcome (a forwarded request that expects a response).
     scan: Option<ReplyScan>,
+    /// The address Envoy received the request from (given when `regions` need it).
+    peer: Option<IpAddr>,
+    /// Where the caller was placed (with `regions`), and the cluster named for them.
+    placement: Option<Placement>,
+    cluster: Option<String>,
+    /// A region header from a peer that is not a trusted proxy: removed before the upstream.
+    untrusted_region_header: Option<String>,
     record: AuditRecord,
 }
 
@@ -167,8 +176,18 @@ impl Exchange {
             created_task: None,
             new_traceparent: None,
             scan: None,
+            peer: None,
+            placement: None,
+            cluster: None,
+            untrusted_region_header: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
+    }
+
+    /// The address Envoy received the request from: trusted proxies and source ranges of
+    /// `regions` are matched against it. Set before the headers are decided.
+    pub fn set_peer(&mut self, peer: Option<IpAddr>) {
+        self.peer = peer;
     }
 
     /// Tells the exchange who opened the session its `Mcp-Session-Id` names (the adapter
@@ -337,6 +356,9 @@ impl Exchange {
             }
         }
         let role = config.policy.allows_server(&principal.roles, &server.name)?;
+        if let Some(regions) = &config.regions {
+            self.place(regions, &principal, &server)?;
+        }
         let caller = Caller { principal, server, server_rule: role.clone() };
         if !is_post {
             self.allow(role);
@@ -362,6 +384,31 @@ impl Exchange {
     }
 
     /// Serves RFC 9728 metadata for `GET /.well-known/oauth-protected-resource[...]`.
+    /// Places the caller in a region and picks the cluster that serves them there, or
+    /// refuses a pinned caller the server cannot serve inside their regions.
+    fn place(&mut self, regions: &Regions, principal: &Principal, server: &Server) -> Result<(), Refusal> {
+        let header =
+            regions.header.as_deref().filter(|h| self.head.header_count(h) == 1).and_then(|h| self.head.header(h));
+        let placement = regions.place(principal, header, self.peer);
+        if placement.drop_header {
+            self.untrusted_region_header = regions.header.clone().filter(|h| self.head.header(h).is_some());
+        }
+        if server.kind == crate::config::ServerKind::Sidecar {
+            // The gateway's own API: not placed.
+            return Ok(());
+        }
+        self.record.region = Some(placement.region.clone());
+        self.record.region_source = Some(placement.source.as_str().to_owned());
+        self.record.residency = placement.pinned.as_ref().map(|(rule, _)| rule.clone());
+        let serving = server.regions.serve(&placement);
+        self.placement = Some(placement);
+        match serving.map_err(Refusal::OutsideResidency)? {
+            Serving::Cluster(cluster) => self.cluster = Some(cluster),
+            Serving::Route => {}
+        }
+        Ok(())
+    }
+
     fn well_known(&mut self, config: &Config, path: &str) -> Option<Reply> {
         if !path.starts_with(discovery::WELL_KNOWN) {
             return None;
@@ -752,6 +799,11 @@ impl Exchange {
             return self.record;
         }
         let let_through = matches!(self.stage, Stage::Forwarded(..));
+        if let (Stage::Forwarded(caller, _), Some(_)) = (&self.stage, &self.placement) {
+            // A server in one region serves there; the adapter reads a replicated server's
+            // region from the upstream host's locality.
+            self.record.served_region = caller.server.regions.region().map(str::to_owned);
+        }
         self.record.outcome = if !let_through {
             // Refused by the gateway: its own error is recorded (see `refuse`).
             ReplyOutcome::Error
@@ -840,8 +892,21 @@ impl Exchange {
         if head.header("proxy-authorization").is_some() {
             remove.push("proxy-authorization".into());
         }
+        if let Some(name) = &self.untrusted_region_header {
+            remove.push(name.clone());
+        }
         remove.dedup();
         let mut set = Vec::new();
+        if let Some(placement) = &self.placement {
+            set.push((headers::REGION.into(), placement.region.clone()));
+            if let Some((rule, _)) = &placement.pinned {
+                set.push((headers::RESIDENCY.into(), rule.clone()));
+            }
+        }
+        // The route's `cluster_header`: the cluster for the caller's region or rule.
+        if let Some(cluster) = &self.cluster {
+            set.push((headers::CLUSTER.into(), cluster.clone()));
+        }
         // GET streams are inspected for list results; the filter reads only plain bytes.
         if head.method() == "GET" {
             set.push(("accept-encoding".into(), "identity".into()));
@@ -1206,6 +1271,67 @@ mod tests {
         let mut ex = Exchange::new(now());
         let (_, edits) = alice().header("x-request-id", "15db1d99-3a2b-4c5d-8e9f-0123456789ab").headers_step(&mut ex);
         assert_eq!(set(&edits, headers::TRACE_ID), ["15db1d993a2b4c5d8e9f0123456789ab"]);
+    }
+
+    #[test]
+    fn regions_name_the_cluster_and_keep_pinned_callers_inside() {
+        let mut v = config_json();
+        v["servers"][0]["regional_clusters"] = json!({"eu-west": "gh_eu", "us-east": "gh_us"});
+        v["servers"][0]["residency_clusters"] = json!({"eu-only": "gh_eu_only"});
+        v["servers"][1]["region"] = json!("us-east");
+        v["rbac"]["roles"]["eu_auditor"] = json!({"servers": ["github", "filesystem"], "tools": ["get_*"]});
+        v["regions"] = json!({
+            "names": ["eu-west", "us-east"], "default": "eu-west",
+            "header": "x-client-region", "trusted_proxies": ["10.0.0.1"],
+            "residency": [{"name": "eu-only", "roles": ["eu_auditor"], "regions": ["eu-west"]}]
+        });
+        let config = Config::from_json(v.to_string().as_bytes(), &|_| None).unwrap();
+        let run = |req: Req, peer: &str| {
+            let mut ex = Exchange::new(now());
+            ex.set_peer(peer.parse().ok());
+            let (step, edits) = ex.on_request_headers(&config, &mut KeyStore::new(1, 8), req.head(), false, now());
+            (ex, step, edits)
+        };
+        let set = |edits: &HeaderEdits, name: &str| edits.set.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let dev = || request().by("alice", &["developer"]).header("x-client-region", "us-east");
+        // From an untrusted peer the header is ignored and removed; a client's cluster too.
+        let (ex, step, edits) = run(dev().header("x-mcp-cluster", "gh_eu_only"), "10.0.0.2");
+        assert_eq!(step, Step::WaitForBody);
+        assert_eq!(set(&edits, headers::CLUSTER).as_deref(), Some("gh_eu"));
+        assert_eq!(set(&edits, headers::REGION).as_deref(), Some("eu-west"));
+        assert!(
+            edits.remove.iter().any(|n| n == "x-client-region") && edits.remove.iter().any(|n| n == "x-mcp-cluster")
+        );
+        let record = ex.finish(200, now(), None);
+        assert_eq!((record.region.as_deref(), record.region_source.as_deref()), (Some("eu-west"), Some("default")));
+        // From the trusted proxy it places the caller, and is kept.
+        let (_, _, edits) = run(dev(), "10.0.0.1");
+        assert_eq!(set(&edits, headers::CLUSTER).as_deref(), Some("gh_us"));
+        assert!(!edits.remove.iter().any(|n| n == "x-client-region"));
+        // A pinned caller gets the rule's cluster, whatever their region.
+        let auditor = || request().by("eve", &["eu_auditor"]).header("x-client-region", "us-east");
+        let (ex, _, edits) = run(auditor(), "10.0.0.1");
+        assert_eq!(set(&edits, headers::CLUSTER).as_deref(), Some("gh_eu_only"));
+        assert_eq!(set(&edits, headers::RESIDENCY).as_deref(), Some("eu-only"));
+        assert_eq!(ex.finish(200, now(), None).residency.as_deref(), Some("eu-only"));
+        // ...and is refused where the server runs outside their regions: 503, never sent.
+        let (ex, step, edits) = run(auditor().path("/mcp/filesystem"), "10.0.0.1");
+        assert_eq!(status(&step), Some(503));
+        assert_eq!(body_of(&step)["error"]["code"], code::UNAVAILABLE);
+        let message = body_of(&step)["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("eu-only") && message.contains("us-east"), "{message}");
+        assert_eq!(edits, HeaderEdits::default());
+        let record = ex.finish(503, now(), None);
+        assert_eq!(record.decision, Some(Outcome::Deny));
+        assert_eq!(record.residency.as_deref(), Some("eu-only"));
+        // A single-region server serves unpinned callers by its route, and says where.
+        let (ex, step, edits) = run(dev().path("/mcp/filesystem"), "10.0.0.1");
+        assert_eq!(step, Step::WaitForBody);
+        assert_eq!(set(&edits, headers::CLUSTER), None);
+        let mut ex = ex;
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_file","arguments":{}}}"#;
+        assert_eq!(ex.on_request_body(&config, &Catalog::default(), body), Step::Continue);
+        assert_eq!(ex.finish(200, now(), None).served_region.as_deref(), Some("us-east"));
     }
 
     #[test]

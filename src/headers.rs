@@ -19,6 +19,12 @@ pub const SESSION_ID: &str = "x-mcp-session-id";
 pub const REQUEST_ID: &str = "x-mcp-request-id";
 /// The W3C trace id from `traceparent`, or the request id when there is none.
 pub const TRACE_ID: &str = "x-mcp-trace-id";
+/// The caller's region (`regions`), for the upstream and Envoy's routes.
+pub const REGION: &str = "x-mcp-region";
+/// The data residency rule pinning the caller, when one does.
+pub const RESIDENCY: &str = "x-mcp-residency";
+/// The Envoy cluster serving the caller (routes read it with `cluster_header`).
+pub const CLUSTER: &str = "x-mcp-cluster";
 /// The secret the sidecar requires of the filter (clients' copies are stripped with the
 /// rest of `x-mcp-*`).
 pub const SIDECAR_SECRET: &str = "x-mcp-sidecar-secret";
@@ -53,6 +59,12 @@ const READ: &[&str] = &[
     "traceparent",
     "x-request-id",
 ];
+
+/// True for headers the gateway reads for its own decisions (they cannot carry anything
+/// else, such as a region).
+pub fn is_gateway_read(name: &str) -> bool {
+    READ.contains(&name) || name.starts_with("mcp-")
+}
 
 /// Headers that must not repeat: a server might read either value.
 const SINGLE: &[&str] =

@@ -32,6 +32,7 @@
 //! - `outcome`: what a reply said (result, JSON-RPC error, tool error), read as it streams
 //! - `normalize`: canonical form of resources before policies match them
 //! - `rbac`: role-based access control
+//! - `region`: where a caller is, which cluster serves them, data residency
 //! - `reject`: the one place refusals become HTTP + JSON-RPC errors
 //! - `resource`: resource-level policies
 //! - `session`: who opened each MCP session and created each task
@@ -56,6 +57,7 @@ pub mod normalize;
 pub mod outbox;
 pub mod outcome;
 pub mod rbac;
+pub mod region;
 pub mod reject;
 pub mod resource;
 pub mod session;

@@ -65,6 +65,8 @@ pub enum Refusal {
     KeysUnavailable {
         provider: String,
     },
+    /// A caller pinned by a data residency rule, on a server with no replica inside it.
+    OutsideResidency(crate::region::OutsideResidency),
 }
 
 impl fmt::Display for Refusal {
@@ -96,6 +98,7 @@ impl fmt::Display for Refusal {
             }
             Refusal::UnknownTool { denial, .. } => write!(f, "forbidden (hidden as unknown tool): {denial}"),
             Refusal::HeaderMismatch { header } => write!(f, "{header} header disagrees with the body"),
+            Refusal::OutsideResidency(outside) => write!(f, "outside data residency: {outside}"),
         }
     }
 }
@@ -211,6 +214,10 @@ pub fn status_and_error(refusal: &Refusal) -> (u32, i64, String) {
         Refusal::KeysUnavailable { .. } => {
             (503, code::UNAVAILABLE, "Service Unavailable: cannot verify tokens yet, retry shortly".to_owned())
         }
+        // Never served elsewhere: the caller's data may not leave these regions.
+        Refusal::OutsideResidency(outside) => {
+            (503, code::UNAVAILABLE, format!("Service Unavailable: {outside}; the request is not sent elsewhere"))
+        }
     }
 }
 
@@ -252,6 +259,15 @@ mod tests {
             (Refusal::BodyTooLarge { limit: 10 }, 413, -32600),
             (Refusal::InsufficientScope { required: vec!["mcp".into()] }, 403, code::FORBIDDEN),
             (Refusal::KeysUnavailable { provider: "idp".into() }, 503, code::UNAVAILABLE),
+            (
+                Refusal::OutsideResidency(crate::region::OutsideResidency {
+                    rule: "eu".into(),
+                    allowed: vec!["eu-west".into()],
+                    server_region: None,
+                }),
+                503,
+                code::UNAVAILABLE,
+            ),
         ];
         for (refusal, status, code) in table {
             let r = reply(&refusal, None, None);

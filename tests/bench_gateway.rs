@@ -134,9 +134,25 @@ fn demo_as_shipped(upstream: u16) -> Value {
         role["servers"].as_array_mut().unwrap().retain(|s| s != "events" && s != "audit");
     }
     *value = json!(plugin.to_string());
+    // Every replica of every region is the bench's upstream. It is not health-checked (a
+    // check every 5 s is no cost to measure, and the bench's upstream is no MCP server).
     for cluster in config["static_resources"]["clusters"].as_array_mut().unwrap() {
-        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-            ["port_value"] = json!(upstream);
+        let cluster = cluster.as_object_mut().unwrap();
+        cluster.remove("health_checks");
+        cluster.remove("outlier_detection");
+        for locality in cluster["load_assignment"]["endpoints"].as_array_mut().unwrap() {
+            for endpoint in locality["lb_endpoints"].as_array_mut().unwrap() {
+                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = json!(upstream);
+            }
+        }
+    }
+    // Routes that take their cluster from the filter (`x-mcp-cluster`) name the eu-west
+    // one, so the setups without the filter route the same calls to the same place.
+    for route in hcm(&mut config)["route_config"]["virtual_hosts"][0]["routes"].as_array_mut().unwrap() {
+        if let Some(action) = route["route"].as_object_mut().filter(|a| a.contains_key("cluster_header")) {
+            action.remove("cluster_header");
+            action.insert("cluster".into(), json!("github_eu_west"));
+        }
     }
     let filters = hcm(&mut config)["http_filters"].as_array_mut().unwrap();
     let wasm = filters.iter_mut().find(|f| f["name"] == "envoy.filters.http.wasm").unwrap();
@@ -405,6 +421,7 @@ fn launch(mut setup: Setup, jwk: &str) -> (Running, u16) {
         .arg("--log-path")
         .arg(dir.path().join("envoy.log"))
         .env("MCPGW_DEMO_JWK", jwk)
+        .env("MCPGW_SESSION_KEY", "the bench's session binding key, 32+ bytes")
         .env(SIDECAR_SECRET_ENV, SIDECAR_SECRET)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

@@ -203,6 +203,7 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
             plain_routes: vec![],
             replicas: vec![],
             session_affinity: false,
+            regional: vec![],
         })
         .await
         .expect("envoy must refuse the configuration");
@@ -219,29 +220,49 @@ async fn a_bad_configuration_is_refused_naming_the_field() {
         plain_routes: vec![],
         replicas: vec![],
         session_affinity: false,
+        regional: vec![],
     })
     .await
     .unwrap();
     assert!(log.contains("rbac.roles.developer.toolz"), "{log}");
 }
 
+/// Every Envoy configuration under `envoy/` loads: `envoy --mode validate` builds its
+/// listeners, routes, clusters (health checks, priorities, retry plugins) and the filter
+/// with its plugin configuration.
 #[test]
-fn demo_envoy_config_validates() {
+fn every_envoy_config_validates() {
     let dir = tempfile::tempdir().unwrap();
     let keys = mcpgw::token::keygen(dir.path()).unwrap();
     let jwk = std::fs::read_to_string(keys.public_key).unwrap();
     let _ = common::envoy::wasm_path();
-    let out = Command::new(envoy_binary())
-        .current_dir(root())
-        .args(["--mode", "validate", "-c", "envoy/demo.yaml", "--use-dynamic-base-id"])
-        .env("MCPGW_DEMO_JWK", jwk)
-        .env("MCPGW_SIDECAR_SECRET", "demo-validation-secret-0123")
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{log}");
-    // The two MCP servers and the sidecar's /audit and /events.
-    assert!(log.contains("configured 4 servers"), "the filter did not load its configuration:\n{log}");
+    let mut files: Vec<_> = std::fs::read_dir(root().join("envoy"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.iter().any(|p| p.ends_with("envoy/demo.yaml")), "{files:?}");
+    for file in files {
+        let out = Command::new(envoy_binary())
+            .current_dir(root())
+            .arg("--mode")
+            .arg("validate")
+            .arg("-c")
+            .arg(&file)
+            .arg("--use-dynamic-base-id")
+            .env("MCPGW_DEMO_JWK", &jwk)
+            .env("MCPGW_SIDECAR_SECRET", "demo-validation-secret-0123")
+            .env("MCPGW_SESSION_KEY", "a demo validation key of at least 32 bytes")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: {log}", file.display());
+        if file.ends_with("envoy/demo.yaml") {
+            // The two MCP servers and the sidecar's /audit and /events.
+            assert!(log.contains("configured 4 servers"), "the filter did not load its configuration:\n{log}");
+        }
+    }
 }
 
 /// One Prometheus sample: `name{k="v",...} value`, labels as a sorted list.

@@ -2,8 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod common;
 
-use common::envoy::{Envoy, EnvoyOptions};
-use common::{initialize, plugin_config, post_in_session, post_json, tool_call, Gateway, JWK_ENV};
+use common::envoy::{Envoy, EnvoyOptions, Regional};
+use common::{initialize, plugin_config, post_in_session, post_json, send_from, tool_call, Gateway, JWK_ENV};
 use mcpgw::client::{connect, text};
 use mcpgw::token::{keygen, mint, TokenRequest};
 use mcpgw::{spawn, RunningServer, ServerKind};
@@ -53,6 +53,7 @@ impl Replicas {
             plain_routes: vec![],
             replicas: vec![("replicated".into(), vec![self.b.addr])],
             session_affinity: true,
+            regional: vec![],
         })
         .await
         .unwrap()
@@ -118,6 +119,7 @@ async fn overlapping_prefixes_are_refused_when_envoy_loads_the_filter() {
             plain_routes: vec![],
             replicas: vec![],
             session_affinity: false,
+            regional: vec![],
         })
         .await
         .expect("envoy must refuse the configuration");
@@ -254,4 +256,209 @@ async fn requests_without_a_session_are_balanced_one_by_one() {
     let (on_a, on_b) = (calls(&r.a), calls(&r.b));
     assert_eq!(on_a + on_b, 16);
     assert!(on_a > 0 && on_b > 0, "{on_a} on a, {on_b} on b");
+}
+
+/// A server `regional` with one replica in `eu-west` and one in `us-east`, behind a
+/// gateway whose callers are placed by a trusted front proxy's `x-client-region` (only
+/// 127.0.0.2 is one), then their token's `region` claim, else `eu-west`; tokens with
+/// `data_residency: eu` are pinned to `eu-west`.
+struct Regions {
+    /// None once stopped.
+    eu: Option<RunningServer>,
+    us: RunningServer,
+    envoy: Envoy,
+    keys: Replicas,
+}
+
+impl Regions {
+    async fn start() -> Regions {
+        // The replicas of `Replicas` are not used: only its keys.
+        let keys = Replicas::start(|| ServerKind::TestJson).await;
+        let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let eu = spawn(ServerKind::TestJson, listener().await).await.unwrap();
+        let us = spawn(ServerKind::TestJson, listener().await).await.unwrap();
+        let regional = Regional {
+            server: "regional".into(),
+            regions: vec![("eu-west".into(), vec![eu.addr]), ("us-east".into(), vec![us.addr])],
+            pinned: vec![("eu-only".into(), vec!["eu-west".into()])],
+        };
+        let mut config = plugin_config();
+        config["servers"].as_array_mut().unwrap().push(regional.server_config());
+        config["regions"] = json!({
+            "names": ["eu-west", "us-east"],
+            "default": "eu-west",
+            "from": ["header", "claim"],
+            "header": "x-client-region",
+            "trusted_proxies": ["127.0.0.2"],
+            "residency": [{"name": "eu-only", "claim": {"name": "data_residency", "value": "eu"}, "regions": ["eu-west"]}]
+        });
+        let envoy = Envoy::start(EnvoyOptions {
+            plugin_config: config,
+            upstreams: vec![],
+            env: vec![(JWK_ENV.into(), keys.public.clone())],
+            clusters: vec![],
+            plain_routes: vec![],
+            replicas: vec![],
+            session_affinity: false,
+            regional: vec![regional],
+        })
+        .await
+        .unwrap();
+        // Hosts start unchecked: the test begins once every first check has passed.
+        for cluster in ["regional_eu-west", "regional_us-east", "regional_eu-only"] {
+            envoy.wait_for_health(cluster, eu.addr, true).await;
+        }
+        for cluster in ["regional_eu-west", "regional_us-east"] {
+            envoy.wait_for_health(cluster, us.addr, true).await;
+        }
+        let r = Regions { eu: Some(eu), us, envoy, keys };
+        // Envoy's worker learns the health results a moment after its admin API shows
+        // them: probe until each region's caller lands on its replica, then forget the
+        // probes (ids from 9000).
+        for (id, region, replica) in [(9000, "us-east", &r.us), (9100, "eu-west", r.eu())] {
+            let token = r.token("probe", json!({ "region": region }));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            for id in id.. {
+                let before = replica.requests.with_rpc_method("tools/call").len();
+                assert_eq!(r.call("127.0.0.1", &token, id, &[]).await.status, 200);
+                if replica.requests.with_rpc_method("tools/call").len() > before {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{region} callers never reached their replica");
+            }
+        }
+        r.us.requests.clear();
+        r.eu().requests.clear();
+        r
+    }
+
+    fn eu(&self) -> &RunningServer {
+        self.eu.as_ref().unwrap()
+    }
+
+    /// Stops the eu-west replica and waits until Envoy's health checks have seen it.
+    async fn stop_eu(&mut self) {
+        let eu = self.eu.take().unwrap();
+        let addr = eu.addr;
+        eu.shutdown().await.unwrap();
+        for cluster in ["regional_eu-west", "regional_eu-only"] {
+            self.envoy.wait_for_health(cluster, addr, false).await;
+        }
+    }
+
+    fn token(&self, sub: &str, claims: Value) -> String {
+        let mut request = TokenRequest::new(sub, &["admin"]);
+        request.extra_claims = claims.as_object().cloned().unwrap();
+        mint(&self.keys.signing, &request).unwrap()
+    }
+
+    /// A tool call from `local` (a loopback address) with extra headers.
+    async fn call(&self, local: &str, token: &str, id: i64, headers: &[(&str, &str)]) -> common::Raw {
+        let auth = format!("Bearer {token}");
+        let mut all = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("authorization", &auth),
+        ];
+        all.extend_from_slice(headers);
+        let body = tool_call(id, "echo", json!({"text": format!("call {id}")})).to_string();
+        send_from(Some(local.parse().unwrap()), "POST", &self.envoy.url("/mcp/regional"), &all, body).await
+    }
+
+    async fn record_of(&self, id: i64) -> Value {
+        self.envoy.wait_for_audit(|r| r["jsonrpc_id"] == json!(id)).await
+    }
+}
+
+/// Callers are served by their region's replicas; when those go down an unpinned caller
+/// moves to the next region (Envoy's priorities, after its health checks saw it) with no
+/// failed request, while a caller pinned to the region gets 503 with a JSON-RPC error and
+/// is never served elsewhere. Each audit record names the caller's region, the region
+/// and host that served the call, and the residency rule.
+#[tokio::test]
+async fn callers_fail_over_to_the_next_region_unless_residency_pins_them() {
+    let mut r = Regions::start().await;
+    let in_us = r.token("ursula", json!({"region": "us-east"}));
+    let in_eu = r.token("erik", json!({"region": "eu-west"}));
+    let pinned = r.token("petra", json!({"region": "us-east", "data_residency": "eu"}));
+    let served = |s: &RunningServer| s.requests.with_rpc_method("tools/call").len();
+    assert_eq!(r.call("127.0.0.1", &in_us, 1, &[]).await.status, 200);
+    assert_eq!(r.call("127.0.0.1", &in_eu, 2, &[]).await.status, 200);
+    // Pinned to eu-west, whatever its region claim says.
+    assert_eq!(r.call("127.0.0.1", &pinned, 3, &[]).await.status, 200);
+    assert_eq!((served(r.eu()), served(&r.us)), (2, 1));
+    for (id, region, source, served_region, host, residency) in [
+        (1, "us-east", "claim", "us-east", r.us.addr, None),
+        (2, "eu-west", "claim", "eu-west", r.eu().addr, None),
+        (3, "us-east", "claim", "eu-west", r.eu().addr, Some("eu-only")),
+    ] {
+        let record = r.record_of(id).await;
+        assert_eq!(record["region"], region, "{record}");
+        assert_eq!(record["region_source"], source, "{record}");
+        assert_eq!(record["served_region"], served_region, "{record}");
+        assert_eq!(record["upstream_host"], host.to_string(), "{record}");
+        assert_eq!(record["residency"].as_str(), residency, "{record}");
+    }
+    // The upstream learns the caller's region; no cluster name or rule came from the client.
+    let seen = last_call(r.eu());
+    assert_eq!(seen.header("x-mcp-region"), Some("us-east"));
+    assert_eq!(seen.header("x-mcp-residency"), Some("eu-only"));
+
+    // eu-west goes down; once Envoy's health checks have seen it, no request fails.
+    r.stop_eu().await;
+    for id in 10..20 {
+        let reply = r.call("127.0.0.1", &in_eu, id, &[]).await;
+        assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+    }
+    assert_eq!(served(&r.us), 11, "every call of the eu caller went to us-east");
+    let record = r.record_of(15).await;
+    assert_eq!((record["region"].as_str(), record["served_region"].as_str()), (Some("eu-west"), Some("us-east")));
+    // The pinned caller: 503 with a JSON-RPC error naming the rule; nothing reached us-east.
+    let refused = r.call("127.0.0.1", &pinned, 30, &[]).await;
+    let body = refused.assert_rpc_error(503, -32000);
+    assert!(body["error"]["message"].as_str().unwrap().contains("eu-only"), "{body}");
+    assert_eq!(served(&r.us), 11);
+    let record = r.record_of(30).await;
+    assert_eq!(record["status"], 503, "{record}");
+    assert_eq!(record["residency"], "eu-only", "{record}");
+    assert!(record["error_message"].as_str().unwrap().contains("eu-only"), "{record}");
+    assert_eq!(record["served_region"], Value::Null, "{record}");
+}
+
+/// The region header counts only from a trusted front proxy (127.0.0.2 here): from any
+/// other peer it is ignored and does not reach the upstream; the proxy's is believed
+/// before the token's claim.
+#[tokio::test]
+async fn a_region_header_counts_only_from_a_trusted_proxy() {
+    let r = Regions::start().await;
+    let token = r.token("carol", json!({}));
+    let header = [("x-client-region", "us-east")];
+    assert_eq!(r.call("127.0.0.1", &token, 1, &header).await.status, 200);
+    // Ignored: served in the default region, and the header went no further.
+    let seen = last_call(r.eu());
+    assert_eq!(seen.header("x-client-region"), None, "an untrusted region header reached the upstream");
+    assert!(r.us.requests.with_rpc_method("tools/call").is_empty());
+    let record = r.record_of(1).await;
+    assert_eq!((record["region"].as_str(), record["region_source"].as_str()), (Some("eu-west"), Some("default")));
+    assert_eq!(r.call("127.0.0.2", &token, 2, &header).await.status, 200);
+    // The trusted proxy's header placed the caller in us-east.
+    let seen = last_call(&r.us);
+    assert_eq!(seen.header("x-client-region"), Some("us-east"));
+    let record = r.record_of(2).await;
+    assert_eq!((record["region"].as_str(), record["region_source"].as_str()), (Some("us-east"), Some("header")));
+    // Before the claim, as configured; a client cannot name a cluster itself.
+    let claims_eu = r.token("dave", json!({"region": "eu-west"}));
+    assert_eq!(
+        r.call("127.0.0.2", &claims_eu, 3, &[("x-client-region", "us-east"), ("x-mcp-cluster", "regional_eu-only")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(r.us.requests.with_rpc_method("tools/call").len(), 2);
+    assert_eq!(last_call(&r.us).header("x-mcp-cluster"), Some("regional_us-east"));
+}
+
+/// The last tool call a replica received (Envoy's health checks are requests too).
+fn last_call(replica: &RunningServer) -> mcpgw::RecordedRequest {
+    replica.requests.with_rpc_method("tools/call").pop().expect("no tool call reached the replica")
 }

@@ -387,16 +387,20 @@ fn list_or_none(globs: &[String]) -> String {
 /// configuration (YAML) holding it as the `configuration.value` of its `mcp_gateway` wasm
 /// filter. `env` resolves `*_env` fields.
 ///
-/// Explaining never sends records, so the sidecar's secret (`audit.sidecar.secret_env`)
-/// need not be given: when `env` does not have it, a stand-in is used.
+/// Explaining never sends records nor opens sessions, so the sidecar's secret
+/// (`audit.sidecar.secret_env`) and the session binding key (`session_binding_key_env`)
+/// need not be given: when `env` does not have them, stand-ins are used.
 pub fn load_config(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ExplainError> {
     let plugin = if text.trim_start().starts_with('{') { text.to_owned() } else { plugin_configuration(text)? };
-    let sidecar_secret = serde_json::from_str::<serde_json::Value>(&plugin)
-        .ok()
-        .and_then(|v| v.pointer("/audit/sidecar/secret_env")?.as_str().map(str::to_owned))
-        .filter(|name| env(name).is_none());
-    let env = |name: &str| match &sidecar_secret {
-        Some(secret) if secret == name => Some(SIDECAR_SECRET_STAND_IN.to_owned()),
+    let parsed = serde_json::from_str::<serde_json::Value>(&plugin).ok();
+    let unset = |pointer: &str| {
+        parsed.as_ref().and_then(|v| v.pointer(pointer)?.as_str().map(str::to_owned)).filter(|name| env(name).is_none())
+    };
+    let sidecar_secret = unset("/audit/sidecar/secret_env");
+    let session_key = unset("/session_binding_key_env");
+    let env = |name: &str| match (&sidecar_secret, &session_key) {
+        (Some(secret), _) if secret == name => Some(SIDECAR_SECRET_STAND_IN.to_owned()),
+        (_, Some(key)) if key == name => Some(SESSION_KEY_STAND_IN.to_owned()),
         _ => env(name),
     };
     Ok(Config::from_json(plugin.as_bytes(), &env)?)
@@ -404,6 +408,8 @@ pub fn load_config(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<C
 
 /// What `load_config` gives the filter's configuration for an unset sidecar secret.
 const SIDECAR_SECRET_STAND_IN: &str = "explain-sends-no-records";
+/// ...and for an unset session binding key.
+const SESSION_KEY_STAND_IN: &str = "explain-binds-no-sessions-0123456789";
 
 /// The gateway's plugin configuration in an Envoy configuration (YAML): the
 /// `configuration.value` of the `envoy.filters.http.wasm` filter whose `config.name` is

@@ -58,9 +58,10 @@ enum Command {
         /// Address of the filesystem server (Streamable HTTP at /mcp).
         #[arg(long, default_value = "127.0.0.1:10001")]
         filesystem: SocketAddr,
-        /// Address of the github server (Streamable HTTP at /mcp).
+        /// Address of a github server replica (Streamable HTTP at /mcp); repeat for more
+        /// replicas (each keeps its own issues, as replicas without a shared store do).
         #[arg(long, default_value = "127.0.0.1:10002")]
-        github: SocketAddr,
+        github: Vec<SocketAddr>,
         /// Directory the filesystem server serves; created with sample files if missing.
         #[arg(long, default_value = ".dev/sandbox")]
         sandbox: PathBuf,
@@ -603,16 +604,23 @@ fn parse_claim(raw: &str) -> anyhow::Result<(String, Value)> {
     Ok((name.to_owned(), value))
 }
 
-async fn demo(filesystem: SocketAddr, github: SocketAddr, sandbox: PathBuf) -> anyhow::Result<()> {
+async fn demo(filesystem: SocketAddr, github: Vec<SocketAddr>, sandbox: PathBuf) -> anyhow::Result<()> {
     let filesystem = start(ServerKind::Filesystem { sandbox: sandbox.clone() }, filesystem).await?;
-    let github = start(ServerKind::Github, github).await?;
     println!("filesystem MCP server on {} (sandbox {})", filesystem.url(), sandbox.display());
-    println!("github MCP server on {}", github.url());
+    let mut replicas = Vec::new();
+    for addr in github {
+        let replica = start(ServerKind::Github, addr).await?;
+        println!("github MCP server on {}", replica.url());
+        replicas.push(replica);
+    }
     println!("press Ctrl-C to stop");
 
     wait_for_stop_signal().await?;
-    let (filesystem, github) = tokio::join!(filesystem.shutdown(), github.shutdown());
-    filesystem.and(github)
+    let mut result = filesystem.shutdown().await;
+    for replica in replicas {
+        result = result.and(replica.shutdown().await);
+    }
+    result
 }
 
 async fn start(kind: ServerKind, addr: SocketAddr) -> anyhow::Result<RunningServer> {

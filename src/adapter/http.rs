@@ -73,6 +73,11 @@ impl Filter {
             Err(_) => return fail_closed(host, &self.request, "cannot read request headers"),
         };
         let mut exchange = Exchange::new(started);
+        let needs_peer = vm.borrow().config.regions.as_ref().is_some_and(crate::region::Regions::needs_peer);
+        if needs_peer {
+            let peer = host.property(&["source", "address"]).ok().flatten();
+            exchange.set_peer(peer.and_then(|b| strip_port(&String::from_utf8_lossy(&b)).parse().ok()));
+        }
         let session_id = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id")).map(|(_, v)| v.trim());
         // Bound session ids carry their owner; only the table needs a lookup.
         let table = vm.borrow().config.session_binding.is_none();
@@ -299,6 +304,18 @@ impl Filter {
             // Refused requests never reached an upstream.
             record.upstream_cluster = string(&["xds", "cluster_name"]);
             record.upstream_host = string(&["upstream", "address"]);
+            // Envoy names the host it tried even when nothing reached it (no healthy host,
+            // connection refused...): only a host that answered served the call.
+            if record.region.is_some() {
+                let answered = record.upstream_host.is_some() && number(&["response", "flags"]) & NOT_SENT == 0;
+                let locality = answered.then(|| host.property(&["upstream", "locality"]).ok().flatten()).flatten();
+                match locality.as_deref().and_then(crate::region::locality_region) {
+                    Some(region) => record.served_region = Some(region),
+                    None if !answered => record.served_region = None,
+                    // A host without a locality: the server's own region, if it has one.
+                    None => {}
+                }
+            }
         }
         record.bytes_in = number(&["request", "size"]);
         record.bytes_out = number(&["response", "size"]);
@@ -552,6 +569,10 @@ fn text(bytes: Vec<u8>) -> String {
 }
 
 /// `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:5678` -> `::1`.
+/// Envoy's response flags for a request no upstream received: no healthy upstream (UH),
+/// connection failure (UF), overflow (UO), no route (NR).
+const NOT_SENT: u64 = 0x2 | 0x20 | 0x80 | 0x100;
+
 fn strip_port(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);

@@ -78,6 +78,79 @@ pub struct EnvoyOptions {
     /// "Sessions across gateway replicas"): a session's requests reach the replica that
     /// issued it.
     pub session_affinity: bool,
+    /// Servers with replicas in several regions (README "Regions and data residency"),
+    /// served with session affinity.
+    pub regional: Vec<Regional>,
+}
+
+/// A server at `/mcp/{server}` with replicas in several regions. Its routes take the
+/// cluster from `x-mcp-cluster` (set by the filter); each region gets a cluster
+/// `{server}_{region}` holding every replica, that region's at priority 0 and the others
+/// after it in `regions` order, and each residency rule a cluster `{server}_{rule}`
+/// holding only the regions it allows. Replicas are health-checked with an MCP `ping`.
+/// Such an Envoy runs one worker, so a test that sees a request follow a health change
+/// knows every later request will.
+pub struct Regional {
+    pub server: String,
+    /// Regions in failover order, with their replicas.
+    pub regions: Vec<(String, Vec<SocketAddr>)>,
+    /// Residency rules: name, and the regions it allows in failover order.
+    pub pinned: Vec<(String, Vec<String>)>,
+}
+
+impl Regional {
+    /// The `regional_clusters` and `residency_clusters` of its plugin configuration.
+    pub fn server_config(&self) -> Value {
+        let by_region: serde_json::Map<String, Value> =
+            self.regions.iter().map(|(r, _)| (r.clone(), Value::from(format!("{}_{r}", self.server)))).collect();
+        let by_rule: serde_json::Map<String, Value> =
+            self.pinned.iter().map(|(n, _)| (n.clone(), Value::from(format!("{}_{n}", self.server)))).collect();
+        serde_json::json!({
+            "name": self.server,
+            "path_prefix": format!("/mcp/{}", self.server),
+            "regional_clusters": by_region,
+            "residency_clusters": by_rule,
+        })
+    }
+
+    fn routes(&self) -> String {
+        [format!("/mcp/{}", self.server), format!("/proxy/{}/mcp", self.server)]
+            .iter()
+            .map(|prefix| {
+                format!(
+                    "              - match: {{ path_separated_prefix: {prefix}, headers: [{{ name: mcp-session-id, present_match: true }}] }}\n                route: {{ cluster_header: x-mcp-cluster, prefix_rewrite: /mcp, timeout: 0s }}\n              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster_header: x-mcp-cluster, prefix_rewrite: /mcp, timeout: 0s{RETRY_ELSEWHERE_PRIORITY} }}\n"
+                )
+            })
+            .collect()
+    }
+
+    fn clusters(&self) -> String {
+        let cluster = |name: String, order: Vec<&(String, Vec<SocketAddr>)>| {
+            let localities: String = order
+                .iter()
+                .enumerate()
+                .map(|(priority, (region, addrs))| {
+                    let endpoints: String = addrs
+                        .iter()
+                        .map(|a| format!("        - endpoint: {{ address: {} }}\n", Address::Tcp(*a).yaml()))
+                        .collect();
+                    format!("      - locality: {{ region: {region} }}\n        priority: {priority}\n        lb_endpoints:\n{endpoints}")
+                })
+                .collect();
+            format!(
+                "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    lb_policy: LEAST_REQUEST\n{MCP_HEALTH_CHECK}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n{localities}"
+            )
+        };
+        let by_region = self.regions.iter().enumerate().map(|(i, first)| {
+            let rest = self.regions.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, r)| r);
+            cluster(format!("{}_{}", self.server, first.0), std::iter::once(first).chain(rest).collect())
+        });
+        let by_rule = self.pinned.iter().map(|(rule, allowed)| {
+            let order = allowed.iter().filter_map(|a| self.regions.iter().find(|(r, _)| r == a)).collect();
+            cluster(format!("{}_{rule}", self.server), order)
+        });
+        by_region.chain(by_rule).collect()
+    }
 }
 
 /// Where a cluster's one endpoint is: a TCP address or a Unix socket (Envoy's `pipe`).
@@ -146,6 +219,7 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
             };
             route(prefix) + &route(&format!("/proxy/{name}/mcp"))
         })
+        .chain(opts.regional.iter().map(Regional::routes))
         .chain(opts.plain_routes.iter().map(|(prefix, cluster)| {
             format!(
                 "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {cluster}, timeout: 0s }}\n"
@@ -167,7 +241,9 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
                 "  - name: {name}\n    connect_timeout: 1s\n    type: STATIC\n    lb_policy: LEAST_REQUEST\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{endpoints}"
             )
         })
+        .chain(opts.regional.iter().map(Regional::clusters))
         .collect();
+    let affinity = opts.session_affinity || !opts.regional.is_empty();
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -198,8 +274,8 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
 {clusters}"#,
-        affinity = if opts.session_affinity { SESSION_AFFINITY } else { "" },
-        session_gone = if opts.session_affinity { SESSION_GONE } else { "" },
+        affinity = if affinity { SESSION_AFFINITY } else { "" },
+        session_gone = if affinity { SESSION_GONE } else { "" },
         gateway = gateway_filter(opts),
         stats = mcp_gateway::stats::STATS_CONFIG_YAML,
     )
@@ -221,6 +297,27 @@ const SESSION_AFFINITY: &str = r#"          - name: envoy.filters.http.stateful_
 /// Route retries for replicated servers, on requests without a session.
 const RETRY_ELSEWHERE: &str = ", retry_policy: { retry_on: \"connect-failure,reset-before-request\", num_retries: 2, host_selection_retry_max_attempts: 5, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }] }";
 
+/// The same for clusters whose priorities are regions: a retry goes to the next region.
+const RETRY_ELSEWHERE_PRIORITY: &str = ", retry_policy: { retry_on: \"connect-failure,reset-before-request\", num_retries: 2, host_selection_retry_max_attempts: 5, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }], retry_priority: { name: envoy.retry_priorities.previous_priorities, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 1 } } }";
+
+/// An MCP `ping` every 100 ms; a replica that refuses it twice is out, one answer brings
+/// it back. (`Host` is one the test servers accept.)
+const MCP_HEALTH_CHECK: &str = r#"    health_checks:
+    - timeout: 2s
+      interval: 0.1s
+      no_traffic_interval: 0.1s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      http_health_check:
+        host: 127.0.0.1
+        path: /mcp
+        method: POST
+        send: { text: "7b226a736f6e727063223a22322e30222c226964223a226865616c7468222c226d6574686f64223a2270696e67227d" }
+        request_headers_to_add:
+        - header: { key: content-type, value: application/json }
+        - header: { key: accept, value: "application/json, text/event-stream" }
+"#;
+
 /// A request in a session whose replica is gone (no such host, or it refuses
 /// connections) gets the spec's 404 with a JSON-RPC error, which makes the client open a
 /// new session, instead of Envoy's 503.
@@ -235,6 +332,21 @@ const SESSION_GONE: &str = r#"          local_reply_config:
               body: { inline_string: '{"jsonrpc":"2.0","id":null,"error":{"code":-32004,"message":"Not Found: the session ended with its server replica; start a new session"}}' }
               body_format_override:
                 text_format_source: { inline_string: "%LOCAL_REPLY_BODY%" }
+                content_type: application/json
+            - filter:
+                and_filter:
+                  filters:
+                  - response_flag_filter: { flags: [UH, UF] }
+                  - header_filter: { header: { name: x-mcp-residency, present_match: true } }
+              status_code: 503
+              body_format_override:
+                text_format_source: { inline_string: '{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Service Unavailable: no replica is up in the regions data residency rule %REQ(X-MCP-RESIDENCY)% allows; the request is not sent elsewhere"}}' }
+                content_type: application/json
+            - filter:
+                response_flag_filter: { flags: [UH, UF, NC] }
+              status_code: 503
+              body_format_override:
+                text_format_source: { inline_string: '{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Service Unavailable: no replica of this server is up"}}' }
                 content_type: application/json
 "#;
 
@@ -281,7 +393,8 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--use-dynamic-base-id", "--log-level", "info", "--concurrency", "2"])
+            .args(["--use-dynamic-base-id", "--log-level", "info", "--concurrency"])
+            .arg(if opts.regional.is_empty() { "2" } else { "1" })
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -362,6 +475,22 @@ impl Envoy {
                 return r;
             }
             assert!(Instant::now() < deadline, "no matching audit record in:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until Envoy's health checks see `addr` in `cluster` as healthy, or as failed.
+    pub async fn wait_for_health(&self, cluster: &str, addr: SocketAddr, healthy: bool) {
+        let line = format!("{cluster}::{addr}::health_flags::");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let clusters = self.admin_get("/clusters").await.unwrap_or_default();
+            let flags = clusters.lines().find_map(|l| l.strip_prefix(&line)).map(str::to_owned);
+            let is_healthy = flags.as_deref() == Some("healthy");
+            if flags.is_some() && is_healthy == healthy {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{addr} in {cluster} never became healthy={healthy}: {flags:?}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

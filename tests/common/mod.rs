@@ -131,6 +131,7 @@ impl Gateway {
             plain_routes,
             replicas: Vec::new(),
             session_affinity: false,
+            regional: vec![],
         })
         .await
         .expect("start envoy");
@@ -192,6 +193,18 @@ impl Raw {
 
 /// Sends one HTTP request with exactly these headers (repeats allowed).
 pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Raw {
+    send_from(None, method, url, headers, body).await
+}
+
+/// [`send`] from a chosen local address (any of 127.0.0.0/8 on Linux), so tests can play
+/// several peers.
+pub async fn send_from(
+    local: Option<std::net::IpAddr>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> Raw {
     let mut map = HeaderMap::new();
     for (n, v) in headers {
         map.append(
@@ -199,7 +212,7 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: impl 
             HeaderValue::from_bytes(v.as_bytes()).expect("header value"),
         );
     }
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder().local_address(local).build().expect("client");
     let resp = client
         .request(method.parse().expect("method"), url)
         .headers(map)
