@@ -157,8 +157,9 @@ pub struct Exchange {
     /// Where the caller was placed (with `regions`), and the cluster named for them.
     placement: Option<Placement>,
     cluster: Option<String>,
-    /// A region header from a peer that is not a trusted proxy: removed before the upstream.
-    untrusted_region_header: Option<String>,
+    /// A region header from a peer that is not a trusted proxy, in each spelling it came
+    /// in: removed before the upstream.
+    untrusted_region_headers: Vec<String>,
     record: AuditRecord,
 }
 
@@ -179,7 +180,7 @@ impl Exchange {
             peer: None,
             placement: None,
             cluster: None,
-            untrusted_region_header: None,
+            untrusted_region_headers: Vec::new(),
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
@@ -390,8 +391,10 @@ impl Exchange {
         let header =
             regions.header.as_deref().filter(|h| self.head.header_count(h) == 1).and_then(|h| self.head.header(h));
         let placement = regions.place(principal, header, self.peer);
-        if placement.drop_header {
-            self.untrusted_region_header = regions.header.clone().filter(|h| self.head.header(h).is_some());
+        if let (true, Some(name)) = (placement.drop_header, &regions.header) {
+            // Every spelling a server could read as it (`X_Client_Region` included).
+            self.untrusted_region_headers =
+                self.head.headers.iter().filter(|(n, _)| headers::reads_as(n, name)).map(|(n, _)| n.clone()).collect();
         }
         if server.kind == crate::config::ServerKind::Sidecar {
             // The gateway's own API: not placed.
@@ -892,9 +895,7 @@ impl Exchange {
         if head.header("proxy-authorization").is_some() {
             remove.push("proxy-authorization".into());
         }
-        if let Some(name) = &self.untrusted_region_header {
-            remove.push(name.clone());
-        }
+        remove.extend(self.untrusted_region_headers.iter().cloned());
         remove.dedup();
         let mut set = Vec::new();
         if let Some(placement) = &self.placement {

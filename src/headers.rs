@@ -37,6 +37,12 @@ pub fn is_spoofable(name: &str) -> bool {
     dashed.starts_with(IDENTITY_PREFIX)
 }
 
+/// True when a server reading headers CGI-style (lowercase, `_` as `-`) takes `name` for
+/// `header` (given lowercase with `-`).
+pub fn reads_as(name: &str, header: &str) -> bool {
+    dashed(name) == header
+}
+
 /// A header name as CGI-style servers read it: lowercase, `_` as `-`. Borrowed when it
 /// already is (Envoy hands names over lowercased; underscores are rare).
 fn dashed(name: &str) -> std::borrow::Cow<'_, str> {

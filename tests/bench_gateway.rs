@@ -223,6 +223,22 @@ fn token_cache_off(mut config: Value) -> Value {
     config
 }
 
+/// The demo's plugin configuration without `regions` (and the servers' region fields):
+/// what placing callers in regions costs.
+fn without_regions(mut config: Value) -> Value {
+    let wasm = filter_named(&mut config, "envoy.filters.http.wasm").unwrap();
+    let value = &mut wasm["typed_config"]["config"]["configuration"]["value"];
+    let mut plugin: Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
+    plugin.as_object_mut().unwrap().remove("regions");
+    for server in plugin["servers"].as_array_mut().unwrap() {
+        for field in ["region", "regional_clusters", "residency_clusters"] {
+            server.as_object_mut().unwrap().remove(field);
+        }
+    }
+    *value = json!(plugin.to_string());
+    config
+}
+
 /// Envoy's own chain for the same call, as a user of stock Envoy would set it up:
 /// `jwt_authn` (the demo issuer and audience, the key inline, its JWT cache on) puts the
 /// payload in dynamic metadata, `mcp` parses the JSON-RPC body into metadata, and `rbac`
@@ -297,6 +313,15 @@ fn setups(upstream: u16, sidecar: u16, jwk: &str) -> Vec<Setup> {
             bootstrap: with_filters(demo(upstream), &gateway),
         },
         Setup {
+            name: "ours + session affinity (demo chain)",
+            group: "e2e",
+            base: false,
+            bootstrap: with_filters(
+                demo(upstream),
+                &["envoy.filters.http.stateful_session", "envoy.filters.http.wasm", "envoy.filters.http.router"],
+            ),
+        },
+        Setup {
             name: "ours, token cache off",
             group: "e2e",
             base: false,
@@ -328,6 +353,15 @@ fn setups(upstream: u16, sidecar: u16, jwk: &str) -> Vec<Setup> {
                 demo(upstream),
                 &["envoy.filters.http.buffer", "envoy.filters.http.wasm", "envoy.filters.http.router"],
             )),
+        },
+        Setup {
+            name: "ours (buffer + filter), no regions",
+            group: "isolated",
+            base: false,
+            bootstrap: without_regions(isolated(with_filters(
+                demo(upstream),
+                &["envoy.filters.http.buffer", "envoy.filters.http.wasm", "envoy.filters.http.router"],
+            ))),
         },
         Setup {
             name: "ours + records to the sidecar",
