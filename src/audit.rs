@@ -278,6 +278,9 @@ pub struct AuditRecord {
     pub residency: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_region: Option<String>,
+    /// A call the sidecar dispatched for a federated server: that server's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Body bytes received from the client and sent to it.
     pub bytes_in: u64,
     pub bytes_out: u64,

@@ -118,6 +118,8 @@ pub struct RawServer {
     /// JSON-RPC body; the filter adds the sidecar's secret (`audit.sidecar.secret_env`).
     #[serde(default)]
     pub kind: ServerKind,
+    /// For `kind: federation`: its members and how their lists merge.
+    pub federation: Option<crate::federation::RawFederation>,
     /// The region the server runs in, when all of it runs in one (needs `regions`).
     pub region: Option<String>,
     /// Replicas in several regions: the Envoy cluster serving callers of each region
@@ -137,6 +139,17 @@ pub enum ServerKind {
     #[default]
     Mcp,
     Sidecar,
+    /// A virtual MCP server the sidecar serves over member servers (`federation`): the
+    /// filter authenticates its callers and hands the sidecar a delegation; each call the
+    /// sidecar dispatches to a member comes back through the gateway and is decided there.
+    Federation,
+}
+
+impl ServerKind {
+    /// Served by the sidecar: the gateway adds the sidecar's secret.
+    pub fn is_sidecar(self) -> bool {
+        matches!(self, ServerKind::Sidecar | ServerKind::Federation)
+    }
 }
 
 /// Credential for an upstream server. At most one of forwarding and injecting.
@@ -692,6 +705,8 @@ pub struct Server {
     pub upstream_auth: UpstreamAuth,
     pub kind: ServerKind,
     pub regions: crate::region::ServerRegions,
+    /// For a federated server, its members.
+    pub federation: Option<crate::federation::Federation>,
 }
 
 /// The validated configuration the filter runs on.
@@ -721,6 +736,9 @@ pub struct Config {
     pub max_record_bytes: usize,
     /// Where callers are placed (`regions`).
     pub regions: Option<crate::region::Regions>,
+    /// Delegations for federated servers (with any such server; keyed by the sidecar's
+    /// secret).
+    pub delegation: Option<crate::delegation::Delegation>,
 }
 
 impl Config {
@@ -800,7 +818,7 @@ impl RawConfig {
         let audit_sidecar =
             audit.sidecar.take().map(|raw| raw.compile(env).map_err(|e| e.within("audit.sidecar"))).transpose()?;
         let mut servers = servers;
-        for (i, server) in servers.iter_mut().enumerate().filter(|(_, s)| s.kind == ServerKind::Sidecar) {
+        for (i, server) in servers.iter_mut().enumerate().filter(|(_, s)| s.kind.is_sidecar()) {
             let Some(sidecar) = &audit_sidecar else {
                 return Err(err(format!("servers[{i}].kind"), "a sidecar server needs audit.sidecar (for its secret)"));
             };
@@ -824,7 +842,15 @@ impl RawConfig {
                 Some(binding)
             }
         };
+        let delegation = match &audit_sidecar {
+            Some(sidecar) if servers.iter().any(|s| s.kind == ServerKind::Federation) => Some(
+                crate::delegation::Delegation::from_secret(&sidecar.secret)
+                    .ok_or_else(|| err("audit.sidecar.secret_env", "the secret cannot key delegations"))?,
+            ),
+            _ => None,
+        };
         Ok(Config {
+            delegation,
             audit_sidecar,
             reply_read_bytes: audit.reply_read_bytes,
             max_record_bytes: audit.max_record_bytes,
@@ -857,6 +883,9 @@ fn compile_servers(
     // Every prefix so far, with the server it reaches: a path must reach one server only,
     // so neither may be the other or below it.
     let mut taken: Vec<(String, String)> = Vec::new();
+    // Members of federated servers are MCP servers; they may come after the federation.
+    let mcp_names: Vec<String> = raw.iter().filter(|s| s.kind == ServerKind::Mcp).map(|s| s.name.clone()).collect();
+    let mcp_names: Vec<&str> = mcp_names.iter().map(String::as_str).collect();
     raw.into_iter()
         .enumerate()
         .map(|(i, s)| {
@@ -883,7 +912,7 @@ fn compile_servers(
                 return Err(err(at("name"), format!("duplicate server name {:?}", s.name)));
             }
             let mut prefixes = vec![s.path_prefix.clone()];
-            if s.kind == ServerKind::Mcp {
+            if s.kind != ServerKind::Sidecar {
                 prefixes.push(proxy_path(&s.name));
             }
             for prefix in &prefixes {
@@ -901,14 +930,25 @@ fn compile_servers(
             taken.extend(prefixes.iter().map(|p| (p.clone(), s.name.clone())));
             let upstream_auth =
                 UpstreamAuth::compile(s.upstream_auth, env).map_err(|e| e.within(&at("upstream_auth")))?;
-            if s.kind == ServerKind::Sidecar && upstream_auth != UpstreamAuth::None {
+            if s.kind.is_sidecar() && upstream_auth != UpstreamAuth::None {
                 return Err(err(at("upstream_auth"), "a sidecar server gets the sidecar's secret, nothing else"));
             }
             let placed = crate::region::ServerRegions::compile(s.region, s.regional_clusters, s.residency_clusters, regions)
                 .map_err(|e| e.within(&format!("servers[{i}]")))?;
-            if s.kind == ServerKind::Sidecar && placed != crate::region::ServerRegions::Unplaced {
+            if s.kind.is_sidecar() && placed != crate::region::ServerRegions::Unplaced {
                 return Err(err(at("region"), "the sidecar's routes are the gateway's own: they have no region"));
             }
+            let federation = match (s.kind, s.federation) {
+                (ServerKind::Federation, Some(raw)) => Some(
+                    crate::federation::Federation::compile(raw, &s.name, &mcp_names)
+                        .map_err(|e| e.within(&at("federation")))?,
+                ),
+                (ServerKind::Federation, None) => {
+                    return Err(err(at("federation"), "a federation server names its members here"))
+                }
+                (_, Some(_)) => return Err(err(at("federation"), "only for kind federation")),
+                (_, None) => None,
+            };
             Ok(Server {
                 name: s.name,
                 path_prefix: s.path_prefix,
@@ -916,6 +956,7 @@ fn compile_servers(
                 upstream_auth,
                 kind: s.kind,
                 regions: placed,
+                federation,
             })
         })
         .collect()

@@ -130,6 +130,7 @@ mod tests {
             upstream_auth: UpstreamAuth::None,
             kind: Default::default(),
             regions: Default::default(),
+            federation: None,
         }]
     }
 

@@ -157,6 +157,8 @@ pub struct Exchange {
     /// Where the caller was placed (with `regions`), and the cluster named for them.
     placement: Option<Placement>,
     cluster: Option<String>,
+    /// For a federated server: the delegation the sidecar gets.
+    delegation: Option<String>,
     /// A region header from a peer that is not a trusted proxy, in each spelling it came
     /// in: removed before the upstream.
     untrusted_region_headers: Vec<String>,
@@ -181,6 +183,7 @@ impl Exchange {
             placement: None,
             cluster: None,
             untrusted_region_headers: Vec::new(),
+            delegation: None,
             record: AuditRecord { timestamp: timestamp(started), ..Default::default() },
         }
     }
@@ -318,7 +321,11 @@ impl Exchange {
         if !is_post && has_body {
             return Err(Refusal::Header(headers::HeaderProblem::BodyNotAllowed(self.head.method().to_owned())));
         }
-        let principal = match authenticate(config, store, &self.head, now) {
+        let delegated = match self.head.header_count(headers::DELEGATION) {
+            0 => None,
+            _ => Some(self.delegated(config, &server, now)?),
+        };
+        let principal = match delegated.map_or_else(|| authenticate(config, store, &self.head, now), Ok) {
             Ok(p) => p,
             Err(Verdict::Invalid(e)) => return Err(e.into()),
             Err(Verdict::NoKeysYet { provider }) if final_attempt => {
@@ -360,6 +367,11 @@ impl Exchange {
         if let Some(regions) = &config.regions {
             self.place(regions, &principal, &server)?;
         }
+        if let (crate::config::ServerKind::Federation, Some(delegation)) = (server.kind, &config.delegation) {
+            // Valid as long as the caller's token (verified tokens always have an `exp`).
+            let exp = principal.claims.get("exp").and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64)));
+            self.delegation = exp.map(|exp| delegation.issue(&server.name, &principal, exp));
+        }
         let caller = Caller { principal, server, server_rule: role.clone() };
         if !is_post {
             self.allow(role);
@@ -385,6 +397,29 @@ impl Exchange {
     }
 
     /// Serves RFC 9728 metadata for `GET /.well-known/oauth-protected-resource[...]`.
+    /// The caller of a call the sidecar dispatched for a federated server: its delegation,
+    /// checked, for a member of the server it came through.
+    fn delegated(&mut self, config: &Config, server: &Server, now: SystemTime) -> Result<Rc<Principal>, Refusal> {
+        use crate::delegation::DelegationError;
+        let refuse = |e: DelegationError| Refusal::Auth(AuthError::Delegation(e));
+        if self.head.header_count(headers::DELEGATION) != 1 || self.head.header("authorization").is_some() {
+            return Err(refuse(DelegationError::Ambiguous));
+        }
+        let not_member = |via: &str| DelegationError::NotAMember { via: via.to_owned(), server: server.name.clone() };
+        let Some(delegation) = &config.delegation else {
+            return Err(refuse(not_member("")));
+        };
+        let assertion = self.head.header(headers::DELEGATION).unwrap_or_default();
+        let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let checked = delegation.check(assertion, secs, u64::from(config.verifier.leeway_secs)).map_err(refuse)?;
+        let through = config.servers.iter().find(|s| s.name == checked.via).and_then(|s| s.federation.as_ref());
+        if server.kind != crate::config::ServerKind::Mcp || !through.is_some_and(|f| f.has_member(&server.name)) {
+            return Err(refuse(not_member(&checked.via)));
+        }
+        self.record.via = Some(checked.via);
+        Ok(Rc::new(checked.principal))
+    }
+
     /// Places the caller in a region and picks the cluster that serves them there, or
     /// refuses a pinned caller the server cannot serve inside their regions.
     fn place(&mut self, regions: &Regions, principal: &Principal, server: &Server) -> Result<(), Refusal> {
@@ -495,6 +530,14 @@ impl Exchange {
             // Headers were never admitted: never forward.
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id.clone()));
         };
+        if server.kind == crate::config::ServerKind::Federation {
+            // The sidecar dispatches each call to a member back through the gateway, where
+            // it is decided like a call to the member; lists are filtered there too.
+            let rule = format!("{server_rule}; each member call is decided when dispatched");
+            self.allow(rule);
+            self.forward(Follow::Nothing);
+            return Step::Continue;
+        }
         // MCP 2026-07-28 repeats the method and name in headers (for routing); they must
         // agree with the body, which is what authorization reads.
         if let Some(header) = self.disagreeing_header(config, server, message) {
@@ -622,7 +665,9 @@ impl Exchange {
     /// A GET stream to an MCP server: filtered, it may replay list results. (The sidecar's
     /// streams carry audit events, not MCP messages.)
     fn filters_stream(&self) -> bool {
-        let sidecar = self.caller().is_some_and(|c| c.server.kind == crate::config::ServerKind::Sidecar);
+        // A federated server's stream carries its members' messages, already filtered when
+        // they came through the gateway.
+        let sidecar = self.caller().is_some_and(|c| c.server.kind.is_sidecar());
         matches!(self.record.decision, Some(Outcome::Allow)) && self.record.http_method == "GET" && !sidecar
     }
 
@@ -903,6 +948,9 @@ impl Exchange {
             if let Some((rule, _)) = &placement.pinned {
                 set.push((headers::RESIDENCY.into(), rule.clone()));
             }
+        }
+        if let Some(assertion) = &self.delegation {
+            set.push((headers::DELEGATION.into(), assertion.clone()));
         }
         // The route's `cluster_header`: the cluster for the caller's region or rule.
         if let Some(cluster) = &self.cluster {
@@ -1272,6 +1320,64 @@ mod tests {
         let mut ex = Exchange::new(now());
         let (_, edits) = alice().header("x-request-id", "15db1d99-3a2b-4c5d-8e9f-0123456789ab").headers_step(&mut ex);
         assert_eq!(set(&edits, headers::TRACE_ID), ["15db1d993a2b4c5d8e9f0123456789ab"]);
+    }
+
+    #[test]
+    fn a_federated_server_gets_a_delegation_that_its_members_decide_on() {
+        let mut v = config_json();
+        v["servers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "all", "path_prefix": "/mcp/all", "kind": "federation",
+            "federation": {"members": ["github"]}}));
+        v["audit"] = json!({"sidecar": {"cluster": "sidecar", "secret_env": "SC"}});
+        v["rbac"]["roles"]["developer"]["servers"] = json!(["github", "filesystem", "all"]);
+        v["rbac"]["roles"]["readonly"]["servers"] = json!(["github", "all"]);
+        let env = |name: &str| (name == "SC").then(|| "a-sidecar-secret-0123".to_owned());
+        let config = Config::from_json(v.to_string().as_bytes(), &env).unwrap();
+        let run = |req: Req, body: &[u8]| {
+            let mut ex = Exchange::new(now());
+            let (step, edits) = ex.on_request_headers(&config, &mut KeyStore::new(1, 8), req.head(), false, now());
+            let step = match step {
+                Step::WaitForBody => ex.on_request_body(&config, &Catalog::default(), body),
+                other => other,
+            };
+            (ex.finish(200, now(), None), step, edits)
+        };
+        let set = |edits: &HeaderEdits, name: &str| edits.set.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let create =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_issue","arguments":{}}}"#;
+        let prefixed =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"github__create_issue","arguments":{}}}"#;
+        // To the virtual server: let through to the sidecar with a delegation and its
+        // secret; a client's own delegation header is not what the sidecar gets.
+        let (record, step, edits) = run(request().path("/mcp/all").by("rita", &["readonly"]), prefixed);
+        assert_eq!(step, Step::Continue);
+        assert!(record.reason.unwrap().contains("each member call is decided when dispatched"));
+        assert_eq!(set(&edits, headers::SIDECAR_SECRET).as_deref(), Some("a-sidecar-secret-0123"));
+        let assertion = set(&edits, headers::DELEGATION).expect("a delegation for the sidecar");
+        // The sidecar dispatches to the member with it: decided as rita's own call.
+        let dispatched = |assertion: &str| request().header(headers::DELEGATION, assertion);
+        let (record, step, _) = run(dispatched(&assertion), create);
+        assert_eq!(status(&step), Some(403), "readonly may not create issues, through the virtual server either");
+        assert_eq!((record.user_id.as_deref(), record.via.as_deref()), (Some("rita"), Some("all")));
+        let get = br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_issue","arguments":{}}}"#;
+        let (record, step, edits) = run(dispatched(&assertion), get);
+        assert_eq!(step, Step::Continue);
+        assert_eq!(record.decision, Some(Outcome::Allow));
+        assert!(edits.remove.iter().any(|n| n == headers::DELEGATION), "the member never sees it");
+        assert_eq!(set(&edits, headers::USER_ID).as_deref(), Some("rita"));
+        // Not for servers outside the federation, not beside a token, not forged.
+        let (record, step, _) = run(dispatched(&assertion).path("/mcp/filesystem"), get);
+        assert_eq!(status(&step), Some(401));
+        assert!(record.reason.unwrap().contains("does not reach server \"filesystem\""));
+        let (_, step, _) = run(dispatched(&assertion).by("rita", &["readonly"]), get);
+        assert_eq!(status(&step), Some(401));
+        let forged = assertion.replacen("d1.", "d1.e30", 1);
+        let (_, step, _) = run(dispatched(&forged), get);
+        assert_eq!(status(&step), Some(401));
+        let (_, step, _) = run(request().path("/mcp/github").header(headers::DELEGATION, "d1.x.y"), get);
+        assert_eq!(status(&step), Some(401), "a client cannot pose as the sidecar");
     }
 
     #[test]

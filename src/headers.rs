@@ -25,6 +25,9 @@ pub const REGION: &str = "x-mcp-region";
 pub const RESIDENCY: &str = "x-mcp-residency";
 /// The Envoy cluster serving the caller (routes read it with `cluster_header`).
 pub const CLUSTER: &str = "x-mcp-cluster";
+/// A federated server's delegation (see [`crate::delegation`]): set by the filter on
+/// requests to the sidecar, presented by the sidecar on the calls it dispatches.
+pub const DELEGATION: &str = "x-mcp-delegation";
 /// The secret the sidecar requires of the filter (clients' copies are stripped with the
 /// rest of `x-mcp-*`).
 pub const SIDECAR_SECRET: &str = "x-mcp-sidecar-secret";

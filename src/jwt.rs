@@ -31,7 +31,9 @@ pub enum AuthError {
     MultipleAuthorizationHeaders,
     NotBearer,
     EmptyToken,
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     Malformed,
     AlgorithmNotAllowed(String),
     UnknownKeyId,
@@ -42,6 +44,8 @@ pub enum AuthError {
     WrongIssuer,
     WrongAudience,
     MissingSubject,
+    /// A federated server's delegation that does not hold (see [`crate::delegation`]).
+    Delegation(crate::delegation::DelegationError),
 }
 
 impl fmt::Display for AuthError {
@@ -66,6 +70,7 @@ impl fmt::Display for AuthError {
             AuthError::WrongIssuer => write!(f, "token issuer not accepted"),
             AuthError::WrongAudience => write!(f, "token audience not accepted"),
             AuthError::MissingSubject => write!(f, "token has no user id claim"),
+            AuthError::Delegation(e) => write!(f, "{e}"),
         }
     }
 }
@@ -714,7 +719,13 @@ impl Verifier {
         }
         let claims = candidates.iter().find_map(|key| key.verify(&untrusted).ok()).ok_or(AuthError::BadSignature)?;
         let until = self.check_claims(provider, &claims, now)?;
-        let principal = Rc::new(principal(provider, &claims.custom)?);
+        let mut principal = principal(provider, &claims.custom)?;
+        // The token's `exp` (which the claims library keeps apart): delegations for
+        // federated servers last as long as the token.
+        if let Some(exp) = claims.expiration {
+            principal.claims.entry("exp").or_insert_with(|| Value::from(exp.timestamp()));
+        }
+        let principal = Rc::new(principal);
         store.cache.put(token, principal.clone(), until, now);
         Ok(principal)
     }

@@ -20,9 +20,11 @@
 //! - `claims`: dotted claim paths, parsed at configure time and looked up in tokens
 //! - `config`: the raw plugin configuration; its compile step hands each section to the
 //!   module that uses it (`jwt`, `rbac`, `resource`, `discovery`, `audit`)
+//! - `delegation`: the caller of a federated server, vouched for to the sidecar and back
 //! - `discovery`: RFC 9728 protected resource metadata
 //! - `fast_p256`: the ES256 signature verifier
 //! - `fast_rsa`: the RS* signature verifier
+//! - `federation`: federated (virtual) servers' configuration
 //! - `gateway`: the per-request pipeline the adapter drives
 //! - `headers`: identity headers, headers with two readings, MCP header values
 //! - `jsonrpc`: JSON-RPC / MCP message parsing
@@ -44,9 +46,11 @@ pub mod adapter;
 pub mod audit;
 pub mod claims;
 pub mod config;
+pub mod delegation;
 pub mod discovery;
 pub mod fast_p256;
 pub mod fast_rsa;
+pub mod federation;
 pub mod gateway;
 pub mod headers;
 pub mod jsonrpc;

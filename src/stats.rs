@@ -93,6 +93,7 @@ pub fn auth_failure(refusal: &Refusal) -> Option<&'static str> {
             AuthError::WrongIssuer => "wrong_issuer",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingSubject => "missing_subject",
+            AuthError::Delegation(_) => "delegation",
         },
         Refusal::KeysUnavailable { .. } => "keys_unavailable",
         _ => return None,
