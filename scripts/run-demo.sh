@@ -35,7 +35,7 @@ trap stop INT TERM EXIT
 "$MCPGW" demo --filesystem 127.0.0.1:10001 --github 127.0.0.1:10002 --github 127.0.0.1:10003 --sandbox .dev/sandbox &
 pids+=($!)
 "$MCPGW" sidecar --listen unix:.dev/sidecar.sock --db .dev/audit.db --checkpoint-key .dev/audit-checkpoint.key \
-  --heartbeat-secs 15 2> .dev/sidecar.log &
+  --heartbeat-secs 15 --gateway-config envoy/demo.yaml --gateway-url http://127.0.0.1:10000 2> .dev/sidecar.log &
 pids+=($!)
 "$ENVOY" -c envoy/demo.yaml --use-dynamic-base-id --log-level info 2> .dev/envoy.log &
 pids+=($!)
@@ -62,6 +62,7 @@ MCP gateway ready on http://127.0.0.1:10000
   http://127.0.0.1:10000/mcp/filesystem   read_file, list_directory, write_file
   http://127.0.0.1:10000/mcp/github       get_repository, list_issues, create_issue
                                            (replicas in eu-west and us-east)
+  http://127.0.0.1:10000/mcp/all          both as one server (github__get_repository, filesystem__read_file...)
   (and the same at /proxy/filesystem/mcp and /proxy/github/mcp)
 
 Call a tool through the gateway with a real MCP client (paste into another terminal):

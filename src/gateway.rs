@@ -431,8 +431,9 @@ impl Exchange {
             self.untrusted_region_headers =
                 self.head.headers.iter().filter(|(n, _)| headers::reads_as(n, name)).map(|(n, _)| n.clone()).collect();
         }
-        if server.kind == crate::config::ServerKind::Sidecar {
-            // The gateway's own API: not placed.
+        if server.kind.is_sidecar() {
+            // The gateway's own API, or a federated server (each call it dispatches to a
+            // member is placed on its way back through the gateway): not placed.
             return Ok(());
         }
         self.record.region = Some(placement.region.clone());
@@ -1152,10 +1153,13 @@ fn visible_on(
     };
     match kind {
         // Templates cannot be checked against resource rules; RBAC on the template decides.
-        ListKind::ResourceTemplates => {
+        // A tool's or prompt's resources are its arguments, known only when it is called:
+        // the resource policy decides then (a listing probe has none, and would hide every
+        // tool the policy guards).
+        ListKind::ResourceTemplates | ListKind::Tools | ListKind::Prompts => {
             config.policy.allows_message_on(&principal.roles, server, server_rule, &probe, catalog).is_ok()
         }
-        _ => decide_on(config, catalog, principal, server, server_rule, &probe).is_ok(),
+        ListKind::Resources => decide_on(config, catalog, principal, server, server_rule, &probe).is_ok(),
     }
 }
 

@@ -129,9 +129,10 @@ fn demo_as_shipped(upstream: u16) -> Value {
     let value = &mut wasm["typed_config"]["config"]["configuration"]["value"];
     let mut plugin: Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
     plugin.as_object_mut().unwrap().remove("audit");
-    plugin["servers"].as_array_mut().unwrap().retain(|s| s["kind"] != "sidecar");
+    // The sidecar's routes and the federated server it serves.
+    plugin["servers"].as_array_mut().unwrap().retain(|s| s["kind"] != "sidecar" && s["kind"] != "federation");
     for role in plugin["rbac"]["roles"].as_object_mut().unwrap().values_mut() {
-        role["servers"].as_array_mut().unwrap().retain(|s| s != "events" && s != "audit");
+        role["servers"].as_array_mut().unwrap().retain(|s| s != "events" && s != "audit" && s != "all");
     }
     *value = json!(plugin.to_string());
     // Every replica of every region is the bench's upstream. It is not health-checked (a

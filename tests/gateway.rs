@@ -259,8 +259,8 @@ fn every_envoy_config_validates() {
         let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{}: {log}", file.display());
         if file.ends_with("envoy/demo.yaml") {
-            // The two MCP servers and the sidecar's /audit and /events.
-            assert!(log.contains("configured 4 servers"), "the filter did not load its configuration:\n{log}");
+            // The two MCP servers, the federated /mcp/all, and the sidecar's /audit and /events.
+            assert!(log.contains("configured 5 servers"), "the filter did not load its configuration:\n{log}");
         }
     }
 }

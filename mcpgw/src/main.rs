@@ -128,6 +128,15 @@ struct SidecarArgs {
     /// `lagged` and is closed.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     subscriber_queue: u32,
+    /// The gateway's configuration (Envoy YAML holding the filter's, or the filter's JSON):
+    /// its federated servers (`kind: federation`) are served here. Its `*_env` fields are
+    /// read from this process's environment.
+    #[arg(long, requires = "gateway_url")]
+    gateway_config: Option<PathBuf>,
+    /// Where federated servers reach their members: the gateway's listener
+    /// (`http://127.0.0.1:10000`), so each dispatched call is decided by the filter.
+    #[arg(long, requires = "gateway_config")]
+    gateway_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,6 +384,21 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<()> {
         subscriber_queue: args.subscriber_queue as usize,
         ..Config::new(args.db, args.checkpoint_key, secret)
     };
+    let mut config = config;
+    if let (Some(path), Some(url)) = (&args.gateway_config, &args.gateway_url) {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--gateway-config {}", path.display()))?;
+        let gateway = mcpgw::explain::load_config(&text, &|name| std::env::var(name).ok())
+            .map_err(|e| anyhow::anyhow!("--gateway-config {}: {e}", path.display()))?;
+        config.federation = mcpgw::sidecar::federation::virtual_servers(&gateway, url);
+        for v in &config.federation {
+            eprintln!(
+                "mcpgw sidecar: federated server {} at {} over {}",
+                v.name,
+                v.path,
+                v.federation.members.join(", ")
+            );
+        }
+    }
     let sidecar = Sidecar::open(config)?;
     let listener: mcpgw::sidecar::Listener = match &args.listen {
         Listen::Tcp(addr) => TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?.into(),

@@ -10,6 +10,7 @@
 
 mod events;
 mod fanout;
+pub mod federation;
 mod serve;
 pub use serve::Listener;
 
@@ -61,6 +62,8 @@ pub struct Config {
     pub subscriber_queue: usize,
     /// Committed records the live bus holds for subscribers catching up.
     pub bus_capacity: usize,
+    /// Federated servers served here (see [`federation`]).
+    pub federation: Vec<federation::Virtual>,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             heartbeat: Duration::from_secs(15),
             subscriber_queue: 256,
             bus_capacity: 4096,
+            federation: Vec::new(),
         }
     }
 }
@@ -249,6 +253,9 @@ fn from_filter(sidecar: &Sidecar, headers: &HeaderMap) -> Option<Response> {
 
 /// The sidecar's routes.
 pub fn app(sidecar: Arc<Sidecar>) -> Router {
+    // Federated servers, behind the same check of the filter's secret as the rest.
+    let federated = federation::router(sidecar.config.federation.clone(), &sidecar.closing)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&sidecar), require_filter));
     Router::new()
         .route("/ingest", post(ingest))
         .route("/audit", get(audit))
@@ -256,6 +263,19 @@ pub fn app(sidecar: Arc<Sidecar>) -> Router {
         .route("/events", get(events::events))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
         .with_state(sidecar)
+        .merge(federated)
+}
+
+/// Middleware: 401 unless the request comes from the filter.
+async fn require_filter(
+    State(sidecar): State<Arc<Sidecar>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match from_filter(&sidecar, request.headers()) {
+        Some(denied) => denied,
+        None => next.run(request).await,
+    }
 }
 
 /// `POST /ingest`: a JSON array of records, committed in order; answered only after the

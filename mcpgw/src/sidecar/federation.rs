@@ -1,0 +1,319 @@
+//! Federated (virtual) servers: one MCP endpoint over several member servers.
+//!
+//! Each client session of a virtual server is an rmcp server session here, holding one
+//! client session per member, opened lazily through the gateway with the caller's
+//! delegation (`x-mcp-delegation`, which the filter sets on every request it lets through
+//! to the virtual server). So each call dispatched to a member is authenticated,
+//! authorized, filtered and audited by the filter like the caller's own call to it, and
+//! JSON-RPC ids never collide: each hop is a session of its own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use http::{HeaderName, HeaderValue};
+use mcp_gateway::config::{Config as GatewayConfig, ServerKind};
+use mcp_gateway::federation::{Conflicts, Federation, PartialFailure};
+use mcp_gateway::headers::DELEGATION;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ErrorCode, ErrorData, Implementation, ListToolsResult, MetaObject,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RunningService, ServiceError};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientHandler, RoleClient, RoleServer, ServerHandler, ServiceExt as _};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// A virtual server, as the gateway's configuration describes it.
+#[derive(Debug, Clone)]
+pub struct Virtual {
+    pub name: String,
+    /// Its path at the gateway (and here: the route keeps it).
+    pub path: String,
+    pub federation: Federation,
+    /// Each member's MCP endpoint through the gateway.
+    pub members: Vec<(String, String)>,
+}
+
+/// The virtual servers of a gateway configuration, whose members are reached through the
+/// gateway at `gateway_url` (`http://127.0.0.1:10000`).
+pub fn virtual_servers(config: &GatewayConfig, gateway_url: &str) -> Vec<Virtual> {
+    let base = gateway_url.trim_end_matches('/');
+    config
+        .servers
+        .iter()
+        .filter(|s| s.kind == ServerKind::Federation)
+        .filter_map(|s| {
+            let federation = s.federation.clone()?;
+            let members = federation
+                .members
+                .iter()
+                .filter_map(|m| config.servers.iter().find(|o| &o.name == m))
+                .map(|m| (m.name.clone(), format!("{base}{}", m.path_prefix)))
+                .collect();
+            Some(Virtual { name: s.name.clone(), path: s.path_prefix.clone(), federation, members })
+        })
+        .collect()
+}
+
+/// The routes serving `servers` (each at its path), ending their sessions on `cancel`.
+pub fn router(servers: Vec<Virtual>, cancel: &CancellationToken) -> Router {
+    servers.into_iter().fold(Router::new(), |app, v| {
+        let path = v.path.clone();
+        let shared = Arc::new(v);
+        let config = StreamableHttpServerConfig::default()
+            // The filter checked the Host; the sidecar is reached only through it.
+            .disable_allowed_hosts()
+            .with_cancellation_token(cancel.child_token());
+        let service = StreamableHttpService::new(
+            move || Ok(Federated::new(Arc::clone(&shared))),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        );
+        app.route_service(&path, service)
+    })
+}
+
+/// The member side of a federated session: messages from a member to its client.
+#[derive(Clone, Default)]
+struct MemberHandler;
+
+impl ClientHandler for MemberHandler {}
+
+type MemberClient = RunningService<RoleClient, MemberHandler>;
+
+/// One client session of a virtual server.
+#[derive(Clone)]
+struct Federated {
+    shared: Arc<Virtual>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The newest delegation the filter sent.
+    delegation: Option<String>,
+    /// Member sessions, opened on first use.
+    members: HashMap<String, Arc<MemberClient>>,
+    /// The names the last merged tool list offered: name → (member, member's name).
+    tools: HashMap<String, (String, String)>,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ErrorData {
+    ErrorData::new(code, message.into(), None)
+}
+
+impl Federated {
+    fn new(shared: Arc<Virtual>) -> Federated {
+        Federated { shared, state: Arc::new(Mutex::new(State::default())) }
+    }
+
+    /// Keeps the delegation of the request being served (the filter sends a fresh one on
+    /// each request).
+    async fn take_delegation(&self, context: &RequestContext<RoleServer>) {
+        let given = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get(DELEGATION))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(d) = given {
+            self.state.lock().await.delegation = Some(d);
+        }
+    }
+
+    /// The session with `member`, opened now if it is not open yet.
+    async fn member(&self, member: &str) -> Result<Arc<MemberClient>, ErrorData> {
+        let (url, delegation) = {
+            let state = self.state.lock().await;
+            if let Some(client) = state.members.get(member) {
+                return Ok(Arc::clone(client));
+            }
+            let url = self.shared.members.iter().find(|(m, _)| m == member).map(|(_, u)| u.clone());
+            (url, state.delegation.clone())
+        };
+        let url = url.ok_or_else(|| error(ErrorCode::INVALID_PARAMS, format!("no member {member:?}")))?;
+        let delegation =
+            delegation.ok_or_else(|| error(ErrorCode::INTERNAL_ERROR, "no delegation from the gateway"))?;
+        let value =
+            HeaderValue::from_str(&delegation).map_err(|_| error(ErrorCode::INTERNAL_ERROR, "bad delegation"))?;
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+        config.custom_headers.insert(HeaderName::from_static(DELEGATION), value);
+        let timeout = Duration::from_millis(self.shared.federation.member_timeout_ms);
+        let opened =
+            tokio::time::timeout(timeout, MemberHandler.serve(StreamableHttpClientTransport::from_config(config)))
+                .await
+                .map_err(|_| error(ErrorCode::INTERNAL_ERROR, format!("member {member} did not answer in time")))?
+                .map_err(|e| error(ErrorCode::INTERNAL_ERROR, format!("member {member} could not be reached: {e}")))?;
+        let client = Arc::new(opened);
+        self.state.lock().await.members.insert(member.to_owned(), Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// `member{separator}name` for a member, when names carry prefixes.
+    fn prefixed(&self, name: &str) -> Option<(String, String)> {
+        let federation = &self.shared.federation;
+        if federation.conflicts == Conflicts::FirstWins {
+            return None;
+        }
+        let (member, own) = name.split_once(federation.separator.as_str())?;
+        let known = self.shared.members.iter().any(|(m, _)| m == member);
+        (known && !own.is_empty()).then(|| (member.to_owned(), own.to_owned()))
+    }
+
+    /// Every member's tools, in `members` order; members that failed are named apart.
+    async fn member_tools(&self) -> (Vec<(String, Vec<Tool>)>, Vec<String>) {
+        let timeout = Duration::from_millis(self.shared.federation.member_timeout_ms);
+        let lists = self.shared.members.iter().map(|(member, _)| async move {
+            let listed = async {
+                let client = self.member(member).await?;
+                client.list_all_tools().await.map_err(|e| error(ErrorCode::INTERNAL_ERROR, e.to_string()))
+            };
+            let result = match tokio::time::timeout(timeout, listed).await {
+                Ok(Ok(tools)) => Some(tools),
+                Ok(Err(e)) => {
+                    eprintln!(
+                        "mcpgw sidecar: {}: member {member} did not list its tools: {}",
+                        self.shared.name, e.message
+                    );
+                    None
+                }
+                Err(_) => {
+                    eprintln!("mcpgw sidecar: {}: member {member} did not list its tools in time", self.shared.name);
+                    None
+                }
+            };
+            (member.clone(), result)
+        });
+        let mut answered = Vec::new();
+        let mut missing = Vec::new();
+        for (member, tools) in futures::future::join_all(lists).await {
+            match tools {
+                Some(tools) => answered.push((member, tools)),
+                None => missing.push(member),
+            }
+        }
+        (answered, missing)
+    }
+}
+
+/// The merged list: names as the virtual server offers them, per the conflict policy.
+pub fn merge(
+    lists: &[(String, Vec<Tool>)],
+    separator: &str,
+    conflicts: Conflicts,
+) -> (Vec<Tool>, HashMap<String, (String, String)>) {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (_, tools) in lists {
+        for tool in tools {
+            *count.entry(tool.name.as_ref()).or_default() += 1;
+        }
+    }
+    let mut merged = Vec::new();
+    let mut owners = HashMap::new();
+    for (member, tools) in lists {
+        for tool in tools {
+            let own = tool.name.to_string();
+            let offered = match conflicts {
+                Conflicts::AlwaysPrefix => format!("{member}{separator}{own}"),
+                Conflicts::PrefixOnConflict if count.get(own.as_str()).copied().unwrap_or(0) > 1 => {
+                    format!("{member}{separator}{own}")
+                }
+                Conflicts::PrefixOnConflict | Conflicts::FirstWins => own.clone(),
+            };
+            if owners.contains_key(&offered) {
+                // first_wins: an earlier member has it.
+                continue;
+            }
+            let mut tool = tool.clone();
+            tool.name = offered.clone().into();
+            merged.push(tool);
+            owners.insert(offered, (member.clone(), own));
+        }
+    }
+    (merged, owners)
+}
+
+/// A member's error, passed on as it came. The gateway refuses with an HTTP status and a
+/// JSON-RPC error body, which rmcp's client reports as a transport error quoting the
+/// body: its JSON-RPC error is what the client gets, code and message.
+fn passed_on(e: ServiceError) -> ErrorData {
+    match e {
+        ServiceError::McpError(data) => data,
+        other => {
+            let text = other.to_string();
+            quoted_rpc_error(&text).unwrap_or_else(|| error(ErrorCode::INTERNAL_ERROR, text))
+        }
+    }
+}
+
+/// The JSON-RPC error in the first JSON object quoted in `text`.
+fn quoted_rpc_error(text: &str) -> Option<ErrorData> {
+    let start = text.find('{')?;
+    let body: serde_json::Value = serde_json::Deserializer::from_str(text.get(start..)?).into_iter().next()?.ok()?;
+    let code = body.pointer("/error/code")?.as_i64().and_then(|c| i32::try_from(c).ok())?;
+    let message = body.pointer("/error/message")?.as_str()?.to_owned();
+    Some(ErrorData::new(ErrorCode(code), message, None))
+}
+
+impl ServerHandler for Federated {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(self.shared.name.clone(), env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        self.take_delegation(&context).await;
+        let (lists, missing) = self.member_tools().await;
+        if !missing.is_empty() && self.shared.federation.partial_failure == PartialFailure::Fail {
+            return Err(error(ErrorCode::INTERNAL_ERROR, format!("members did not answer: {}", missing.join(", "))));
+        }
+        let federation = &self.shared.federation;
+        let (tools, owners) = merge(&lists, &federation.separator, federation.conflicts);
+        self.state.lock().await.tools = owners;
+        let mut result = ListToolsResult::with_all_items(tools);
+        if !missing.is_empty() {
+            let mut meta = serde_json::Map::new();
+            meta.insert("io.mcpgw/missing_members".into(), json!(missing));
+            result.meta = Some(MetaObject(meta));
+        }
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.take_delegation(&context).await;
+        let name = request.name.to_string();
+        let mut owner = self.state.lock().await.tools.get(&name).cloned();
+        if owner.is_none() {
+            // Called before any list in this session: list now.
+            let (lists, _) = self.member_tools().await;
+            let federation = &self.shared.federation;
+            let (_, owners) = merge(&lists, &federation.separator, federation.conflicts);
+            owner = owners.get(&name).cloned();
+            self.state.lock().await.tools = owners;
+        }
+        // A prefixed name the list did not offer this caller (the filter hid it) still goes
+        // to its member: the filter, not this list, decides, and records the refusal.
+        let owner = owner.or_else(|| self.prefixed(&name));
+        let (member, own) = owner.ok_or_else(|| error(ErrorCode::INVALID_PARAMS, format!("Unknown tool: {name}")))?;
+        let client = self.member(&member).await?;
+        let mut forwarded = request;
+        forwarded.name = own.into();
+        let result = client.call_tool(forwarded).await.map_err(passed_on)?;
+        Ok(CallToolResponse::Complete(result))
+    }
+}
