@@ -28,6 +28,29 @@ pub struct RawFederation {
     /// How long one member may take to answer, in milliseconds.
     #[serde(default = "default_member_timeout_ms")]
     pub member_timeout_ms: u64,
+    /// Content-based routing: tools several members offer under one name (`search`,
+    /// `get_issue`) are offered once, under that name, and each call goes to the member
+    /// of the first rule that matches it.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Where a routed call that matches no rule goes; without it, such a call gets a
+    /// JSON-RPC error naming what would route it.
+    pub default_member: Option<String>,
+}
+
+/// One content-based routing rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// The tool names it routes (a glob: `search`, `jira_*`).
+    pub tool: String,
+    /// Arguments the call must have (present and not null), all of them.
+    #[serde(default)]
+    pub arguments: Vec<String>,
+    /// The scheme a `uri` argument must have (`file`, `github`).
+    pub uri_scheme: Option<String>,
+    /// The member that gets the call.
+    pub member: String,
 }
 
 fn default_separator() -> String {
@@ -67,6 +90,28 @@ pub struct Federation {
     pub conflicts: Conflicts,
     pub partial_failure: PartialFailure,
     pub member_timeout_ms: u64,
+    pub routes: Vec<Route>,
+    pub default_member: Option<String>,
+}
+
+/// A compiled [`RawRoute`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub tool: glob::Pattern,
+    pub arguments: Vec<String>,
+    pub uri_scheme: Option<String>,
+    pub member: String,
+}
+
+impl Route {
+    fn matches(&self, tool: &str, arguments: Option<&serde_json::Map<String, serde_json::Value>>) -> bool {
+        let has = |name: &str| arguments.and_then(|a| a.get(name)).is_some_and(|v| !v.is_null());
+        let scheme_ok = self.uri_scheme.as_ref().is_none_or(|want| {
+            let uri = arguments.and_then(|a| a.get("uri")).and_then(serde_json::Value::as_str);
+            uri.and_then(|u| u.split_once(':')).is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case(want))
+        });
+        self.tool.matches(tool) && self.arguments.iter().all(|a| has(a)) && scheme_ok
+    }
 }
 
 impl Federation {
@@ -93,16 +138,143 @@ impl Federation {
         if !(100..=300_000).contains(&raw.member_timeout_ms) {
             return Err(err("member_timeout_ms", "must be between 100 and 300000"));
         }
+        let member = |at: String, m: &str| {
+            if raw.members.iter().any(|x| x == m) {
+                Ok(m.to_owned())
+            } else {
+                Err(err(at, format!("{m:?} is not one of members")))
+            }
+        };
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let tool = glob::Pattern::new(&r.tool)
+                    .map_err(|e| err(format!("routes[{i}].tool"), format!("{:?}: {e}", r.tool)))?;
+                if r.arguments.iter().any(String::is_empty) {
+                    return Err(err(format!("routes[{i}].arguments"), "argument names are non-empty"));
+                }
+                Ok(Route {
+                    tool,
+                    arguments: r.arguments.clone(),
+                    uri_scheme: r.uri_scheme.clone(),
+                    member: member(format!("routes[{i}].member"), &r.member)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let default_member = raw.default_member.as_deref().map(|m| member("default_member".into(), m)).transpose()?;
         Ok(Federation {
             members: raw.members,
             separator: raw.separator,
             conflicts: raw.conflicts,
             partial_failure: raw.partial_failure,
             member_timeout_ms: raw.member_timeout_ms,
+            routes,
+            default_member,
         })
     }
 
     pub fn has_member(&self, server: &str) -> bool {
         self.members.iter().any(|m| m == server)
+    }
+
+    /// True when calls to `tool` are routed by content (some rule names it).
+    pub fn is_routed(&self, tool: &str) -> bool {
+        self.routes.iter().any(|r| r.tool.matches(tool))
+    }
+
+    /// The member a call to a routed `tool` goes to: the first rule that matches, else
+    /// the default member.
+    pub fn route(&self, tool: &str, arguments: Option<&serde_json::Map<String, serde_json::Value>>) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(tool, arguments))
+            .map(|r| r.member.as_str())
+            .or(self.default_member.as_deref())
+    }
+
+    /// What would route a call to `tool`, for the error when nothing does.
+    pub fn route_hint(&self, tool: &str) -> String {
+        let ways: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|r| r.tool.matches(tool))
+            .map(|r| {
+                let mut what: Vec<String> = r.arguments.iter().map(|a| format!("argument {a}")).collect();
+                if let Some(s) = &r.uri_scheme {
+                    what.push(format!("a {s}: uri"));
+                }
+                format!("{} for {}", if what.is_empty() { "any call".into() } else { what.join(" and ") }, r.member)
+            })
+            .collect();
+        format!("no member for this call to {tool}: give {}", ways.join(", or "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn federation(v: Value) -> Result<Federation, ConfigError> {
+        Federation::compile(serde_json::from_value(v).unwrap(), "all", &["github", "filesystem", "atlassian"])
+    }
+
+    fn seed() -> Federation {
+        federation(json!({
+            "members": ["github", "filesystem", "atlassian"],
+            "routes": [
+                {"tool": "search", "arguments": ["repository"], "member": "github"},
+                {"tool": "search", "arguments": ["file_path"], "member": "filesystem"},
+                {"tool": "search", "arguments": ["issue_key"], "member": "atlassian"},
+                {"tool": "read", "uri_scheme": "file", "member": "filesystem"},
+                {"tool": "jira_*", "member": "atlassian"}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_first_rule_that_matches_picks_the_member() {
+        let f = seed();
+        let args = |v: Value| v.as_object().cloned();
+        let route = |tool: &str, v: Value| f.route(tool, args(v).as_ref()).map(str::to_owned);
+        assert_eq!(route("search", json!({"repository": "acme/website"})).as_deref(), Some("github"));
+        assert_eq!(route("search", json!({"file_path": "/public"})).as_deref(), Some("filesystem"));
+        assert_eq!(route("search", json!({"issue_key": "OPS-1", "repository": "x"})).as_deref(), Some("github"));
+        assert_eq!(route("search", json!({"issue_key": "OPS-1"})).as_deref(), Some("atlassian"));
+        assert_eq!(route("search", json!({"repository": null})), None, "a null argument is no argument");
+        assert_eq!(route("read", json!({"uri": "FILE:///x"})).as_deref(), Some("filesystem"));
+        assert_eq!(route("read", json!({"uri": "github://x"})), None);
+        assert_eq!(route("jira_search", json!({})).as_deref(), Some("atlassian"));
+        assert!(f.is_routed("search") && f.is_routed("jira_x") && !f.is_routed("get_repository"));
+        assert_eq!(
+            f.route_hint("search"),
+            "no member for this call to search: give argument repository for github, or argument file_path for filesystem, or argument issue_key for atlassian"
+        );
+        let mut with_default = seed();
+        with_default.default_member = Some("github".into());
+        assert_eq!(with_default.route("search", None), Some("github"));
+    }
+
+    #[test]
+    fn bad_federations_name_the_field() {
+        let field = |v: Value| federation(v).unwrap_err().field;
+        assert_eq!(field(json!({"members": []})), "members");
+        assert_eq!(field(json!({"members": ["gitlab"]})), "members[0]");
+        assert_eq!(field(json!({"members": ["all"]})), "members[0]");
+        assert_eq!(field(json!({"members": ["github", "github"]})), "members[1]");
+        assert_eq!(field(json!({"members": ["github"], "separator": "/"})), "separator");
+        assert_eq!(field(json!({"members": ["github"], "member_timeout_ms": 5})), "member_timeout_ms");
+        assert_eq!(
+            field(json!({"members": ["github"], "routes": [{"tool": "[", "member": "github"}]})),
+            "routes[0].tool"
+        );
+        assert_eq!(
+            field(json!({"members": ["github"], "routes": [{"tool": "s", "member": "filesystem"}]})),
+            "routes[0].member"
+        );
+        assert_eq!(field(json!({"members": ["github"], "default_member": "atlassian"})), "default_member");
     }
 }

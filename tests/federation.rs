@@ -188,9 +188,74 @@ async fn a_member_down_is_named_or_fails_the_list() {
     }
 }
 
-/// A loopback port nothing listens on.
+/// A caller who renews their token mid-session: the next call carries the new delegation,
+/// so the member session opened with the old one is replaced (the member sees a second
+/// `initialize`), and the call goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_token_renews_the_member_sessions() {
+    let f = Federated::start("always_prefix").await;
+    let url = f.gw.envoy.url("/mcp/all");
+    let first = f.gw.token("dana", &["developer"]);
+    let mut renewal = mcpgw::token::TokenRequest::new("dana", &["developer"]);
+    renewal.ttl = Duration::from_secs(7200);
+    let renewed = f.gw.mint(renewal);
+    let session = open_session(&url, &first).await;
+    let call = |id: i64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "test__echo", "arguments": {"text": format!("call {id}")}}})
+    };
+    let initializes = || f.gw.test.requests.with_rpc_method("initialize").len();
+    for (id, token, sessions) in [(2, &first, 1), (3, &first, 1), (4, &renewed, 2), (5, &renewed, 2)] {
+        let reply = post_in_session(&url, token, &session, &call(id)).await;
+        assert_eq!(reply.status, 200, "call {id}");
+        assert_eq!(rpc_message(&reply.body)["result"]["content"][0]["text"], format!("call {id}"));
+        assert_eq!(initializes(), sessions, "member sessions after call {id}");
+    }
+    f.stop().await;
+}
+
+/// Content-based routing: `echo`, which two members offer, is offered once under its own
+/// name; a call with the argument a rule names goes to that rule's member, one without
+/// to the default member, and with no default it gets a JSON-RPC error saying what would
+/// route it.
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_rules_pick_the_member_by_the_arguments() {
+    for default in [Some("test"), None] {
+        let mut federation = json!({"members": ["test", "github", "testjson"],
+            "routes": [{"tool": "echo", "arguments": ["json"], "member": "testjson"}]});
+        if let Some(d) = default {
+            federation["default_member"] = json!(d);
+        }
+        let f = Federated::start_with(federation, vec![]).await;
+        let admin = f.gw.token("ada", &["admin"]);
+        let client = connect(&f.gw.envoy.url("/mcp/all"), Some(&admin)).await.unwrap();
+        let tools = client.list_tools().await.unwrap();
+        let echo: Vec<_> = tools.iter().filter(|t| t.name == "echo").collect();
+        assert_eq!(echo.len(), 1, "{tools:?}");
+        assert!(echo[0].input_schema.get("required").is_none(), "{:?}", echo[0].input_schema);
+        let said = client.call_tool("echo", json!({"text": "to json", "json": true})).await.unwrap();
+        assert_eq!(text(&said), "to json");
+        assert_eq!(f.gw.testjson.requests.tool_calls("echo").len(), 1, "the rule's member");
+        let plain = client.call_tool("echo", json!({"text": "plain"})).await;
+        match default {
+            Some(_) => {
+                assert_eq!(text(&plain.unwrap()), "plain");
+                assert_eq!(f.gw.test.requests.tool_calls("echo").len(), 1, "the default member");
+            }
+            None => {
+                let message = format!("{:?}", plain.expect_err("no rule and no default"));
+                assert!(message.contains("argument json for testjson"), "{message}");
+                assert!(f.gw.test.requests.tool_calls("echo").is_empty());
+            }
+        }
+        client.close().await.unwrap();
+        f.stop().await;
+    }
+}
+
+/// A loopback port nothing listens on (discard; never a port another test binds).
 fn closed_port() -> SocketAddr {
-    free_addr()
+    "127.0.0.1:9".parse().unwrap()
 }
 
 /// Opens a session with raw HTTP; returns its id.

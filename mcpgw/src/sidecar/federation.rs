@@ -99,10 +99,10 @@ struct Federated {
 struct State {
     /// The newest delegation the filter sent.
     delegation: Option<String>,
-    /// Member sessions, opened on first use.
-    members: HashMap<String, Arc<MemberClient>>,
-    /// The names the last merged tool list offered: name → (member, member's name).
-    tools: HashMap<String, (String, String)>,
+    /// Member sessions, opened on first use, with the delegation each was opened with.
+    members: HashMap<String, (Arc<MemberClient>, String)>,
+    /// The names the last merged tool list offered, and who answers each.
+    tools: HashMap<String, Owner>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorData {
@@ -128,12 +128,17 @@ impl Federated {
         }
     }
 
-    /// The session with `member`, opened now if it is not open yet.
+    /// The session with `member`, opened now if it is not open yet. A session opened with
+    /// an older delegation (the caller's token was renewed) is replaced: every call carries
+    /// the caller's current one.
     async fn member(&self, member: &str) -> Result<Arc<MemberClient>, ErrorData> {
         let (url, delegation) = {
             let state = self.state.lock().await;
-            if let Some(client) = state.members.get(member) {
-                return Ok(Arc::clone(client));
+            match state.members.get(member) {
+                Some((client, opened_with)) if Some(opened_with) == state.delegation.as_ref() => {
+                    return Ok(Arc::clone(client))
+                }
+                _ => {}
             }
             let url = self.shared.members.iter().find(|(m, _)| m == member).map(|(_, u)| u.clone());
             (url, state.delegation.clone())
@@ -152,7 +157,8 @@ impl Federated {
                 .map_err(|_| error(ErrorCode::INTERNAL_ERROR, format!("member {member} did not answer in time")))?
                 .map_err(|e| error(ErrorCode::INTERNAL_ERROR, format!("member {member} could not be reached: {e}")))?;
         let client = Arc::new(opened);
-        self.state.lock().await.members.insert(member.to_owned(), Arc::clone(&client));
+        // A replaced session ends when its last handle goes.
+        self.state.lock().await.members.insert(member.to_owned(), (Arc::clone(&client), delegation));
         Ok(client)
     }
 
@@ -203,24 +209,48 @@ impl Federated {
     }
 }
 
-/// The merged list: names as the virtual server offers them, per the conflict policy.
-pub fn merge(
-    lists: &[(String, Vec<Tool>)],
-    separator: &str,
-    conflicts: Conflicts,
-) -> (Vec<Tool>, HashMap<String, (String, String)>) {
+/// Who answers a name the virtual server offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This member, under its own name.
+    Member(String, String),
+    /// The member the routing rules pick for each call (the name is the members' own).
+    Routed,
+}
+
+/// The merged list: names as the virtual server offers them, per the conflict policy,
+/// plus each routed name once, unprefixed (described as its first member describes it).
+pub fn merge(lists: &[(String, Vec<Tool>)], federation: &Federation) -> (Vec<Tool>, HashMap<String, Owner>) {
+    let separator = federation.separator.as_str();
     let mut count: HashMap<&str, usize> = HashMap::new();
     for (_, tools) in lists {
         for tool in tools {
             *count.entry(tool.name.as_ref()).or_default() += 1;
         }
     }
-    let mut merged = Vec::new();
+    let mut merged: Vec<Tool> = Vec::new();
     let mut owners = HashMap::new();
+    // Where each routed name sits in `merged`.
+    let mut routed_at: HashMap<String, usize> = HashMap::new();
     for (member, tools) in lists {
         for tool in tools {
             let own = tool.name.to_string();
-            let offered = match conflicts {
+            if federation.is_routed(&own) {
+                match routed_at.get(&own).and_then(|&i| merged.get_mut(i)) {
+                    // Offered again: its arguments join the routed tool's, none required
+                    // (which ones a call needs depends on the member it is routed to).
+                    Some(routed) => widen_schema(routed, tool),
+                    None => {
+                        let mut routed = tool.clone();
+                        routed.name = own.clone().into();
+                        widen_schema(&mut routed, tool);
+                        routed_at.insert(own.clone(), merged.len());
+                        merged.push(routed);
+                        owners.insert(own.clone(), Owner::Routed);
+                    }
+                }
+            }
+            let offered = match federation.conflicts {
                 Conflicts::AlwaysPrefix => format!("{member}{separator}{own}"),
                 Conflicts::PrefixOnConflict if count.get(own.as_str()).copied().unwrap_or(0) > 1 => {
                     format!("{member}{separator}{own}")
@@ -228,16 +258,29 @@ pub fn merge(
                 Conflicts::PrefixOnConflict | Conflicts::FirstWins => own.clone(),
             };
             if owners.contains_key(&offered) {
-                // first_wins: an earlier member has it.
+                // An earlier member has it (first_wins), or it is routed.
                 continue;
             }
             let mut tool = tool.clone();
             tool.name = offered.clone().into();
             merged.push(tool);
-            owners.insert(offered, (member.clone(), own));
+            owners.insert(offered, Owner::Member(member.clone(), own));
         }
     }
     (merged, owners)
+}
+
+/// Adds `other`'s argument properties to `routed`'s input schema and drops `required`.
+fn widen_schema(routed: &mut Tool, other: &Tool) {
+    let mut schema = (*routed.input_schema).clone();
+    let extra = other.input_schema.get("properties").and_then(serde_json::Value::as_object).cloned();
+    if let Some(serde_json::Value::Object(properties)) = schema.get_mut("properties") {
+        for (k, v) in extra.unwrap_or_default() {
+            properties.entry(k).or_insert(v);
+        }
+    }
+    schema.remove("required");
+    routed.input_schema = Arc::new(schema);
 }
 
 /// A member's error, passed on as it came. The gateway refuses with an HTTP status and a
@@ -278,8 +321,7 @@ impl ServerHandler for Federated {
         if !missing.is_empty() && self.shared.federation.partial_failure == PartialFailure::Fail {
             return Err(error(ErrorCode::INTERNAL_ERROR, format!("members did not answer: {}", missing.join(", "))));
         }
-        let federation = &self.shared.federation;
-        let (tools, owners) = merge(&lists, &federation.separator, federation.conflicts);
+        let (tools, owners) = merge(&lists, &self.shared.federation);
         self.state.lock().await.tools = owners;
         let mut result = ListToolsResult::with_all_items(tools);
         if !missing.is_empty() {
@@ -301,15 +343,24 @@ impl ServerHandler for Federated {
         if owner.is_none() {
             // Called before any list in this session: list now.
             let (lists, _) = self.member_tools().await;
-            let federation = &self.shared.federation;
-            let (_, owners) = merge(&lists, &federation.separator, federation.conflicts);
+            let (_, owners) = merge(&lists, &self.shared.federation);
             owner = owners.get(&name).cloned();
             self.state.lock().await.tools = owners;
         }
         // A prefixed name the list did not offer this caller (the filter hid it) still goes
         // to its member: the filter, not this list, decides, and records the refusal.
-        let owner = owner.or_else(|| self.prefixed(&name));
-        let (member, own) = owner.ok_or_else(|| error(ErrorCode::INVALID_PARAMS, format!("Unknown tool: {name}")))?;
+        let owner = owner.or_else(|| self.prefixed(&name).map(|(m, own)| Owner::Member(m, own)));
+        let (member, own) = match owner {
+            Some(Owner::Member(member, own)) => (member, own),
+            Some(Owner::Routed) => {
+                let federation = &self.shared.federation;
+                let member = federation
+                    .route(&name, request.arguments.as_ref())
+                    .ok_or_else(|| error(ErrorCode::INVALID_PARAMS, federation.route_hint(&name)))?;
+                (member.to_owned(), name.clone())
+            }
+            None => return Err(error(ErrorCode::INVALID_PARAMS, format!("Unknown tool: {name}"))),
+        };
         let client = self.member(&member).await?;
         let mut forwarded = request;
         forwarded.name = own.into();
