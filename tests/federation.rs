@@ -253,6 +253,51 @@ async fn routing_rules_pick_the_member_by_the_arguments() {
     }
 }
 
+/// The multi-server query (`mcpgw/query` on the virtual server): one request fanned out
+/// to the servers named, each decided by the filter as the caller's own; errors are
+/// values; the confidence score is the share that answered; results merge without a
+/// silent overwrite (arrays concatenate, differing values are kept by server).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_multi_server_query_fans_out_and_scores_who_answered() {
+    let federation = json!({"members": ["test", "testjson", "ghost"], "member_timeout_ms": 3000});
+    let f = Federated::start_with(federation, vec![("ghost".into(), "/mcp/ghost".into(), closed_port())]).await;
+    let admin = f.gw.token("ada", &["admin"]);
+    let url = f.gw.envoy.url("/mcp/all");
+    let session = open_session(&url, &admin).await;
+    let query = |id: i64, servers: serde_json::Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "mcpgw/query", "params": {
+            "servers": servers,
+            "request": {"method": "tools/call", "params": {"name": "echo", "arguments": {"text": "asked"}}}}})
+    };
+    let reply = post_in_session(&url, &admin, &session, &query(2, json!(["test", "testjson", "ghost"]))).await;
+    let result = rpc_message(&reply.body)["result"].clone();
+    assert_eq!(result["confidence_score"], json!(0.667), "{result}");
+    assert_eq!(result["individual_results"]["test"]["ok"], true, "{result}");
+    assert_eq!(result["individual_results"]["ghost"]["ok"], false, "{result}");
+    assert!(result["individual_results"]["ghost"]["error"]["message"].is_string(), "{result}");
+    // Both echoes' content, concatenated; their equal isError kept once.
+    let content = result["aggregated_result"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 2, "{result}");
+    assert!(content.iter().all(|c| c["text"] == "asked"), "{result}");
+    assert_eq!(result["conflicts"], json!([]), "{result}");
+    // Each call was the caller's own through the gateway.
+    for server in ["test", "testjson"] {
+        let record = f.gw.envoy.wait_for_audit(|r| r["server"] == server && r["target"] == "echo").await;
+        assert_eq!((record["user_id"].as_str(), record["via"].as_str()), (Some("ada"), Some("all")), "{server}");
+    }
+    // A developer may not reach testjson: its refusal is one of the results, not a failure.
+    let developer = f.gw.token("dana", &["developer"]);
+    let session = open_session(&url, &developer).await;
+    let reply = post_in_session(&url, &developer, &session, &query(3, json!(["test", "testjson"]))).await;
+    let result = rpc_message(&reply.body)["result"].clone();
+    assert_eq!(result["confidence_score"], json!(0.5), "{result}");
+    assert_eq!(result["individual_results"]["testjson"]["error"]["code"], -32003, "{result}");
+    // Not a member: refused.
+    let reply = post_in_session(&url, &admin, &session, &query(4, json!(["github"]))).await;
+    assert!(rpc_message(&reply.body)["error"]["message"].is_string());
+    f.stop().await;
+}
+
 /// A loopback port nothing listens on (discard; never a port another test binds).
 fn closed_port() -> SocketAddr {
     "127.0.0.1:9".parse().unwrap()

@@ -155,7 +155,13 @@ impl Federated {
             tokio::time::timeout(timeout, MemberHandler.serve(StreamableHttpClientTransport::from_config(config)))
                 .await
                 .map_err(|_| error(ErrorCode::INTERNAL_ERROR, format!("member {member} did not answer in time")))?
-                .map_err(|e| error(ErrorCode::INTERNAL_ERROR, format!("member {member} could not be reached: {e}")))?;
+                .map_err(|e| {
+                    // The gateway's refusal (its JSON-RPC error), or no answer at all.
+                    let text = e.to_string();
+                    quoted_rpc_error(&text).unwrap_or_else(|| {
+                        error(ErrorCode::INTERNAL_ERROR, format!("member {member} could not be reached: {text}"))
+                    })
+                })?;
         let client = Arc::new(opened);
         // A replaced session ends when its last handle goes.
         self.state.lock().await.members.insert(member.to_owned(), (Arc::clone(&client), delegation));
@@ -305,7 +311,100 @@ fn quoted_rpc_error(text: &str) -> Option<ErrorData> {
     Some(ErrorData::new(ErrorCode(code), message, None))
 }
 
+impl Federated {
+    /// `mcpgw/query`: one JSON-RPC request to several members at once, each through the
+    /// gateway as the caller (so each is decided and audited there), in parallel, each
+    /// within the timeout. Errors are values: a member that fails is one of the
+    /// `individual_results`, and `confidence_score` is the share that answered.
+    async fn query(&self, params: Option<serde_json::Value>) -> Result<serde_json::Value, ErrorData> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params {
+            request: Request,
+            servers: Option<Vec<String>>,
+            timeout_ms: Option<u64>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Request {
+            method: String,
+            #[serde(default)]
+            params: Option<serde_json::Value>,
+        }
+        let bad = |m: String| error(ErrorCode::INVALID_PARAMS, m);
+        let p: Params = serde_json::from_value(params.unwrap_or(serde_json::Value::Null))
+            .map_err(|e| bad(format!("{QUERY_METHOD} params: {e}")))?;
+        let members: Vec<String> = self.shared.members.iter().map(|(m, _)| m.clone()).collect();
+        let servers = p.servers.unwrap_or_else(|| members.clone());
+        if servers.is_empty() {
+            return Err(bad("servers: name at least one member".into()));
+        }
+        if let Some(unknown) = servers.iter().find(|s| !members.contains(s)) {
+            return Err(bad(format!("servers: {unknown:?} is not a member of {}", self.shared.name)));
+        }
+        let method = p.request.method;
+        if method == "initialize" || method.starts_with("notifications/") || method == QUERY_METHOD {
+            return Err(bad(format!("request.method: {method} cannot be queried")));
+        }
+        let limit = self.shared.federation.member_timeout_ms;
+        let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(limit).clamp(1, limit));
+        let asked = servers.iter().map(|server| {
+            let request = rmcp::model::ClientRequest::CustomRequest(rmcp::model::CustomRequest::new(
+                method.clone(),
+                p.request.params.clone(),
+            ));
+            async move {
+                let answer = async {
+                    let client = self.member(server).await?;
+                    client.send_request(request).await.map_err(passed_on)
+                };
+                let outcome = match tokio::time::timeout(timeout, answer).await {
+                    Ok(Ok(result)) => Ok(serde_json::to_value(result).unwrap_or_default()),
+                    Ok(Err(e)) => Err(json!({"code": e.code.0, "message": e.message})),
+                    Err(_) => Err(json!({"code": ErrorCode::INTERNAL_ERROR.0,
+                        "message": format!("no answer within {} ms", timeout.as_millis())})),
+                };
+                (server.clone(), outcome)
+            }
+        });
+        let outcomes = futures::future::join_all(asked).await;
+        let answered: Vec<(String, serde_json::Value)> =
+            outcomes.iter().filter_map(|(s, o)| o.as_ref().ok().map(|v| (s.clone(), v.clone()))).collect();
+        let individual: serde_json::Map<String, serde_json::Value> = outcomes
+            .into_iter()
+            .map(|(s, o)| {
+                let value = match o {
+                    Ok(result) => json!({"ok": true, "result": result}),
+                    Err(error) => json!({"ok": false, "error": error}),
+                };
+                (s, value)
+            })
+            .collect();
+        let (aggregated, conflicts) = merge_results(&answered);
+        // Only to three places: a share of the servers, not a measurement.
+        let confidence = (answered.len() as f64 / servers.len() as f64 * 1000.0).round() / 1000.0;
+        Ok(json!({
+            "aggregated_result": aggregated,
+            "conflicts": conflicts,
+            "individual_results": individual,
+            "confidence_score": confidence,
+        }))
+    }
+}
+
 impl ServerHandler for Federated {
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        if request.method != QUERY_METHOD {
+            return Err(error(ErrorCode::METHOD_NOT_FOUND, format!("Method not found: {}", request.method)));
+        }
+        self.take_delegation(&context).await;
+        self.query(request.params).await.map(rmcp::model::CustomResult::new)
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new(self.shared.name.clone(), env!("CARGO_PKG_VERSION")))
@@ -366,5 +465,72 @@ impl ServerHandler for Federated {
         forwarded.name = own.into();
         let result = client.call_tool(forwarded).await.map_err(passed_on)?;
         Ok(CallToolResponse::Complete(result))
+    }
+}
+
+/// The JSON-RPC method of the multi-server query (see [`Federated::query`]).
+pub const QUERY_METHOD: &str = "mcpgw/query";
+
+/// Merges the results that answered, in the order given: a key only one result has is
+/// taken; arrays are concatenated (a tool result's `content`, list items); other equal
+/// values are kept once; values that differ are never overwritten: the key then holds
+/// each server's value by server name, and is listed in the second return value.
+pub fn merge_results(answered: &[(String, serde_json::Value)]) -> (serde_json::Value, Vec<String>) {
+    use serde_json::Value;
+    // Every server's value of each key, keys in first-seen order.
+    let mut keys: Vec<String> = Vec::new();
+    let mut values: HashMap<String, Vec<(String, Value)>> = HashMap::new();
+    let mut non_objects = serde_json::Map::new();
+    for (server, result) in answered {
+        let Value::Object(fields) = result else {
+            non_objects.insert(server.clone(), result.clone());
+            continue;
+        };
+        for (key, value) in fields {
+            if !values.contains_key(key) {
+                keys.push(key.clone());
+            }
+            values.entry(key.clone()).or_default().push((server.clone(), value.clone()));
+        }
+    }
+    let mut merged = serde_json::Map::new();
+    let mut conflicts = Vec::new();
+    for key in keys {
+        let each = values.remove(&key).unwrap_or_default();
+        let value = if each.iter().all(|(_, v)| v.is_array()) {
+            Value::Array(each.into_iter().flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default()).collect())
+        } else if each.windows(2).all(|w| matches!(w, [(_, a), (_, b)] if a == b)) {
+            each.into_iter().next().map(|(_, v)| v).unwrap_or_default()
+        } else {
+            conflicts.push(key.clone());
+            Value::Object(each.into_iter().collect())
+        };
+        merged.insert(key, value);
+    }
+    if !non_objects.is_empty() {
+        merged.insert("non_object_results".into(), Value::Object(non_objects));
+    }
+    (Value::Object(merged), conflicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_merge_without_a_silent_overwrite() {
+        let answered = vec![
+            ("a".to_owned(), json!({"content": [1], "isError": false, "total": 3, "only_a": true})),
+            ("b".to_owned(), json!({"content": [2], "isError": false, "total": 5})),
+            ("c".to_owned(), json!({"content": [3], "isError": true, "total": 5})),
+            ("d".to_owned(), json!("text")),
+        ];
+        let (merged, conflicts) = merge_results(&answered);
+        assert_eq!(merged["content"], json!([1, 2, 3]));
+        assert_eq!(merged["only_a"], true);
+        assert_eq!(merged["total"], json!({"a": 3, "b": 5, "c": 5}));
+        assert_eq!(merged["isError"], json!({"a": false, "b": false, "c": true}));
+        assert_eq!(merged["non_object_results"], json!({"d": "text"}));
+        assert_eq!(conflicts, vec!["isError".to_owned(), "total".to_owned()]);
     }
 }
