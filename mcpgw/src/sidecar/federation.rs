@@ -162,6 +162,9 @@ impl Federated {
                         error(ErrorCode::INTERNAL_ERROR, format!("member {member} could not be reached: {text}"))
                     })
                 })?;
+        // No client-side cache of lists: the member's answer, as the filter filtered it
+        // for this caller now, is what the virtual server offers.
+        opened.peer().set_response_cache_config(rmcp::ClientCacheConfig::disabled()).await;
         let client = Arc::new(opened);
         // A replaced session ends when its last handle goes.
         self.state.lock().await.members.insert(member.to_owned(), (Arc::clone(&client), delegation));
