@@ -58,6 +58,11 @@ pub enum ExplainError {
     Principal(AuthError),
     #[error("no server named {name:?}; configured: {known}")]
     UnknownServer { name: String, known: String },
+    #[error(
+        "{server} is a federated server and no prefix or routing rule names the member owning {tool:?}; \
+         explain the call to one of its members ({members}) with --server"
+    )]
+    UnknownMember { server: String, tool: String, members: String },
     #[error("no server's path_prefix matches {path:?} (the gateway answers 404); configured: {known}")]
     NoServerForPath { path: String, known: String },
     #[error("request: {0}")]
@@ -80,6 +85,9 @@ pub struct Explanation {
     pub user_id: String,
     pub roles: Vec<String>,
     pub server: String,
+    /// A call to a federated server: that server (the call is decided as the member's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The message explained (`tools/call "create_issue"`); absent: server access only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
@@ -147,6 +155,7 @@ pub fn explain(
         user_id: principal.user_id.clone(),
         roles: principal.roles.clone(),
         server: server.to_owned(),
+        via: None,
         request: request.map(describe),
         client_sees: None,
         role_rules: Vec::new(),
@@ -300,7 +309,10 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let roles = if self.roles.is_empty() { "none".to_owned() } else { self.roles.join(", ") };
         writeln!(f, "user: {} (roles: {roles})", self.user_id)?;
-        writeln!(f, "server: {}", self.server)?;
+        match &self.via {
+            Some(via) => writeln!(f, "server: {} (through the federated server {via})", self.server)?,
+            None => writeln!(f, "server: {}", self.server)?,
+        }
         match &self.request {
             Some(request) => writeln!(f, "request: {request}")?,
             None => writeln!(f, "request: none (server access only, as for GET and DELETE)")?,
@@ -502,6 +514,45 @@ fn type_name(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// For a call to a federated server: the member it reaches and the call as the member
+/// gets it (its own tool name), which the filter decides when the sidecar dispatches it.
+/// The member comes from the name's prefix (`github__create_issue`) or the federation's
+/// routing rules; under `first_wins` the member cannot be told without its list, and the
+/// error says to name it. `None`: not a federated server, or not a tool call.
+pub fn through_federation(
+    config: &Config,
+    server: &str,
+    request: Option<&Message>,
+) -> Result<Option<(String, Message)>, ExplainError> {
+    use mcp_gateway::federation::Conflicts;
+    use mcp_gateway::jsonrpc::Target;
+    let Some(federation) = config.servers.iter().find(|s| s.name == server).and_then(|s| s.federation.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(message) = request else { return Ok(None) };
+    let Some(Target::Tool(name)) = &message.target else { return Ok(None) };
+    let arguments = message.arguments.as_ref().and_then(Value::as_object);
+    let routed = federation.is_routed(name).then(|| federation.route(name, arguments)).flatten();
+    let prefixed = (federation.conflicts != Conflicts::FirstWins)
+        .then(|| name.split_once(federation.separator.as_str()))
+        .flatten()
+        .filter(|(member, own)| federation.has_member(member) && !own.is_empty());
+    let (member, own) = match (routed, prefixed) {
+        (Some(member), _) => (member.to_owned(), name.clone()),
+        (None, Some((member, own))) => (member.to_owned(), own.to_owned()),
+        (None, None) => {
+            return Err(ExplainError::UnknownMember {
+                server: server.to_owned(),
+                tool: name.clone(),
+                members: federation.members.join(", "),
+            })
+        }
+    };
+    let mut translated = message.clone();
+    translated.target = Some(Target::Tool(own));
+    Ok(Some((member, translated)))
 }
 
 /// The configured server named `name`.

@@ -575,6 +575,12 @@ fn explain_request(args: &ExplainArgs) -> anyhow::Result<Explanation> {
         let guessed = if body.trim_ascii_start().starts_with(b"{") { "application/json" } else { "text/event-stream" };
         (body, args.content_type.as_deref().unwrap_or(guessed), ListKind::from(args.list_kind))
     });
+    // A call to a federated server is decided as the sidecar dispatches it: to its member.
+    if let Some((member, call)) = explain::through_federation(&config, server, request.as_ref())? {
+        let mut explanation = explain::explain(&config, &principal, &member, Some(&call), list)?;
+        explanation.via = Some(server.to_owned());
+        return Ok(explanation);
+    }
     Ok(explain::explain(&config, &principal, server, request.as_ref(), list)?)
 }
 

@@ -118,6 +118,30 @@ fn demo_readonly_may_get_but_not_create_an_issue() {
     assert!(run.stdout.contains("rule: role developer"), "{}", run.stdout);
 }
 
+/// A call to the demo's federated server `all` is explained as the call the member gets:
+/// `github__create_issue` is github's `create_issue`, decided by github's policy.
+#[test]
+fn a_call_to_the_federated_server_is_explained_as_its_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = demo_env(dir.path());
+    let config = demo_yaml();
+    let config = config.to_str().unwrap();
+    let run_as = |who: &str, roles: &[&str], tool: &str| {
+        let who = claims(who, roles);
+        explain(&["--config", config, "--env", &env, "--claims", &who, "--path", "/mcp/all", "--request", &call(tool)])
+    };
+    let run = run_as("bob", &["readonly"], "github__create_issue");
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("server: github (through the federated server all)\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("request: tools/call \"create_issue\""), "{}", run.stdout);
+    let run = run_as("alice", &["developer"], "github__create_issue");
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("rule: role developer"), "{}", run.stdout);
+    let run = run_as("alice", &["developer"], "create_issue");
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("no prefix or routing rule names the member"), "{}", run.stderr);
+}
+
 #[test]
 fn denial_names_the_reason_the_roles_and_who_would_be_allowed() {
     let dir = tempfile::tempdir().unwrap();
