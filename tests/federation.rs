@@ -298,6 +298,35 @@ async fn the_multi_server_query_fans_out_and_scores_who_answered() {
     f.stop().await;
 }
 
+/// A member restarted mid-session (its sessions gone): the virtual server's session with
+/// the client goes on; the member session is opened again and the calls go through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_restarted_mid_session_is_reopened_unnoticed() {
+    let mut f = Federated::start("always_prefix").await;
+    let developer = f.gw.token("dana", &["developer"]);
+    let client = connect(&f.gw.envoy.url("/mcp/all"), Some(&developer)).await.unwrap();
+    assert_eq!(text(&client.call_tool("test__echo", json!({"text": "before"})).await.unwrap()), "before");
+    // Stop the member, then start a new one on its address (the route stays the same).
+    let addr = f.gw.test.addr;
+    let loopback = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let stand_in = mcpgw::spawn(mcpgw::ServerKind::Test, loopback().await).await.unwrap();
+    std::mem::replace(&mut f.gw.test, stand_in).shutdown().await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let restarted = mcpgw::spawn(mcpgw::ServerKind::Test, listener).await.unwrap();
+    std::mem::replace(&mut f.gw.test, restarted).shutdown().await.unwrap();
+    for list in [true, false] {
+        if list {
+            let names = client.tool_names().await.unwrap();
+            assert!(names.contains(&"test__echo".to_owned()), "{names:?}");
+        }
+        let said = client.call_tool("test__echo", json!({"text": "after"})).await.unwrap();
+        assert_eq!(text(&said), "after");
+    }
+    assert_eq!(f.gw.test.requests.with_rpc_method("initialize").len(), 1, "the new server saw one initialize");
+    client.close().await.unwrap();
+    f.stop().await;
+}
+
 /// A loopback port nothing listens on (discard; never a port another test binds).
 fn closed_port() -> SocketAddr {
     "127.0.0.1:9".parse().unwrap()
