@@ -19,6 +19,15 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a
     rest.iter().try_fold(claims.get(first)?, |v, segment| v.get(segment))
 }
 
+/// True when the claim at `path` is the string `want`, or a list holding it.
+pub fn holds(claims: &Map<String, Value>, path: &[String], want: &str) -> bool {
+    match lookup(claims, path) {
+        Some(Value::String(s)) => s == want,
+        Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(want)),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

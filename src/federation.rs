@@ -179,6 +179,16 @@ impl Federation {
         self.members.iter().any(|m| m == server)
     }
 
+    /// `member{separator}name` split into a member and its own name, when names carry
+    /// prefixes (not under `first_wins`).
+    pub fn prefixed<'a>(&self, name: &'a str) -> Option<(&'a str, &'a str)> {
+        if self.conflicts == Conflicts::FirstWins {
+            return None;
+        }
+        let (member, own) = name.split_once(self.separator.as_str())?;
+        (self.has_member(member) && !own.is_empty()).then_some((member, own))
+    }
+
     /// True when calls to `tool` are routed by content (some rule names it).
     pub fn is_routed(&self, tool: &str) -> bool {
         self.routes.iter().any(|r| r.tool.matches(tool))

@@ -405,16 +405,16 @@ impl Exchange {
         if self.head.header_count(headers::DELEGATION) != 1 || self.head.header("authorization").is_some() {
             return Err(refuse(DelegationError::Ambiguous));
         }
-        let not_member = |via: &str| DelegationError::NotAMember { via: via.to_owned(), server: server.name.clone() };
+        // No federated server: no delegation was issued by this gateway.
         let Some(delegation) = &config.delegation else {
-            return Err(refuse(not_member("")));
+            return Err(refuse(DelegationError::BadTag));
         };
         let assertion = self.head.header(headers::DELEGATION).unwrap_or_default();
         let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let checked = delegation.check(assertion, secs, u64::from(config.verifier.leeway_secs)).map_err(refuse)?;
         let through = config.servers.iter().find(|s| s.name == checked.via).and_then(|s| s.federation.as_ref());
         if server.kind != crate::config::ServerKind::Mcp || !through.is_some_and(|f| f.has_member(&server.name)) {
-            return Err(refuse(not_member(&checked.via)));
+            return Err(refuse(DelegationError::NotAMember { via: checked.via, server: server.name.clone() }));
         }
         self.record.via = Some(checked.via);
         Ok(Rc::new(checked.principal))
@@ -532,9 +532,8 @@ impl Exchange {
             return Step::Reply(self.refuse(&Refusal::UnknownServer, message.id.clone()));
         };
         if server.kind == crate::config::ServerKind::Federation {
-            // The sidecar dispatches each call to a member back through the gateway, where
-            // it is decided like a call to the member; lists are filtered there too.
-            let rule = format!("{server_rule}; each member call is decided when dispatched");
+            // Lists are filtered when each member's comes through the gateway.
+            let rule = federated_rule(server_rule);
             self.allow(rule);
             self.forward(Follow::Nothing);
             return Step::Continue;
@@ -1005,7 +1004,18 @@ pub fn decide(
     message: &Message,
 ) -> Result<String, Denial> {
     let server_rule = config.policy.allows_server(&principal.roles, server)?;
+    let federated = config.servers.iter().any(|s| s.name == server && s.kind == crate::config::ServerKind::Federation);
+    if federated {
+        return Ok(federated_rule(&server_rule));
+    }
     decide_on(config, catalog, principal, server, &server_rule, message)
+}
+
+/// What lets a message through to a federated server: being allowed onto it. The sidecar
+/// dispatches each call to a member back through the gateway, where it is decided like a
+/// call to the member.
+fn federated_rule(server_rule: &str) -> String {
+    format!("{server_rule}; each member call is decided when dispatched")
 }
 
 /// [`decide`] for a caller already allowed onto `server` (by `server_rule`).

@@ -12,7 +12,7 @@ use crate::claims;
 use crate::config::{err, ConfigError};
 use crate::jwt::Principal;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -123,17 +123,8 @@ struct Residency {
 
 impl Residency {
     fn matches(&self, principal: &Principal) -> bool {
-        let by_claim = self.claim.as_ref().is_some_and(|(path, want)| holds(&principal.claims, path, want));
+        let by_claim = self.claim.as_ref().is_some_and(|(path, want)| claims::holds(&principal.claims, path, want));
         by_claim || principal.roles.iter().any(|r| self.roles.contains(r))
-    }
-}
-
-/// The claim at `path` is `want`, or a list holding it.
-fn holds(claims: &Map<String, Value>, path: &[String], want: &str) -> bool {
-    match claims::lookup(claims, path) {
-        Some(Value::String(s)) => s == want,
-        Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(want)),
-        _ => false,
     }
 }
 
@@ -212,10 +203,6 @@ fn mask(len: u32) -> u128 {
     u128::MAX.checked_shl(128 - len).unwrap_or(0)
 }
 
-fn net(s: &str) -> Option<Cidr> {
-    Cidr::parse(s)
-}
-
 impl Regions {
     /// Compiles the section (error fields relative to it).
     pub fn compile(raw: RawRegions) -> Result<Regions, ConfigError> {
@@ -261,14 +248,16 @@ impl Regions {
             .trusted_proxies
             .iter()
             .enumerate()
-            .map(|(i, s)| net(s).ok_or_else(|| err(format!("trusted_proxies[{i}]"), format!("{s:?} is not a CIDR"))))
+            .map(|(i, s)| {
+                Cidr::parse(s).ok_or_else(|| err(format!("trusted_proxies[{i}]"), format!("{s:?} is not a CIDR")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut cidrs = raw
             .cidrs
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let range = net(&c.cidr)
+                let range = Cidr::parse(&c.cidr)
                     .ok_or_else(|| err(format!("cidrs[{i}].cidr"), format!("{:?} is not a CIDR", c.cidr)))?;
                 Ok((range, known(format!("cidrs[{i}].region"), &c.region)?))
             })

@@ -352,11 +352,7 @@ impl ResourceRule {
             .any(|u| substitute(u.parts(), principal, None, Fill::Text).is_some_and(|u| u == principal.user_id));
         let by_claim = self.claim.as_ref().is_some_and(|c| {
             let Some(want) = substitute(c.value.parts(), principal, Some(resource), Fill::Text) else { return false };
-            match claims::lookup(&principal.claims, &c.path) {
-                Some(Value::String(s)) => *s == want,
-                Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(want.as_str())),
-                _ => false,
-            }
+            claims::holds(&principal.claims, &c.path, &want)
         });
         by_role || by_user || by_claim
     }

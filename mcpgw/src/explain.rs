@@ -526,7 +526,6 @@ pub fn through_federation(
     server: &str,
     request: Option<&Message>,
 ) -> Result<Option<(String, Message)>, ExplainError> {
-    use mcp_gateway::federation::Conflicts;
     use mcp_gateway::jsonrpc::Target;
     let Some(federation) = config.servers.iter().find(|s| s.name == server).and_then(|s| s.federation.as_ref()) else {
         return Ok(None);
@@ -535,11 +534,7 @@ pub fn through_federation(
     let Some(Target::Tool(name)) = &message.target else { return Ok(None) };
     let arguments = message.arguments.as_ref().and_then(Value::as_object);
     let routed = federation.is_routed(name).then(|| federation.route(name, arguments)).flatten();
-    let prefixed = (federation.conflicts != Conflicts::FirstWins)
-        .then(|| name.split_once(federation.separator.as_str()))
-        .flatten()
-        .filter(|(member, own)| federation.has_member(member) && !own.is_empty());
-    let (member, own) = match (routed, prefixed) {
+    let (member, own) = match (routed, federation.prefixed(name)) {
         (Some(member), _) => (member.to_owned(), name.clone()),
         (None, Some((member, own))) => (member.to_owned(), own.to_owned()),
         (None, None) => {

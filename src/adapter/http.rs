@@ -568,11 +568,11 @@ fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:5678` -> `::1`.
 /// Envoy's response flags for a request no upstream received: no healthy upstream (UH),
 /// connection failure (UF), overflow (UO), no route (NR).
 const NOT_SENT: u64 = 0x2 | 0x20 | 0x80 | 0x100;
 
+/// `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:5678` -> `::1`.
 fn strip_port(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);

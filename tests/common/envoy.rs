@@ -114,14 +114,7 @@ impl Regional {
     }
 
     fn routes(&self) -> String {
-        [format!("/mcp/{}", self.server), format!("/proxy/{}/mcp", self.server)]
-            .iter()
-            .map(|prefix| {
-                format!(
-                    "              - match: {{ path_separated_prefix: {prefix}, headers: [{{ name: mcp-session-id, present_match: true }}] }}\n                route: {{ cluster_header: x-mcp-cluster, prefix_rewrite: /mcp, timeout: 0s }}\n              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster_header: x-mcp-cluster, prefix_rewrite: /mcp, timeout: 0s{RETRY_ELSEWHERE_PRIORITY} }}\n"
-                )
-            })
-            .collect()
+        server_routes(&self.server, &format!("/mcp/{}", self.server), "cluster_header: x-mcp-cluster", Some(true))
     }
 
     fn clusters(&self) -> String {
@@ -200,24 +193,7 @@ pub fn bootstrap(opts: &EnvoyOptions) -> String {
         .upstreams
         .iter()
         .map(|(name, prefix, _)| {
-            // The server's prefix and the seed's `/proxy/{name}/mcp`, both to its cluster.
-            // With replicas, a request without a session that could not reach its replica
-            // (refused, or reset before it was sent) is tried on another, never one that
-            // may have run; a request in a session is not retried: its replica is the only
-            // one that knows the session, and when it is gone the client is told so (404).
-            let route = |prefix: &str| {
-                let plain = format!(
-                    "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s{} }}\n",
-                    if opts.session_affinity { RETRY_ELSEWHERE } else { "" }
-                );
-                if !opts.session_affinity {
-                    return plain;
-                }
-                format!(
-                    "              - match: {{ path_separated_prefix: {prefix}, headers: [{{ name: mcp-session-id, present_match: true }}] }}\n                route: {{ cluster: {name}, prefix_rewrite: /mcp, timeout: 0s }}\n{plain}"
-                )
-            };
-            route(prefix) + &route(&format!("/proxy/{name}/mcp"))
+            server_routes(name, prefix, &format!("cluster: {name}"), opts.session_affinity.then_some(false))
         })
         .chain(opts.regional.iter().map(Regional::routes))
         .chain(opts.plain_routes.iter().map(|(prefix, cluster)| {
@@ -294,11 +270,33 @@ const SESSION_AFFINITY: &str = r#"          - name: envoy.filters.http.stateful_
                   header: { name: mcp-session-id }
 "#;
 
-/// Route retries for replicated servers, on requests without a session.
-const RETRY_ELSEWHERE: &str = ", retry_policy: { retry_on: \"connect-failure,reset-before-request\", num_retries: 2, host_selection_retry_max_attempts: 5, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }] }";
+/// A server's routes at `prefix` and the seed's `/proxy/{name}/mcp`, to `target`
+/// (`cluster: x` or `cluster_header: x-mcp-cluster`), rewritten to `/mcp`. With replicas
+/// (`replicated` is `Some(next_priority)`), a request without a session that could not
+/// reach its replica (refused, or reset before it was sent) is tried on another, never one
+/// that may have run (and, with `next_priority`, in the next priority: the next region);
+/// a request in a session is not retried: its replica is the only one that knows the
+/// session, and when it is gone the client is told so (404).
+fn server_routes(name: &str, prefix: &str, target: &str, replicated: Option<bool>) -> String {
+    let route = |prefix: &str| {
+        let Some(next_priority) = replicated else {
+            return format!(
+                "              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ {target}, prefix_rewrite: /mcp, timeout: 0s }}\n"
+            );
+        };
+        let priority = if next_priority { RETRY_NEXT_PRIORITY } else { "" };
+        format!(
+            "              - match: {{ path_separated_prefix: {prefix}, headers: [{{ name: mcp-session-id, present_match: true }}] }}\n                route: {{ {target}, prefix_rewrite: /mcp, timeout: 0s }}\n              - match: {{ path_separated_prefix: {prefix} }}\n                route: {{ {target}, prefix_rewrite: /mcp, timeout: 0s, retry_policy: {{ {RETRY_ELSEWHERE}{priority} }} }}\n"
+        )
+    };
+    route(prefix) + &route(&format!("/proxy/{name}/mcp"))
+}
 
-/// The same for clusters whose priorities are regions: a retry goes to the next region.
-const RETRY_ELSEWHERE_PRIORITY: &str = ", retry_policy: { retry_on: \"connect-failure,reset-before-request\", num_retries: 2, host_selection_retry_max_attempts: 5, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }], retry_priority: { name: envoy.retry_priorities.previous_priorities, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 1 } } }";
+/// Route retries for replicated servers, on requests without a session.
+const RETRY_ELSEWHERE: &str = "retry_on: \"connect-failure,reset-before-request\", num_retries: 2, host_selection_retry_max_attempts: 5, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }]";
+
+/// For clusters whose priorities are regions: a retry goes to the next region.
+const RETRY_NEXT_PRIORITY: &str = ", retry_priority: { name: envoy.retry_priorities.previous_priorities, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 1 } }";
 
 /// An MCP `ping` every 100 ms; a replica that refuses it twice is out, one answer brings
 /// it back. (`Host` is one the test servers accept.)

@@ -171,17 +171,6 @@ impl Federated {
         Ok(client)
     }
 
-    /// `member{separator}name` for a member, when names carry prefixes.
-    fn prefixed(&self, name: &str) -> Option<(String, String)> {
-        let federation = &self.shared.federation;
-        if federation.conflicts == Conflicts::FirstWins {
-            return None;
-        }
-        let (member, own) = name.split_once(federation.separator.as_str())?;
-        let known = self.shared.members.iter().any(|(m, _)| m == member);
-        (known && !own.is_empty()).then(|| (member.to_owned(), own.to_owned()))
-    }
-
     /// Every member's tools, in `members` order; members that failed are named apart.
     async fn member_tools(&self) -> (Vec<(String, Vec<Tool>)>, Vec<String>) {
         let timeout = Duration::from_millis(self.shared.federation.member_timeout_ms);
@@ -451,7 +440,10 @@ impl ServerHandler for Federated {
         }
         // A prefixed name the list did not offer this caller (the filter hid it) still goes
         // to its member: the filter, not this list, decides, and records the refusal.
-        let owner = owner.or_else(|| self.prefixed(&name).map(|(m, own)| Owner::Member(m, own)));
+        let owner = owner.or_else(|| {
+            let (member, own) = self.shared.federation.prefixed(&name)?;
+            Some(Owner::Member(member.to_owned(), own.to_owned()))
+        });
         let (member, own) = match owner {
             Some(Owner::Member(member, own)) => (member, own),
             Some(Owner::Routed) => {
